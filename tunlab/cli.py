@@ -1,0 +1,71 @@
+"""The ``tunlab`` command. Subcommands live in their own modules and are imported on use."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from tunlab.errors import TunlabError
+
+# name -> "module:attribute" of a click.Command; imported only when that command runs
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "relay": ("tunlab.relay.command:relay_cmd", "TUN/TAP <-> UDP/TCP relay (TunConnector compatible)"),
+    "relay-stats": ("tunlab.relay.command:stats_cmd", "print a running relay's counters"),
+    "show": ("tunlab.labcli:show_cmd", "print a topology's nodes, links, addresses and hops"),
+    "up": ("tunlab.labcli:up_cmd", "bring a lab up and leave it running"),
+    "down": ("tunlab.labcli:down_cmd", "take a running lab down"),
+    "ls": ("tunlab.labcli:ls_cmd", "list runs"),
+    "exec": ("tunlab.labcli:exec_cmd", "run a command inside a node of a running lab"),
+    "clean": ("tunlab.labcli:clean_cmd", "remove what dead tunlab runs left behind (by ownership)"),
+    "run": ("tunlab.runcli:run_cmd", "run scenarios: build the lab, send packets, check every hop"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        spec = _COMMANDS.get(name)
+        if spec is None:
+            return None
+        mod_name, attr = spec[0].split(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:  # a part not built yet, or a missing extra
+            raise click.ClickException(f"the '{name}' command is unavailable: {exc}") from exc
+        cmd = getattr(mod, attr)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tunlab")
+def cli() -> None:
+    """tunlab: network-namespace labs for VNF chains, and the TUN relay that links them."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="tunlab", standalone_mode=False)
+    except TunlabError as exc:
+        click.echo(f"tunlab: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tunlab: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    else:
+        sys.exit(rv if isinstance(rv, int) else 0)
