@@ -1,0 +1,42 @@
+"""Finding Debian's Mininet, and saying how to install it when it is missing.
+
+This is the only place in tunlab that imports ``mininet`` (lazily, when the Mininet backend or the Mininet
+user API is used). Everything else in tunlab works without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from types import ModuleType
+
+from tunlab.errors import TunlabError
+
+INSTALL_HINT = ("install it: 'sudo apt-get install mininet bridge-utils', then 'sudo bash scripts/setup.sh' "
+                "so the project's venv can import it")
+
+
+class MininetMissing(TunlabError):
+    """Mininet (the Python module or its mnexec helper) is not installed."""
+
+    exit_code = 3
+
+
+def mininet_unavailable_reason() -> str | None:
+    """One line saying why the Mininet backend cannot run here, or None when it can."""
+    try:
+        importlib.import_module("mininet")
+    except ImportError:
+        return f"Mininet is not installed (the 'mininet' module is not importable from {sys.executable})"
+    if shutil.which("mnexec") is None:
+        return "Mininet is not installed (its 'mnexec' helper is not on PATH)"
+    return None
+
+
+def import_mininet() -> ModuleType:
+    """Import and return the ``mininet`` package, or raise :class:`MininetMissing` with the fix."""
+    reason = mininet_unavailable_reason()
+    if reason is not None:
+        raise MininetMissing(f"--backend mininet: {reason}", INSTALL_HINT)
+    return importlib.import_module("mininet")
