@@ -1,0 +1,78 @@
+"""Mininet node classes tuned for shared machines. Imports mininet: load it through mininet_support first.
+
+- :class:`QuietMininet` does not run Mininet's ``fixLimits()``, which rewrites machine-wide sysctls
+  (``net.core.rmem_max``, ARP cache sizes, ``kernel.pty.max``...) that other users of the machine rely on.
+- :class:`NsBridge` is a Linux bridge that lives inside a namespace of its own, so a lab puts no interface
+  at all in the root namespace (nothing to collide with, nothing that root-namespace firewall rules see);
+  bridge netfilter is switched off in that namespace only.
+- :class:`LabHost` is a Mininet host whose IPv6 is off (no DAD or router solicitations in captures) and
+  whose interfaces come up with checksum offload off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mininet.link import Intf, TCIntf
+from mininet.net import Mininet
+from mininet.node import Host
+from mininet.nodelib import LinuxBridge
+
+QUIET_SYSCTLS = (
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+)
+
+
+class QuietMininet(Mininet):  # type: ignore[misc]
+    """Mininet without its machine-wide resource tuning (``fixLimits``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        previous = Mininet.inited
+        Mininet.inited = True  # Mininet.init() would call ensureRoot() and fixLimits()
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            Mininet.inited = previous
+
+
+class LabHost(Host):  # type: ignore[misc]
+    """A host with IPv6 off and rp_filter off, set as soon as its namespace exists."""
+
+    def __init__(self, name: str, **params: Any) -> None:
+        super().__init__(name, **params)
+        self.cmd("sysctl -q -w " + " ".join(QUIET_SYSCTLS))
+
+
+class NsBridge(LinuxBridge):  # type: ignore[misc]
+    """A Linux bridge in a namespace of its own (needs no controller)."""
+
+    def __init__(self, name: str, **params: Any) -> None:
+        params["inNamespace"] = True
+        params.setdefault("dpid", "%016x" % (abs(hash(name)) % (1 << 63)))
+        super().__init__(name, **params)
+        self.cmd("sysctl -q -w " + " ".join(QUIET_SYSCTLS))
+        # bridged frames must not go through this namespace's iptables/nftables
+        self.cmd("for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -w $f ] && echo 0 > $f; done")
+
+    @classmethod
+    def setup(cls) -> None:
+        # LinuxBridge.setup() warns about the *root* namespace's bridge-nf settings; ours is elsewhere.
+        return None
+
+    def start(self, _controllers: Any) -> None:
+        self.cmd("ip link add name", self.name, "type bridge")
+        for intf in self.intfList():
+            if self.name in intf.name:
+                self.cmd("ip link set", intf.name, "master", self.name, "up")
+        self.cmd("ip link set", self.name, "up")
+
+    def stop(self, deleteIntfs: bool = True) -> None:  # noqa: N803 - Mininet's name
+        # Nothing to delete one by one: the bridge and its ports vanish with the namespace when
+        # terminate() ends the shell (Mininet calls it right after stop()).
+        return None
+
+
+__all__ = ["Intf", "LabHost", "NsBridge", "QuietMininet", "TCIntf"]
