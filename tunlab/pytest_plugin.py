@@ -1,34 +1,29 @@
-"""pytest plugin (registered through the ``pytest11`` entry point): markers and root gating.
+"""The tunlab pytest plugin, registered through the ``pytest11`` entry point: installing tunlab is enough.
 
-Fixtures and artefacts are added on top of this (see docs/ARCHITECTURE.md).
+- markers ``netns`` / ``mininet`` (skipped with a one-line reason when the machine cannot run them) and
+  ``tunlab_topology``; options ``--tunlab-keep``, ``--tunlab-backend``, ``--tunlab-results``;
+- fixtures ``tunlab_lab``, ``tunlab_lab_factory``, ``tunlab_module_labs``, ``tunlab_artefacts``;
+- per-test artefact folders (pcaps of every link, relay logs, EXPECTED/RECEIVED) kept for failing tests;
+- a leak check after every lab.
+
+The parts live in ``tunlab/testing/``; this module only gathers them (pytest registers the hooks and
+fixtures found in a plugin module's namespace).
 """
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
-
-def netns_unavailable_reason() -> str | None:
-    """Why ``netns`` tests cannot run here, in one line, or None when they can."""
-    if os.geteuid() != 0:
-        return "netns tests need root (run pytest with sudo)"
-    if not os.path.exists("/proc/self/ns/net"):
-        return "netns tests need a kernel with network namespaces"
-    return None
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "netns: needs root and network namespaces (skipped otherwise)")
-    config.addinivalue_line("markers", "mininet: needs Debian's mininet package as well as root")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = netns_unavailable_reason()
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=reason)
-    for item in items:
-        if item.get_closest_marker("netns") or item.get_closest_marker("mininet"):
-            item.add_marker(skip)
+from tunlab.testing.fixtures import (  # noqa: F401  (fixtures, registered by name)
+    tunlab_artefacts,
+    tunlab_lab,
+    tunlab_lab_factory,
+    tunlab_module_labs,
+)
+from tunlab.testing.gating import netns_unavailable_reason  # noqa: F401  (public: the skip decision)
+from tunlab.testing.hooks import (  # noqa: F401  (hooks, registered by name)
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_configure_node,
+    pytest_runtest_makereport,
+    pytest_unconfigure,
+)

@@ -1,0 +1,96 @@
+"""Per-test artefact folders: created for tests that use a lab, kept when the test failed (or with
+``--tunlab-keep``), removed otherwise; named in the failure report and in JUnit XML properties.
+
+The keep/remove decision needs the test's outcome inside a fixture's teardown: the
+``pytest_runtest_makereport`` wrapper (hooks.py) stores each phase's report in ``item.stash``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunlab.privileges import chown_to_invoking_user, make_user_dir
+from tunlab.testing.options import Settings, safe_name
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
+FOLDERS_KEY = pytest.StashKey[list[Path]]()      # artefact folders this test can point at (own, module lab)
+TEARDOWN_ERRORS_KEY = pytest.StashKey[list[str]]()  # leak/teardown problems found by our fixtures
+MODULE_FAILED_KEY = pytest.StashKey[bool]()        # on a Module node: one of its tests failed
+
+PROPERTY = "tunlab_artefacts"
+SECTION = "tunlab artefacts"
+
+
+def settings(config: pytest.Config) -> Settings:
+    value = config.stash.get(SETTINGS_KEY, None)
+    if value is None:
+        value = config.stash[SETTINGS_KEY] = Settings.from_config(config)
+    return value
+
+
+def has_failed(item: pytest.Item) -> bool:
+    """Did this test fail so far: a failed setup or call, or a teardown problem one of our fixtures found."""
+    reports = item.stash.get(REPORTS_KEY, {})
+    return any(r.failed for r in reports.values()) or bool(item.stash.get(TEARDOWN_ERRORS_KEY, []))
+
+
+def point_at(item: pytest.Item, folder: Path) -> None:
+    """Make ``folder`` one of the folders a failure report of ``item`` names."""
+    folders = item.stash.setdefault(FOLDERS_KEY, [])
+    if folder not in folders:
+        folders.append(folder)
+
+
+def describe(folders: list[Path]) -> str:
+    lines = []
+    for folder in folders:
+        lines.append(f"kept in {folder}")
+        if folder.is_dir():
+            names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+            shown = names[:20]
+            lines.extend(f"  {n}" for n in shown)
+            if len(names) > len(shown):
+                lines.append(f"  ... and {len(names) - len(shown)} more")
+    return "\n".join(lines)
+
+
+def make_test_folder(item: pytest.Item) -> Path:
+    """Create and return this test's own artefact folder (unique per run, xdist worker and test id)."""
+    folder = settings(item.config).session_dir / safe_name(item.nodeid)
+    if folder.exists():  # a rerun of the same id in the same session (e.g. pytest-rerunfailures)
+        shutil.rmtree(folder)
+    make_user_dir(folder)
+    point_at(item, folder)
+    return folder
+
+
+def finish_folder(item: pytest.Item, folder: Path, *, failed: bool) -> bool:
+    """Keep (and give to the sudo user) or remove ``folder``; returns whether it was kept."""
+    if failed or settings(item.config).keep:
+        chown_to_invoking_user(folder)
+        if (PROPERTY, str(folder)) not in item.user_properties:
+            item.user_properties.append((PROPERTY, str(folder)))
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def write_failure(folder: Path, report: pytest.TestReport) -> None:
+    """Save the failure text next to the pcaps so the folder stands on its own (CI artefact uploads)."""
+    if folder.is_dir():
+        with open(folder / "failure.txt", "a", encoding="utf-8") as fh:
+            fh.write(f"== {report.nodeid} ({report.when}) ==\n{report.longreprtext}\n")
+
+
+def remove_empty_session_dir(config: pytest.Config) -> None:
+    value = config.stash.get(SETTINGS_KEY, None)
+    if value is None:
+        return
+    try:
+        value.session_dir.rmdir()  # only when empty
+    except OSError:
+        chown_to_invoking_user(value.session_dir)

@@ -1,0 +1,99 @@
+"""pytest hooks of the tunlab plugin: options, markers, root gating, the netns-marker rule, reports."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunlab.testing import artefacts, gating, options
+
+MARKERS = (
+    "netns: needs root and network namespaces (skipped otherwise, with the reason)",
+    "mininet: needs Debian's mininet package as well as root (skipped otherwise)",
+    "tunlab_topology(topology, *, scope='function', **lab_kwargs): the topology the tunlab_lab fixture "
+    "builds (a Topology, a callable returning one, or a topologies/ name); scope='module' shares one lab "
+    "between the tests of a module",
+    "tunlab_scenario: a scenario file collected as a test item",
+)
+
+REASONS_KEY = pytest.StashKey[dict[str, str | None]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tunlab", "tunlab labs (network namespaces, relays, scenarios)")
+    options.add_options(group.addoption)
+    options.add_ini(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist controller: give every worker the same run token, so one run is one folder name."""
+    node.workerinput["tunlab_token"] = artefacts.settings(node.config).session_token
+
+
+def skip_reasons(config: pytest.Config) -> dict[str, str | None]:
+    """The netns and mininet verdicts, computed once per session (the netns probe starts a process)."""
+    reasons = config.stash.get(REASONS_KEY, None)
+    if reasons is None:
+        netns = gating.netns_unavailable_reason()
+        reasons = {"netns": netns, "mininet": gating.mininet_unavailable_reason(netns)}
+        config.stash[REASONS_KEY] = reasons
+    return reasons
+
+
+def _unmarked_under(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    roots: list[Path] = [Path(p) for p in config.getini("tunlab_netns_paths")]
+    if not roots:
+        return []
+    bad = []
+    for item in items:
+        path = Path(item.path)
+        if any(path.is_relative_to(r) for r in roots) and item.get_closest_marker("netns") is None:
+            bad.append(item.nodeid)
+    return bad
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    bad = _unmarked_under(config, items)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise pytest.UsageError(
+            f"tunlab: {len(bad)} test(s) under tunlab_netns_paths lack @pytest.mark.netns: {shown} "
+            "(mark them, e.g. pytestmark = pytest.mark.netns, or move them to tests/unit)")
+    needs = [(item, name) for item in items for name in ("netns", "mininet") if item.get_closest_marker(name)]
+    if not needs:
+        return
+    reasons = skip_reasons(config)
+    for item, name in needs:
+        reason = reasons[name]
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report: pytest.TestReport = yield
+    item.stash.setdefault(artefacts.REPORTS_KEY, {})[report.when] = report
+    if report.failed:
+        module = item.getparent(pytest.Module)
+        if module is not None:
+            module.stash[artefacts.MODULE_FAILED_KEY] = True
+        folders = item.stash.get(artefacts.FOLDERS_KEY, [])
+        if folders:
+            for folder in folders:
+                artefacts.write_failure(folder, report)
+            report.sections.append((artefacts.SECTION, artefacts.describe(folders)))
+    return report
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    artefacts.remove_empty_session_dir(config)
