@@ -1,0 +1,263 @@
+"""Decode what was captured on an underlay link: which packets are relay encapsulation, which are bare.
+
+Pure (no root, no scapy): a capture is a list of :class:`Frame` (raw L3 bytes plus a kernel timestamp);
+:func:`decode_link` turns the frames seen on one link into :class:`Sighting` objects:
+
+- ``encap``: an outer IPv4/UDP datagram between the link's two relay endpoints (one inner packet per
+  datagram), or one frame of the relay's TCP stream (2-byte big-endian length + packet), reassembled per
+  direction from the captured segments, whatever the segment boundaries;
+- ``bare``: an IP packet whose source or destination is an overlay address, i.e. an inner packet that
+  left a relay without encapsulation;
+- ``fragment``: an outer IP fragment (the TUN MTU leaves no room for the encapsulation);
+- ``stream-error``: bytes of a relay TCP stream that do not de-frame (a gap in the capture, a bad length);
+- ``other``: anything else (ICMP errors from the underlay, TCP handshakes, ...). Never a failure by itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+_FRAME_HDR = 2  # TCP framing: 2-byte big-endian length
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured packet: the L3 bytes, a kernel timestamp (seconds) and whether the capturing
+    namespace sent it (True) or received it (False)."""
+
+    ts: float
+    data: bytes
+    outgoing: bool = False
+
+
+@dataclass(frozen=True)
+class RelayEnd:
+    """One end of an underlay link as the relays use it."""
+
+    node: str
+    ip: str
+    port: int | None  # None: not fixed (a client's ephemeral source port)
+
+    def label(self) -> str:
+        return f"{self.node} {self.ip}" + (f":{self.port}" if self.port else "")
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What one underlay packet (UDP) or one de-framed TCP frame carried."""
+
+    ts: float
+    kind: str                 # encap | bare | fragment | stream-error | other
+    src: str                  # "ip:port" (or "ip") as on the wire
+    dst: str
+    outer: str                # one-line outer header, e.g. "UDP 10.9.0.1:40000 > 10.9.0.2:40001"
+    inner: bytes | None       # the inner packet (encap), the packet itself (bare), else None
+    src_node: str | None = None  # which relay end sent it, for encap sightings
+    dst_node: str | None = None
+
+
+@dataclass(frozen=True)
+class _Ip:
+    src: str
+    dst: str
+    proto: int
+    fragment: bool
+    header_len: int
+    payload: bytes
+
+
+def parse_ipv4(data: bytes) -> _Ip | None:
+    """The fields of an IPv4 header this module needs, or None when ``data`` is not IPv4."""
+    if len(data) < 20 or data[0] >> 4 != 4:
+        return None
+    ihl = (data[0] & 0x0F) * 4
+    total = struct.unpack_from("!H", data, 2)[0]
+    end = len(data) if total == 0 or total > len(data) else total  # GSO captures may carry 0
+    flags_frag = struct.unpack_from("!H", data, 6)[0]
+    fragment = bool(flags_frag & 0x2000) or bool(flags_frag & 0x1FFF)
+    src = str(ipaddress.IPv4Address(data[12:16]))
+    dst = str(ipaddress.IPv4Address(data[16:20]))
+    return _Ip(src, dst, data[9], fragment, ihl, data[ihl:end])
+
+
+def default_deframe(buf: bytes) -> tuple[list[bytes], int]:
+    """Split a TCP relay stream into packets: (packets, bytes consumed). Stops at a partial frame."""
+    out: list[bytes] = []
+    pos = 0
+    while len(buf) - pos >= _FRAME_HDR:
+        (n,) = struct.unpack_from("!H", buf, pos)
+        if len(buf) - pos - _FRAME_HDR < n:
+            break
+        out.append(buf[pos + _FRAME_HDR:pos + _FRAME_HDR + n])
+        pos += _FRAME_HDR + n
+    return out, pos
+
+
+def frame_error(packet: bytes) -> str | None:
+    """Why a de-framed TCP frame cannot be one inner IP packet, or None when it can."""
+    if not packet:
+        return "empty frame"
+    version = packet[0] >> 4
+    if version == 4:
+        if len(packet) < 20:
+            return f"{len(packet)}-byte frame is shorter than an IPv4 header"
+        total = struct.unpack_from("!H", packet, 2)[0]
+        if total != len(packet):
+            return f"frame of {len(packet)} bytes holds an IPv4 packet of length {total}"
+        return None
+    if version == 6:
+        if len(packet) < 40 or struct.unpack_from("!H", packet, 4)[0] + 40 != len(packet):
+            return f"frame of {len(packet)} bytes is not one IPv6 packet"
+        return None
+    return f"frame starts with IP version {version}"
+
+
+Deframer = Callable[[bytes], tuple[list[bytes], int]]
+
+
+def _deframer() -> Deframer:
+    """The relay's own de-framer when the relay package provides one, else the equivalent above."""
+    try:
+        from tunlab.relay import framing  # type: ignore[attr-defined]
+    except ImportError:
+        return default_deframe
+    fn = getattr(framing, "split_frames", None) or getattr(framing, "deframe", None)
+    return fn if callable(fn) else default_deframe
+
+
+def _ports(payload: bytes) -> tuple[int, int] | None:
+    if len(payload) < 4:
+        return None
+    return struct.unpack_from("!HH", payload, 0)
+
+
+def _direction(ip: _Ip, sport: int, dport: int, a: RelayEnd, b: RelayEnd) -> tuple[RelayEnd, RelayEnd] | None:
+    """(sender end, receiver end) when the packet runs between the two relay ends with their ports."""
+    for x, y in ((a, b), (b, a)):
+        if ip.src == x.ip and ip.dst == y.ip and (x.port is None or sport == x.port) \
+                and (y.port is None or dport == y.port):
+            return x, y
+    return None
+
+
+@dataclass
+class _Stream:
+    src: RelayEnd
+    dst: RelayEnd
+    label: tuple[str, str]  # ("ip:port", "ip:port")
+    isn: int | None = None  # sequence number of the first payload byte, when the SYN was seen
+    segments: dict[int, tuple[bytes, float]] = field(default_factory=dict)
+
+
+def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: str,
+                overlay: Sequence[str | ipaddress.IPv4Network], *, deframe: Deframer | None = None
+                ) -> list[Sighting]:
+    """Classify every frame captured on the link between relay ends ``a`` and ``b``.
+
+    ``overlay``: overlay addresses or networks; an IP packet from or to one of them on the underlay is bare.
+    ``transport``: "udp" or "tcp" (the relays' encapsulation on this link).
+    """
+    nets = [ipaddress.ip_network(o, strict=False) for o in overlay]
+
+    def in_overlay(addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        return any(ip in n for n in nets)
+
+    out: list[Sighting] = []
+    streams: dict[tuple[str, int, str, int], _Stream] = {}
+    for fr in frames:
+        ip = parse_ipv4(fr.data)
+        if ip is None:
+            out.append(Sighting(fr.ts, "other", "?", "?", f"non-IPv4 {len(fr.data)} bytes", None))
+            continue
+        if in_overlay(ip.src) or in_overlay(ip.dst):
+            out.append(Sighting(fr.ts, "bare", ip.src, ip.dst, f"bare IP {ip.src} > {ip.dst} proto={ip.proto}",
+                                fr.data))
+            continue
+        if ip.fragment:
+            out.append(Sighting(fr.ts, "fragment", ip.src, ip.dst,
+                                f"IP fragment {ip.src} > {ip.dst} proto={ip.proto}", None))
+            continue
+        ports = _ports(ip.payload) if ip.proto in (6, 17) else None
+        ends = _direction(ip, *ports, a, b) if ports else None
+        if ports is None or ends is None:
+            out.append(Sighting(fr.ts, "other", ip.src, ip.dst, f"IP {ip.src} > {ip.dst} proto={ip.proto}", None))
+            continue
+        sport, dport = ports
+        src, dst = f"{ip.src}:{sport}", f"{ip.dst}:{dport}"
+        if ip.proto == 17 and transport == "udp":
+            outer = f"UDP {src} > {dst}"
+            out.append(Sighting(fr.ts, "encap", src, dst, outer, ip.payload[8:], ends[0].node, ends[1].node))
+        elif ip.proto == 6 and transport == "tcp":
+            _add_segment(streams, ip, sport, dport, ends, fr.ts)
+        else:
+            out.append(Sighting(fr.ts, "other", src, dst, f"proto={ip.proto} {src} > {dst}", None))
+    for stream in streams.values():
+        out.extend(_deframe_stream(stream, deframe or _deframer()))
+    out.sort(key=lambda s: s.ts)
+    return out
+
+
+def _add_segment(streams: dict[tuple[str, int, str, int], _Stream], ip: _Ip, sport: int, dport: int,
+                 ends: tuple[RelayEnd, RelayEnd], ts: float) -> None:
+    tcp = ip.payload
+    if len(tcp) < 20:
+        return
+    seq = struct.unpack_from("!I", tcp, 4)[0]
+    doff = (tcp[12] >> 4) * 4
+    flags = tcp[13]
+    key = (ip.src, sport, ip.dst, dport)
+    stream = streams.get(key)
+    if stream is None:
+        stream = streams[key] = _Stream(ends[0], ends[1], (f"{ip.src}:{sport}", f"{ip.dst}:{dport}"))
+    if flags & 0x02:  # SYN: the stream starts at seq + 1
+        stream.isn = (seq + 1) & 0xFFFFFFFF
+    payload = tcp[doff:]
+    if payload and seq not in stream.segments:  # a retransmission of a seen segment adds nothing
+        stream.segments[seq] = (payload, ts)
+
+
+def _deframe_stream(stream: _Stream, deframe: Deframer) -> list[Sighting]:
+    """Reassemble one direction of a relay TCP connection and cut it into inner packets."""
+    if not stream.segments:
+        return []
+    base = stream.isn
+    if base is None:  # no SYN captured: start at the earliest byte, sequence numbers compared modulo 2**32
+        first = next(iter(stream.segments))
+        signed = [((s - first + 2**31) & 0xFFFFFFFF) - 2**31 for s in stream.segments]
+        base = (first + min(signed)) & 0xFFFFFFFF
+    # order by offset from the base, modulo 2**32 (sequence numbers wrap)
+    ordered = sorted(((s - base) & 0xFFFFFFFF, data, ts) for s, (data, ts) in stream.segments.items())
+    buf = bytearray()
+    ends: list[tuple[int, float]] = []  # (stream offset after this segment, its timestamp)
+    errors: list[Sighting] = []
+    src, dst = stream.label
+    for off, data, ts in ordered:
+        if off > len(buf):
+            errors.append(Sighting(ts, "stream-error", src, dst,
+                                   f"TCP {src} > {dst}: {off - len(buf)} bytes missing from the capture "
+                                   f"at stream offset {len(buf)}", None))
+            break
+        new = data[len(buf) - off:]
+        if new:
+            buf.extend(new)
+            ends.append((len(buf), ts))
+    packets, used = deframe(bytes(buf))
+    out: list[Sighting] = []
+    pos = 0
+    for i, pkt in enumerate(packets):
+        pos += _FRAME_HDR + len(pkt)
+        ts = next((t for end, t in ends if end >= pos), ends[-1][1])
+        err = frame_error(pkt)
+        outer = f"TCP {src} > {dst} frame #{i + 1} ({len(pkt)} bytes)"
+        if err:
+            out.append(Sighting(ts, "stream-error", src, dst, f"{outer}: {err}", pkt))
+            break
+        out.append(Sighting(ts, "encap", src, dst, outer, pkt, stream.src.node, stream.dst.node))
+    if used < len(buf) and not errors:
+        errors.append(Sighting(ends[-1][1], "stream-error", src, dst,
+                               f"TCP {src} > {dst}: {len(buf) - used} bytes after the last whole frame", None))
+    return out + errors

@@ -1,0 +1,210 @@
+"""Expected packets and how received ones are compared with them (PTF's vocabulary, no global state).
+
+A :class:`Mask` wraps the packet a check expects and says which of its fields do not matter::
+
+    m = Mask(IP(src="10.0.0.1", dst="10.0.0.2", ttl=61) / ICMP(id=7) / b"payload")
+    m.set_do_not_care_packet(IP, "id")          # the path may change this field
+    m.matches(received_bytes)                   # -> bool
+    m.diff(received_bytes)                      # -> [FieldDiff]: what differs, field by field
+
+Checksums are, by default, *followed* rather than compared: a received packet's IP, ICMP, UDP and TCP
+checksums must be correct for the bytes it carries (so a TTL decremented by a forwarding VNF is fine, and a
+payload rewritten without fixing the checksum is caught twice). ``checksums="equal"`` compares them as plain
+fields and ``checksums="ignore"`` skips them.
+
+:func:`decode` renders any packet as short lines (one per layer) so EXPECTED and RECEIVED are shown the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.fields import ConditionalField
+from scapy.packet import NoPayload, Packet, Padding, Raw
+
+ChecksumMode = Literal["valid", "equal", "ignore"]
+
+# layers whose "chksum" field is a checksum over bytes scapy can recompute
+_CHECKSUMMED = (IP, ICMP, UDP, TCP)
+_PAYLOAD_LAYERS = (Raw, Padding)
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One difference between an expected and a received packet."""
+
+    layer: str
+    field: str
+    expected: str
+    received: str
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.field}: expected {self.expected}, received {self.received}"
+
+
+def parse_ip(data: bytes | Packet) -> Packet:
+    """Dissect raw L3 bytes as IPv4 or IPv6 (by the version nibble); a scapy packet is returned as is."""
+    if isinstance(data, Packet):
+        return data
+    if data and data[0] >> 4 == 6:
+        return IPv6(data)
+    return IP(data)
+
+
+def _layers(pkt: Packet) -> list[Packet]:
+    out = []
+    layer: Packet = pkt
+    while not isinstance(layer, NoPayload):
+        out.append(layer)
+        layer = layer.payload
+    return out
+
+
+def _present_fields(layer: Packet) -> list:  # type: ignore[type-arg]
+    """The fields of ``layer`` that exist in this packet (conditional ones only when their condition holds)."""
+    return [f for f in layer.fields_desc if not (isinstance(f, ConditionalField) and not f._evalcond(layer))]
+
+
+def _hexcap(data: bytes, cap: int = 16) -> str:
+    more = f"... ({len(data)} bytes)" if len(data) > cap else ""
+    return data[:cap].hex() + more
+
+
+def _bytes_diff(layer: str, exp: bytes, rcv: bytes) -> FieldDiff:
+    """Describe where two byte strings first differ."""
+    n = min(len(exp), len(rcv))
+    at = next((i for i in range(n) if exp[i] != rcv[i]), n)
+    lo = max(0, at - 4)
+    return FieldDiff(layer, f"load[{at}]",
+                     f"{len(exp)} bytes, ..{exp[lo:at + 8].hex()}.. at offset {lo}",
+                     f"{len(rcv)} bytes, ..{rcv[lo:at + 8].hex()}.. at offset {lo}")
+
+
+def bad_checksums(pkt: Packet) -> list[str]:
+    """Names of the layers of ``pkt`` whose checksum does not match the bytes they carry ([] if all do)."""
+    fresh = parse_ip(bytes(pkt))
+    rebuilt = fresh.copy()
+    for layer in _layers(rebuilt):
+        if isinstance(layer, _CHECKSUMMED) and layer.fields.get("chksum") is not None:
+            # UDP over IPv4 may carry no checksum at all (0): that is valid
+            if isinstance(layer, UDP) and layer.chksum == 0:
+                continue
+            layer.chksum = None
+    rebuilt = parse_ip(bytes(rebuilt))
+    bad = []
+    for got, want in zip(_layers(fresh), _layers(rebuilt)):
+        if isinstance(got, _CHECKSUMMED) and got.chksum != want.chksum:
+            bad.append(f"{got.name} (carries 0x{got.chksum:04x}, bytes give 0x{want.chksum:04x})")
+    return bad
+
+
+class Mask:
+    """An expected packet plus the fields a comparison ignores."""
+
+    def __init__(self, expected: Packet | bytes, *, checksums: ChecksumMode = "valid") -> None:
+        self.expected = parse_ip(bytes(expected))  # built once: fields such as len and chksum are filled
+        self.checksums: ChecksumMode = checksums
+        self._ignored: set[tuple[type[Packet], str]] = set()
+
+    def set_do_not_care_packet(self, layer: type[Packet], field: str) -> Mask:
+        """Ignore ``field`` of ``layer`` (e.g. ``IP, "ttl"``); raises ValueError on a field the layer lacks."""
+        if field not in {f.name for f in layer.fields_desc}:
+            raise ValueError(f"{layer.__name__} has no field {field!r}")
+        self._ignored.add((layer, field))
+        return self
+
+    @property
+    def ignored(self) -> list[str]:
+        return sorted(f"{cls.__name__}.{name}" for cls, name in self._ignored)
+
+    def _cares(self, layer: Packet, field: str) -> bool:
+        if any(isinstance(layer, cls) and field == name for cls, name in self._ignored):
+            return False
+        if field == "chksum" and isinstance(layer, _CHECKSUMMED):
+            return self.checksums == "equal"
+        return True
+
+    def diff(self, received: Packet | bytes) -> list[FieldDiff]:
+        """Every difference between the expected packet and ``received`` that this mask cares about."""
+        rcv = parse_ip(bytes(received))
+        diffs: list[FieldDiff] = []
+        exp_layers, rcv_layers = _layers(self.expected), _layers(rcv)
+        for exp, got in zip(exp_layers, rcv_layers):
+            if type(exp) is not type(got):
+                diffs.append(FieldDiff(exp.name, "(layer)", exp.name, got.name))
+                return diffs
+            if isinstance(exp, _PAYLOAD_LAYERS):
+                if bytes(exp) != bytes(got):
+                    diffs.append(_bytes_diff(exp.name, bytes(exp), bytes(got)))
+                continue
+            for fdesc in _present_fields(exp):
+                name = fdesc.name
+                if not self._cares(exp, name):
+                    continue
+                want, have = exp.getfieldval(name), got.getfieldval(name)
+                if want != have:
+                    diffs.append(FieldDiff(exp.name, name, str(fdesc.i2repr(exp, want)),
+                                           str(fdesc.i2repr(got, have))))
+        if len(exp_layers) != len(rcv_layers):
+            diffs.append(FieldDiff("packet", "(layers)", " / ".join(x.name for x in exp_layers),
+                                   " / ".join(x.name for x in rcv_layers)))
+        if self.checksums == "valid":
+            for bad in bad_checksums(rcv):
+                diffs.append(FieldDiff(bad.split(" ")[0], "chksum", "a checksum matching the bytes", bad))
+        return diffs
+
+    def matches(self, received: Packet | bytes) -> bool:
+        return not self.diff(received)
+
+
+def summary(data: Packet | bytes) -> str:
+    """One line: protocol, addresses, ports or ICMP type/id/seq, length."""
+    try:
+        pkt = parse_ip(bytes(data))
+    except Exception:  # noqa: BLE001 - anything scapy cannot parse is shown as bytes
+        return f"undecodable {len(bytes(data))} bytes"
+    if isinstance(pkt, IP):
+        head = f"{pkt.src} > {pkt.dst} ttl={pkt.ttl} id={pkt.id}"
+    elif isinstance(pkt, IPv6):
+        head = f"{pkt.src} > {pkt.dst} hlim={pkt.hlim}"
+    else:
+        return f"{pkt.name} {len(bytes(pkt))} bytes"
+    if ICMP in pkt:
+        icmp = pkt[ICMP]
+        tail = f"ICMP {icmp.sprintf('%ICMP.type%')} id={icmp.id} seq={icmp.seq}"
+    elif TCP in pkt:
+        tcp = pkt[TCP]
+        tail = f"TCP {tcp.sport}>{tcp.dport} [{tcp.sprintf('%TCP.flags%')}] seq={tcp.seq}"
+    elif UDP in pkt:
+        tail = f"UDP {pkt[UDP].sport}>{pkt[UDP].dport}"
+    else:
+        tail = f"proto={getattr(pkt, 'proto', getattr(pkt, 'nh', '?'))}"
+    return f"{tail} {head} len={len(bytes(pkt))}"
+
+
+def decode(data: Packet | bytes, *, max_lines: int = 8, payload_cap: int = 32) -> list[str]:
+    """Render a packet as one line per layer (fields as name=value), capped; used for EXPECTED and RECEIVED."""
+    try:
+        pkt = parse_ip(bytes(data))
+    except Exception:  # noqa: BLE001
+        raw = bytes(data)
+        return [f"undecodable {len(raw)} bytes: {_hexcap(raw, payload_cap)}"]
+    lines = []
+    for layer in _layers(pkt):
+        if isinstance(layer, _PAYLOAD_LAYERS):
+            lines.append(f"{layer.name} {len(bytes(layer))} bytes: {_hexcap(bytes(layer), payload_cap)}")
+            continue
+        parts = []
+        for fdesc in _present_fields(layer):
+            value = layer.getfieldval(fdesc.name)
+            if value in (None, b"", []) and fdesc.name in ("options", "unused"):
+                continue
+            shown = value if fdesc.name in ("sport", "dport") else fdesc.i2repr(layer, value)
+            parts.append(f"{fdesc.name}={shown}")
+        lines.append(f"{layer.name} " + " ".join(parts))
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [f"... {len(lines) - max_lines + 1} more layers"]
+    return lines
