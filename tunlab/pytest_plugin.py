@@ -24,6 +24,7 @@ from tunlab.testing.hooks import (  # noqa: F401  (hooks, registered by name)
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_configure_node,
+    pytest_make_collect_report,
     pytest_runtest_makereport,
     pytest_unconfigure,
 )

@@ -74,12 +74,17 @@ def new_token() -> str:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9._/-]+(::[A-Za-z0-9_]+)*")
 
 
 def safe_name(nodeid: str, limit: int = 120) -> str:
-    """A folder name for a test id: ``tests/x/test_a.py::test_b[1]`` -> ``tests-x-test_a.py--test_b-1``."""
+    """A folder name for a test id: ``tests/x/test_a.py::test_b`` -> ``tests-x-test_a.py--test_b``.
+
+    Ids with parameters or other characters that do not survive (``[a/b]`` and ``[a-b]``) get a short digest
+    of the whole id, so two tests never share a folder.
+    """
     name = _UNSAFE.sub("-", nodeid.replace("::", "--")).strip("-.") or "test"
-    if len(name) > limit:
-        digest = uuid.uuid5(uuid.NAMESPACE_URL, nodeid).hex[:8]
-        name = f"{name[:limit - 9]}-{digest}"
-    return name
+    if _PLAIN.fullmatch(nodeid) and len(name) <= limit:
+        return name
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, nodeid).hex[:8]
+    return f"{name[:limit - 9]}-{digest}"
