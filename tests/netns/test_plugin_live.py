@@ -1,13 +1,87 @@
-"""On a machine that can run netns tests, the plugin's check says so (the probe really makes a namespace)."""
+"""The plugin's privileged parts on real namespaces: the gating probe, link captures, the leak check."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from tunlab.testing import gating
+from tunlab.errors import TunlabError
+from tunlab.testing import captures, gating, leaks
+
+pytestmark = pytest.mark.netns
 
 
-@pytest.mark.netns
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Generator[str, None, None]:
+    """A namespace of this test (prefix p5pl), with lo up; removed afterwards."""
+    name = f"p5pl{uuid.uuid4().hex[:8]}"
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        _ip("netns", "delete", name)
+
+
+def _popen_in(ns: str) -> Any:
+    def popen(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
+    return popen
+
+
 def test_netns_check_passes_here() -> None:
     assert gating.netns_unavailable_reason() is None
-    assert gating._can_unshare_net()
+
+
+def test_capture_is_ready_before_traffic_and_flushed_on_stop(netns: str, tmp_path: Path) -> None:
+    from scapy.layers.inet import ICMP
+    from scapy.utils import rdpcap
+
+    caps = captures.start([("lo", _popen_in(netns), "lo", tmp_path / "pcaps" / "lo.pcap")])
+    try:
+        # no wait between start() and sending: start() returned only once tcpdump listens
+        subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "3", "-i", "0.01", "-W", "1", "127.0.0.1"],
+                       check=True, capture_output=True)
+    finally:
+        captures.stop(caps)
+    assert all(c.proc.returncode is not None for c in caps)
+    echoes = [p for p in rdpcap(str(tmp_path / "pcaps" / "lo.pcap")) if p.haslayer(ICMP)]
+    assert [p[ICMP].type for p in echoes].count(8) == 3  # every request, none lost to a late start
+
+
+def test_capture_on_missing_interface_fails_naming_it(netns: str, tmp_path: Path) -> None:
+    with pytest.raises(TunlabError, match=r"capture on link-x \(tcpdump -i nosuchdev\) did not start: .*No such device"):
+        captures.start([("link-x", _popen_in(netns), "nosuchdev", tmp_path / "x.pcap")])
+
+
+def test_leak_check_finds_namespaces_and_tagged_processes() -> None:
+    run_id = f"p5{uuid.uuid4().hex[:6]}"
+    ours, bystander = f"tl-{run_id}-a", f"tl-{run_id}x-b"   # the bystander only contains the id in a longer word
+    _ip("netns", "add", ours)
+    _ip("netns", "add", bystander)
+    proc = subprocess.Popen(["sleep", "60"], env={**os.environ, "TUNLAB_RUN": run_id})
+    try:
+        rec = leaks.Recorded(run_id=run_id)
+        found = leaks.leftovers(rec)
+        assert found == [f"namespace {ours}", f"process {proc.pid}"]
+        msg = leaks.leak_message(rec, found)
+        assert ours in msg and str(proc.pid) in msg and "\n" not in msg
+        # a recorded pid whose start time differs is another process that reused the pid: not ours
+        rec2 = leaks.Recorded(run_id="p5none", pids={proc.pid: (leaks.start_time(proc.pid) or 0) + 1})
+        assert leaks.leftovers(rec2) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        _ip("netns", "delete", ours)
+        _ip("netns", "delete", bystander)
+    assert leaks.leftovers(leaks.Recorded(run_id=run_id)) == []

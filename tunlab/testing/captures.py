@@ -23,6 +23,7 @@ Popen = Callable[..., "subprocess.Popen[bytes]"]
 @dataclass
 class Capture:
     label: str
+    iface: str
     path: Path
     proc: subprocess.Popen[bytes]
 
@@ -49,7 +50,8 @@ def _wait_listening(caps: Sequence[Capture], timeout: float) -> None:
                 cap = pending.pop(fd)
                 if not chunk and b"listening on" not in text[fd]:
                     msg = text[fd].decode(errors="replace").strip().splitlines()
-                    raise TunlabError(f"capture on {cap.label} did not start: {msg[-1] if msg else 'no output'}")
+                    raise TunlabError(f"capture on {cap.label} (tcpdump -i {cap.iface}) did not start: "
+                                      f"{msg[-1] if msg else 'no output'}")
     if pending:
         names = ", ".join(c.label for c in pending.values())
         raise TunlabError(f"capture on {names} not ready after {timeout:.0f} s")
@@ -63,7 +65,7 @@ def start(targets: Sequence[tuple[str, Popen, str, Path]], timeout: float = 10.0
             path.parent.mkdir(parents=True, exist_ok=True)
             proc = popen(tcpdump_argv(iface, path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
-            caps.append(Capture(label, path, proc))
+            caps.append(Capture(label, iface, path, proc))
         _wait_listening(caps, timeout)
     except BaseException:
         stop(caps)
