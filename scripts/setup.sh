@@ -1,54 +1,142 @@
 #!/usr/bin/env bash
-# The one setup path: README commands, .ci/run and the Vagrant provisioning all call this.
-# Idempotent. Installs Debian packages, creates .venv, installs tunlab with its test extras,
-# and links Debian's mininet module into the venv (without the rest of dist-packages).
+# The one setup path: the README commands (scripts/demo.sh, scripts/test.sh), .ci/run and the Vagrant
+# provisioning all run this. Idempotent: a second run changes nothing and takes a second or two.
+#
+#   sudo bash scripts/setup.sh            # as root: Debian packages, .venv, tunlab editable + test extras
+#   sudo bash scripts/setup.sh --vagrant  # also Vagrant (+ vagrant-libvirt): for a host that runs the VM
+#
+# Environment: TUNLAB_PYTHON=/path/to/python3 picks the interpreter for a new .venv (>= 3.11, with venv
+# and ensurepip); by default `python3` from PATH, else Debian's /usr/bin/python3.
 set -euo pipefail
+TUNLAB_SCRIPT_TAG=setup
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$TUNLAB_ROOT"
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$here"
+with_vagrant=0
+for arg in "$@"; do
+  case "$arg" in
+    --vagrant) with_vagrant=1 ;;
+    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option '$arg' (known: --vagrant)" ;;
+  esac
+done
 
-die() { echo "setup: $*" >&2; exit 1; }
+require_lab_machine
 
-[ "$(uname -s)" = "Linux" ] || die "tunlab needs Linux (network namespaces); this is $(uname -s)"
-[ "$(id -u)" -eq 0 ] || die "needs root to install packages and create namespaces: run it with sudo"
-[ -e /proc/self/ns/net ] || die "this kernel has no network namespaces"
+# ---- Debian packages (apt-get update only when something is missing) -----------------------------
+# Keep this list in step with README.md ("What setup does").
+debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
+      socat iperf3 tcpdump ethtool nftables mininet bridge-utils)
+if [ "$with_vagrant" -eq 1 ]; then
+  debs+=(vagrant)
+fi
 
-export DEBIAN_FRONTEND=noninteractive
-debs=(python3 python3-venv python3-pip iproute2 socat iperf3 tcpdump ethtool nftables mininet bridge-utils iputils-ping procps)
+is_installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]; }
+
 missing=()
 for d in "${debs[@]}"; do
-  dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q "ok installed" || missing+=("$d")
+  is_installed "$d" || missing+=("$d")
 done
+if [ "$with_vagrant" -eq 1 ] && ! is_installed vagrant-libvirt && command -v apt-cache >/dev/null \
+   && apt-cache show vagrant-libvirt >/dev/null 2>&1; then
+  missing+=(vagrant-libvirt)
+fi
+
 if [ "${#missing[@]}" -gt 0 ]; then
-  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
-  echo "setup: installing Debian packages: ${missing[*]}"
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  command -v apt-get >/dev/null \
+    || die "apt-get not found (tunlab's setup targets Debian 12): install by hand: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt_opts=(-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
+  apt_log="$(mktemp /tmp/tunlab-setup-apt.XXXXXX)"
+  say "installing Debian packages: ${missing[*]}"
+  if ! apt-get "${apt_opts[@]}" update >"$apt_log" 2>&1; then
+    tail -n 15 "$apt_log" >&2
+    die "'apt-get update' failed (above; full log: $apt_log): check the network and /etc/apt/sources.list*"
+  fi
+  # Mininet recommends Open vSwitch, whose kernel datapath tunlab does not use: no recommends.
+  if ! apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" >>"$apt_log" 2>&1; then
+    tail -n 15 "$apt_log" >&2
+    die "'apt-get install ${missing[*]}' failed (above; full log: $apt_log)"
+  fi
+  rm -f "$apt_log"
 fi
 
-py="${TUNLAB_PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "setup: creating .venv with $($py --version)"
-  "$py" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e ".[test]"
+# ---- Python: the interpreter for .venv --------------------------------------------------------------
+# Usable = Python >= 3.11 that has venv and ensurepip (Debian's python3 gets them from python3-venv;
+# pyenv/python.org builds ship them).
+py_ok() {
+  "$1" -c 'import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1
+}
 
-# Debian's mininet is a dist-packages module; expose only it to the venv through a .pth file
-# pointing at a folder that holds a single link to it.
+pick_python() {
+  local c
+  if [ -n "${TUNLAB_PYTHON:-}" ]; then
+    py_ok "$TUNLAB_PYTHON" || die "TUNLAB_PYTHON=$TUNLAB_PYTHON is not a Python >= 3.11 with venv and ensurepip"
+    echo "$TUNLAB_PYTHON"; return
+  fi
+  for c in python3 /usr/bin/python3; do
+    if command -v "$c" >/dev/null && py_ok "$c"; then command -v "$c"; return; fi
+  done
+  die "no Python >= 3.11 with venv and ensurepip: 'apt-get install python3 python3-venv' (Debian 12 has 3.11)"
+}
+
+venv_ok() {
+  [ -x .venv/bin/python ] \
+    && .venv/bin/python -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1 \
+    && .venv/bin/python -m pip --version >/dev/null 2>&1
+}
+
+if [ -e .venv ] && ! venv_ok; then
+  say ".venv is unusable (no working python >= 3.11 or pip in it): making it again"
+  rm -rf .venv
+fi
+if [ ! -e .venv ]; then
+  py="$(pick_python)"
+  say "creating .venv with $py ($("$py" --version 2>&1))"
+  "$py" -m venv .venv || { rm -rf .venv; die "'$py -m venv .venv' failed (on Debian: apt-get install python3-venv)"; }
+  venv_ok || { rm -rf .venv; die "'$py -m venv .venv' made a venv without pip (ensurepip is broken for $py)"; }
+fi
+
+# ---- tunlab, editable, with its test extras (re-installed only when pyproject.toml changed) ---------
+stamp=".venv/.tunlab-setup"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TUNLAB_ROOT $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
+installed_here() {
+  .venv/bin/python - "$TUNLAB_ROOT" >/dev/null 2>&1 <<'PY'
+import pathlib, sys
+import tunlab, pytest, hypothesis, xdist  # noqa: F401  (the test extras must import)
+sys.exit(0 if pathlib.Path(tunlab.__file__).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve()) else 1)
+PY
+}
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! installed_here; then
+  say "installing tunlab (editable) with its test extras into .venv"
+  pip_log="$(mktemp /tmp/tunlab-setup-pip.XXXXXX)"
+  if ! .venv/bin/python -m pip install --disable-pip-version-check --no-input -q -e ".[test]" >"$pip_log" 2>&1; then
+    tail -n 20 "$pip_log" >&2
+    die "'pip install -e .[test]' failed (above; full log: $pip_log): is PyPI reachable (proxy: PIP_INDEX_URL)?"
+  fi
+  rm -f "$pip_log"
+  installed_here || die "tunlab was installed but does not import from $TUNLAB_ROOT"
+  echo "$want" > "$stamp"
+fi
+
+# ---- Debian's mininet module, and only it, visible in .venv ---------------------------------------
+# A .pth file points at a folder that holds a single link to the mininet package: adding all of
+# dist-packages instead would shadow the venv's own packages with Debian's.
 site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 mn_src=""
 for d in /usr/lib/python3/dist-packages/mininet /usr/local/lib/python3*/dist-packages/mininet; do
-  [ -d "$d" ] && { mn_src="$d"; break; }
+  if [ -f "$d/__init__.py" ]; then mn_src="$d"; break; fi
 done
-if [ -n "$mn_src" ]; then
-  mkdir -p .venv/mininet-link
-  ln -sfn "$mn_src" .venv/mininet-link/mininet
-  echo "$here/.venv/mininet-link" > "$site/tunlab-mininet.pth"
-fi
+[ -n "$mn_src" ] || die "Debian's mininet package is installed but its Python module was not found"
+rm -rf .venv/mininet-link
+mkdir .venv/mininet-link
+ln -s "$mn_src" .venv/mininet-link/mininet
+echo "$TUNLAB_ROOT/.venv/mininet-link" > "$site/tunlab-mininet.pth"
+.venv/bin/python -c 'import mininet.net' 2>/dev/null \
+  || die "the venv cannot import Debian's mininet ($mn_src): try 'rm -rf .venv' and run this again"
 
-# Files created here under sudo belong to the invoking user.
-if [ -n "${SUDO_UID:-}" ]; then
-  chown -R "${SUDO_UID}:${SUDO_GID:-$SUDO_UID}" .venv tunlab.egg-info 2>/dev/null || true
-fi
-echo "setup: ready ($(.venv/bin/tunlab --version))"
+# ---- Files made here under sudo belong to the invoking user ---------------------------------------
+give_to_invoking_user .venv tunlab.egg-info build
+
+say "ready: $(.venv/bin/tunlab --version), $(.venv/bin/python --version) in $TUNLAB_ROOT/.venv"

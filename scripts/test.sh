@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
-# Set everything up (scripts/setup.sh) and run the whole test suite: unit, netns and mininet tiers.
-# Fails if any tier fails or if a test left a namespace, link or relay process of tunlab behind.
+# The README's test command: set everything up (scripts/setup.sh), then run the whole suite tier by
+# tier (unit, netns, mininet) with scripts/suite.py.
+#
+#   sudo bash scripts/test.sh                      # everything
+#   sudo bash scripts/test.sh --tier unit -x       # one tier; arguments after the tiers go to pytest
+#
+# Fails when any tier fails, collects no tests (pytest exit 5), or leaves a named namespace, a
+# root-namespace link or a TUNLAB_RUN process behind (those are reported, never removed).
+# Files the run writes in the tree (caches, results) belong to the invoking user afterwards.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$here"
+TUNLAB_SCRIPT_TAG=test
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$TUNLAB_ROOT"
+
+case "${1:-}" in
+  -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
+
+require_lab_machine
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+t0=$SECONDS
+rc=0
+.venv/bin/python scripts/suite.py "$@" || rc=$?
+give_to_invoking_user .pytest_cache .hypothesis tunlab-results
+give_caches_to_invoking_user
+say "done in $((SECONDS - t0)) s: $([ "$rc" -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
+exit "$rc"

@@ -1,0 +1,200 @@
+"""Run tunlab's test suite tier by tier and say plainly whether it passed.
+
+    python scripts/suite.py [--tier unit|netns|mininet]... [--root DIR] [--tier-timeout S]
+                            [--no-leak-check] [PYTEST ARGS...]
+
+Tiers are chosen by marker, so a test belongs to exactly one wherever its file lives:
+unit = not netns and not mininet, netns = netns and not mininet, mininet = mininet.
+A tier fails when pytest fails, when it collects no test (pytest's exit 5), when it runs as root and
+every test of a root tier was skipped, when it runs past --tier-timeout, or when it leaves a named
+namespace, a root-namespace link or a TUNLAB_RUN process behind (reported, never removed; off with
+--no-leak-check, for a shared machine where other people's runs come and go).
+Every tier runs even after one failed. Exit status 0 only when every tier passed.
+Environment: TUNLAB_TIER_TIMEOUT (s, default 1800), TUNLAB_LEAK_SETTLE (s given to teardown to finish
+before leftovers are reported, default 5).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import leakcheck  # noqa: E402
+
+TIERS: dict[str, str] = {
+    "unit": "not netns and not mininet",
+    "netns": "netns and not mininet",
+    "mininet": "mininet",
+}
+ROOT_TIERS = {"netns", "mininet"}
+NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def say(msg: str) -> None:
+    print(f"suite: {msg}", flush=True)
+
+
+@dataclass
+class Counts:
+    tests: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def passed(self) -> int:
+        return self.tests - self.failed - self.skipped
+
+
+@dataclass
+class TierResult:
+    name: str
+    exit_code: int | None = None
+    counts: Counts = field(default_factory=Counts)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def read_junit(path: Path) -> Counts:
+    """Totals from a pytest JUnit XML file (zeros when pytest wrote none)."""
+    counts = Counts()
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return counts
+    for suite in root.iter("testsuite"):
+        counts.tests += int(suite.get("tests", 0))
+        counts.failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        counts.skipped += int(suite.get("skipped", 0))
+    return counts
+
+
+def judge(name: str, exit_code: int | None, counts: Counts, as_root: bool) -> list[str]:
+    """Why a tier failed, from pytest's exit code and counts (empty list: it passed)."""
+    marker = TIERS[name]
+    if exit_code is None:
+        return [f"tier {name} ran past its time limit and was interrupted"]
+    if exit_code == NO_TESTS:
+        return [f"tier {name} collected no tests (pytest exit 5, -m \"{marker}\"): a tier without tests "
+                f"is a failure; add its tests or run other tiers with --tier"]
+    if exit_code != 0:
+        what = {1: "tests failed", 2: "interrupted", 3: "pytest internal error",
+                4: "pytest usage error"}.get(exit_code, "pytest failed")
+        return [f"tier {name}: {what} (pytest exit {exit_code})"]
+    if as_root and name in ROOT_TIERS and counts.tests > 0 and counts.skipped == counts.tests:
+        return [f"tier {name}: all {counts.tests} tests were skipped although this runs as root "
+                f"(pytest's skip reasons are above)"]
+    return []
+
+
+def run_pytest(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float) -> int | None:
+    """Run pytest; on timeout interrupt it (SIGINT lets fixtures tear down) and return None."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        say(f"time limit of {timeout_s:.0f} s reached: interrupting pytest (pid {proc.pid})")
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return None
+
+
+def run_tier(name: str, root: Path, pytest_args: list[str], suite_id: str, timeout_s: float,
+             workdir: Path, leak_check: bool = True) -> TierResult:
+    result = TierResult(name)
+    junit = workdir / f"{name}.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", TIERS[name], f"--junitxml={junit}", *pytest_args]
+    env = dict(os.environ, **{leakcheck.SUITE_VAR: suite_id})
+    say(f"---- tier {name}: pytest -m \"{TIERS[name]}\" {' '.join(pytest_args)}".rstrip())
+    before = leakcheck.snapshot() if leak_check else None
+    t0 = time.monotonic()
+    result.exit_code = run_pytest(cmd, root, env, timeout_s)
+    result.seconds = time.monotonic() - t0
+    result.counts = read_junit(junit)
+    result.problems = judge(name, result.exit_code, result.counts, os.geteuid() == 0)
+    settle_s = float(os.environ.get("TUNLAB_LEAK_SETTLE", 5.0))
+    left = leakcheck.settled_leaks(before, suite_id, settle_s) if before is not None else []
+    if left:
+        result.problems.append(f"tier {name} left {len(left)} thing(s) behind (not removed; on a shared "
+                               f"machine a concurrent run can show up here too):")
+        result.problems.extend(f"    {line}" for line in left)
+    return result
+
+
+@dataclass
+class Options:
+    tiers: list[str]
+    root: Path
+    timeout_s: float
+    leak_check: bool
+    pytest_args: list[str]
+
+
+def parse_args(argv: list[str]) -> Options:
+    tiers: list[str] = []
+    leak_check = True
+    root = Path(__file__).resolve().parent.parent
+    timeout_s = float(os.environ.get("TUNLAB_TIER_TIMEOUT", DEFAULT_TIMEOUT_S))
+    rest = list(argv)
+    while rest and rest[0] in ("--tier", "--root", "--tier-timeout", "--no-leak-check"):
+        if rest[0] == "--no-leak-check":
+            leak_check, rest = False, rest[1:]
+            continue
+        if len(rest) < 2:
+            raise SystemExit(f"suite: {rest[0]} needs a value")
+        opt, value, rest = rest[0], rest[1], rest[2:]
+        if opt == "--tier":
+            if value not in TIERS:
+                raise SystemExit(f"suite: unknown tier '{value}' (tiers: {', '.join(TIERS)})")
+            tiers.append(value)
+        elif opt == "--root":
+            root = Path(value).resolve()
+        else:
+            timeout_s = float(value)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    return Options(tiers or list(TIERS), root, timeout_s, leak_check, rest)
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    suite_id = uuid.uuid4().hex[:12]
+    with tempfile.TemporaryDirectory(prefix="tunlab-suite-") as tmp:
+        results = [run_tier(t, opts.root, opts.pytest_args, suite_id, opts.timeout_s, Path(tmp), opts.leak_check)
+                   for t in opts.tiers]
+    say("---- summary")
+    for r in results:
+        c = r.counts
+        state = "ok" if r.ok else "FAILED"
+        say(f"{r.name:8} {state:6} {c.passed:4} passed {c.failed:4} failed {c.skipped:4} skipped "
+            f"{r.seconds:7.1f} s")
+    for r in results:
+        for line in r.problems:
+            say(line)
+    failed = [r.name for r in results if not r.ok]
+    say(f"tiers failed: {', '.join(failed)}" if failed else "every tier passed")
+    total = Counts(sum(r.counts.tests for r in results), sum(r.counts.failed for r in results),
+                   sum(r.counts.skipped for r in results))
+    say(f"{total.passed} passed, {total.failed} failed, {total.skipped} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
