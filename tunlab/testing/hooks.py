@@ -13,9 +13,9 @@ from tunlab.testing import artefacts, gating, options
 MARKERS = (
     "netns: needs root and network namespaces (skipped otherwise, with the reason)",
     "mininet: needs Debian's mininet package as well as root (skipped otherwise)",
-    "tunlab_topology(topology, *, scope='function', **lab_kwargs): the topology the tunlab_lab fixture "
-    "builds (a Topology, a callable returning one, or a topologies/ name); scope='module' shares one lab "
-    "between the tests of a module",
+    "tunlab_topology(topology, *, scope='function', params=None, capture=True, **lab_kwargs): the lab the "
+    "tunlab_lab fixture builds, from a Topology, a function returning one, or a topologies/ name or file "
+    "(with params); scope='module' shares one lab between the tests of a module; capture=False: no pcaps",
     "tunlab_scenario: a scenario file collected as a test item",
 )
 

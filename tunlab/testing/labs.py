@@ -21,15 +21,15 @@ from tunlab.testing import captures, leaks
 TopologySpec = Any  # a tunlab.model.Topology, a callable returning one, or a name/path under topologies/
 
 
-def resolve_topology(spec: TopologySpec) -> Any:
-    """Turn what a test gave (object, factory or name) into a Topology."""
-    if isinstance(spec, str):
-        model = importlib.import_module("tunlab.model")
-        loader = getattr(model, "load_topology", None)
-        if loader is None:
-            raise TunlabError(f"topology {spec!r}: this tunlab cannot load topologies by name",
-                              "pass a Topology object or a function returning one")
-        return loader(spec)
+def resolve_topology(spec: TopologySpec, params: dict[str, Any] | None = None) -> Any:
+    """Turn what a test gave (a Topology, a function returning one, or a name/path) into a Topology."""
+    if isinstance(spec, (str, Path)):
+        from tunlab.model import load_topology
+
+        return load_topology(str(spec), params)
+    if params:
+        raise TunlabError("tunlab_topology(params=...) only applies to a topology given by name or path",
+                          "call your topology function with its arguments instead")
     if callable(spec) and not hasattr(spec, "nodes"):
         return spec()
     return spec
@@ -43,21 +43,19 @@ class _Running:
 
 
 def _recorded(lab: Any) -> leaks.Recorded:
-    """What the lab's ledger says it created (names and pids), to check one by one after teardown."""
+    """What the lab's ledger says it created (namespaces, root-namespace links, processes)."""
+    from tunlab.ledger import Ledger
+
     rec = leaks.Recorded(run_id=str(lab.run_id))
-    ledger = getattr(lab, "ledger", None)
-    entries = getattr(ledger, "entries", None)
-    if callable(entries):
-        entries = entries()
-    for entry in entries or []:
-        kind = getattr(entry, "kind", None)
-        name = getattr(entry, "name", None)
-        if kind in ("netns", "namespace") and name:
-            rec.namespaces.add(str(name))
-        elif kind in ("link", "veth") and name and getattr(entry, "netns", None) in (None, ""):
-            rec.links.add(str(name))
-        elif kind in ("process", "relay") and getattr(entry, "pid", None):
-            rec.pids[int(entry.pid)] = getattr(entry, "start_time", None)
+    for entry in Ledger(Path(lab.run_dir)).entries():
+        op = entry.get("op")
+        if op == "netns" and entry.get("name"):
+            rec.namespaces.add(str(entry["name"]))
+        elif op == "link" and entry.get("ifname") and not entry.get("netns"):
+            rec.links.add(str(entry["ifname"]))
+        elif op == "proc" and isinstance(entry.get("pid"), int):
+            start = entry.get("start")
+            rec.pids[entry["pid"]] = start if isinstance(start, int) else None
     return rec
 
 
@@ -74,12 +72,14 @@ class LabFactory:
     def labs(self) -> list[Any]:
         return [r.lab for r in self._running]
 
-    def __call__(self, topology: TopologySpec, *, capture: bool | None = None, **lab_kwargs: Any) -> Any:
+    def __call__(self, topology: TopologySpec, *, params: dict[str, Any] | None = None,
+                 capture: bool | None = None, **lab_kwargs: Any) -> Any:
+        """Build a lab from ``topology`` (``params`` for a topology given by name), wait until it is up."""
         from tunlab.lab import Lab  # the lab (pyroute2, relays) is imported only when a test builds one
 
         lab_kwargs.setdefault("backend", self.backend)
         lab_kwargs.setdefault("results_dir", self.results_dir)
-        lab = Lab(resolve_topology(topology), **lab_kwargs)
+        lab = Lab(resolve_topology(topology, params), **lab_kwargs)
         lab.__enter__()  # a lab that fails to come up tears itself down and raises
         running = _Running(lab, _recorded(lab))
         self._running.append(running)
