@@ -1,0 +1,233 @@
+"""The relay: ``Relay(config).run()``, ``.stop()``, ``.counters()``; ``serve()`` runs one or several
+relays (TunConnector's ``both`` mode) on one event loop with readiness, control socket and stats file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import signal
+import threading
+from typing import Any, Sequence
+
+from tunlab.errors import TunlabError
+
+from .config import RelayConfig
+from .datapath import Datapath, Stats, datapath_class
+from .device import Device, configure, interface_mtu, open_device
+from .hook import HookFn, load_hook
+from .loop import EPOLLIN, Loop
+from .peers import PeerTable
+from .transport import TcpTransport, UdpTransport
+
+log = logging.getLogger("tunlab.relay")
+
+
+class Relay:
+    """One device linked to its peers. Not thread-safe, except :meth:`stop` and :meth:`counters`.
+
+    ``device`` hands over an already open packet descriptor (the relay closes it); ``hook`` overrides
+    ``config.hook`` with a callable.
+    """
+
+    def __init__(self, config: RelayConfig, *, loop: Loop | None = None, device: Device | None = None,
+                 hook: HookFn | None = None) -> None:
+        self.config = config
+        self._own_loop = loop is None
+        self.loop = loop if loop is not None else Loop()
+        self.device: Device | None = device
+        self.hook = hook
+        if hook is not None and config.vnf != "hook":
+            raise TunlabError("a hook callable needs a config with vnf='hook'")
+        self.stats = Stats()
+        self.table = PeerTable(config.peers, config.routes, tap=config.tap)
+        self.transport: UdpTransport | TcpTransport | None = None
+        self.datapath: Datapath | None = None
+        self.mtu = 0
+        self.packet_limit = 0
+        self.error: str | None = None
+        self.opened = False
+        self.closed = False
+
+    # -- life cycle
+    def open(self) -> None:
+        """Open (or attach) and configure the device, bind the sockets, start connecting. Idempotent."""
+        if self.opened:
+            return
+        cfg = self.config
+        try:
+            dp_cls = datapath_class(cfg.datapath, cfg.transport)
+            if self.hook is None and cfg.hook:
+                self.hook = load_hook(cfg.hook)
+            if self.device is None:
+                self.device = open_device(cfg.dev, tap=cfg.tap, attach=cfg.attach, extra_flags=dp_cls.device_flags)
+                if not cfg.attach:
+                    configure(self.device, addr=cfg.addr, mtu=cfg.effective_mtu())
+            self.mtu = cfg.effective_mtu(interface_mtu(self.device.name) if cfg.attach else None)
+            self.packet_limit = self.mtu + cfg.l2_overhead
+            self.transport = TcpTransport(self) if cfg.transport == "tcp" else UdpTransport(self)
+            self.transport.open()
+            self.datapath = dp_cls(self)
+            self.loop.add(self.device.fd, EPOLLIN, self.datapath.on_device)
+            self.transport.start(self.datapath)
+        except BaseException:
+            self.close()
+            raise
+        self.opened = True
+        log.info("relay %s ready: %s device %s mtu %d, %s, listening on %s", cfg.label or cfg.dev,
+                 "TAP" if cfg.tap else "TUN", self.device.name, self.mtu, cfg.transport,
+                 ", ".join(self.transport.bound()) or "-")
+
+    def run(self, *, ready_fd: int | None = None, control: str | None = None, stats_file: str | None = None,
+            handle_signals: bool | None = None) -> dict[str, Any]:
+        """Open, run until :meth:`stop` (or SIGTERM/SIGINT in the main thread), close; return the counters."""
+        return serve([self], ready_fd=ready_fd, control=control, stats_file=stats_file,
+                     handle_signals=handle_signals)
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from other threads and signal handlers)."""
+        self.loop.stop()
+
+    def fail(self, message: str) -> None:
+        """A fatal problem found inside the loop: remember it and stop."""
+        if self.error is None:
+            self.error = message
+            log.error("%s", message)
+        self.loop.stop()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        if self.device is not None:
+            self.loop.remove(self.device.fd)
+            self.device.close()  # a device we created disappears with its last descriptor
+        if self._own_loop:
+            self.loop.close()
+
+    def __enter__(self) -> "Relay":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- information
+    def own_ip_bytes(self) -> bytes | None:
+        if not self.config.addr:
+            return None
+        return ipaddress.ip_address(self.config.addr.split("/")[0]).packed
+
+    def ready_info(self) -> dict[str, Any]:
+        return {"dev": self.device.name if self.device else self.config.dev,
+                "listen": self.transport.bound() if self.transport else [], "mtu": self.mtu}
+
+    def counters(self) -> dict[str, Any]:
+        """``{"dev": {...}, "peers": {NAME: {...}}, "drops": {REASON: N}}`` (docs/ARCHITECTURE.md)."""
+        t = self.transport
+        return {
+            "dev": self.stats.dev(),
+            "peers": {name: p.stats(t.connected(p) if t is not None else False)
+                      for name, p in self.table.peers.items()},
+            "drops": dict(sorted(dict(self.stats.drops).items())),
+        }
+
+
+def group_counters(relays: Sequence[Relay]) -> dict[str, Any]:
+    """One relay: its counters. Several (``-m both``): ``{label: counters}``."""
+    if len(relays) == 1:
+        return relays[0].counters()
+    return {r.config.label or r.config.dev: r.counters() for r in relays}
+
+
+def write_json_line(fd: int, obj: dict[str, Any]) -> None:
+    try:
+        os.write(fd, json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+    except OSError as exc:
+        log.warning("cannot write to fd %d: %s", fd, exc.strerror)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def write_stats_file(path: str, counters: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(counters, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write --stats-file %s: %s", path, exc.strerror)
+
+
+def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str | None = None,
+          stats_file: str | None = None, handle_signals: bool | None = None) -> dict[str, Any]:
+    """Open every relay, signal readiness, run their shared loop until stopped, close; return counters.
+
+    Raises TunlabError (after cleaning up, and after writing ``{"ready": false, "error": ...}`` to
+    ``ready_fd`` when the relays never became ready) if opening fails or a relay fails while running.
+    """
+    from .control import ControlServer
+
+    if not relays:
+        raise ValueError("serve() needs at least one relay")
+    loop = relays[0].loop
+    if any(r.loop is not loop for r in relays):
+        raise ValueError("relays served together must share one Loop")
+    if handle_signals is None:
+        handle_signals = threading.current_thread() is threading.main_thread()
+    ctl: ControlServer | None = None
+    saved: dict[int, Any] = {}
+    final: dict[str, Any] = {}
+    try:
+        for r in relays:
+            r.open()
+        if control:
+            ctl = ControlServer(loop, control, lambda: group_counters(relays))
+            ctl.open()
+        if handle_signals:
+            def on_stop(signum: int, frame: object) -> None:
+                loop.stop()
+
+            def on_usr1(signum: int, frame: object) -> None:
+                if stats_file:
+                    loop.call_soon_threadsafe(lambda: write_stats_file(stats_file, group_counters(relays)))
+
+            for sig, fn in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGUSR1, on_usr1)):
+                saved[sig] = signal.signal(sig, fn)
+        if ready_fd is not None:
+            devs = [r.ready_info()["dev"] for r in relays]
+            write_json_line(ready_fd, {
+                "ready": True, "pid": os.getpid(), "dev": devs[0] if len(devs) == 1 else devs,
+                "listen": [a for r in relays for a in r.ready_info()["listen"]],
+                "control": control,
+            })
+            ready_fd = None
+        loop.run()
+    except BaseException as exc:
+        if ready_fd is not None:
+            msg = str(exc) if isinstance(exc, TunlabError) else f"{type(exc).__name__}: {exc}"
+            write_json_line(ready_fd, {"ready": False, "pid": os.getpid(), "error": msg})
+        raise
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        final = group_counters(relays)
+        if stats_file and all(r.opened for r in relays):
+            write_stats_file(stats_file, final)
+        if ctl is not None:
+            ctl.close()
+        for r in relays:
+            r.close()
+        loop.close()
+    failed = [r.error for r in relays if r.error]
+    if failed:
+        raise TunlabError(failed[0])
+    return final
