@@ -189,7 +189,8 @@ def main(argv: list[str]) -> int:
         for line in r.problems:
             say(line)
     failed = [r.name for r in results if not r.ok]
-    say(f"tiers failed: {', '.join(failed)}" if failed else "every tier passed")
+    took = sum(r.seconds for r in results)
+    say(f"tiers failed: {', '.join(failed)} ({took:.0f} s)" if failed else f"every tier passed ({took:.0f} s)")
     total = Counts(sum(r.counts.tests for r in results), sum(r.counts.failed for r in results),
                    sum(r.counts.skipped for r in results))
     say(f"{total.passed} passed, {total.failed} failed, {total.skipped} skipped")

@@ -20,10 +20,8 @@ esac
 
 require_lab_machine
 bash scripts/setup.sh
-t0=$SECONDS
 rc=0
 .venv/bin/python scripts/suite.py "$@" || rc=$?
 give_to_invoking_user .pytest_cache .hypothesis tunlab-results
 give_caches_to_invoking_user
-say "done in $((SECONDS - t0)) s: $([ "$rc" -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
-exit "$rc"
+exit "$rc"  # nothing printed after suite.py: its "N passed, N failed, N skipped" line closes the output

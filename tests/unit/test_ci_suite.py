@@ -47,7 +47,7 @@ def closing_line(out: str) -> str:
 def test_every_tier_passing(tmp_path: Path) -> None:
     r = suite(project(tmp_path, u=UNIT_OK, n=NETNS_OK, m=MININET_OK), "--no-leak-check")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "suite: every tier passed" in r.stdout
+    assert "suite: every tier passed (" in r.stdout
     expected = "suite: 3 passed, 0 failed, 0 skipped" if AS_ROOT else "suite: 1 passed, 0 failed, 2 skipped"
     assert closing_line(r.stdout) == expected
 
@@ -56,7 +56,7 @@ def test_a_tier_without_tests_fails_and_says_so(tmp_path: Path) -> None:
     r = suite(project(tmp_path, u=UNIT_OK, n=NETNS_OK), "--no-leak-check")
     assert r.returncode == 1
     assert 'tier mininet collected no tests (pytest exit 5, -m "mininet")' in r.stdout
-    assert "suite: tiers failed: mininet" in r.stdout
+    assert "suite: tiers failed: mininet (" in r.stdout
 
 
 def test_a_failing_tier_fails_the_suite_and_the_others_still_run(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_a_failing_tier_fails_the_suite_and_the_others_still_run(tmp_path: Path)
     r = suite(project(tmp_path, u=UNIT_OK, b=bad, n=NETNS_OK, m=MININET_OK), "--no-leak-check")
     assert r.returncode == 1
     assert "suite: tier unit: tests failed (pytest exit 1)" in r.stdout
-    assert "suite: tiers failed: unit" in r.stdout
+    assert "suite: tiers failed: unit (" in r.stdout
     assert closing_line(r.stdout).startswith("suite: ") and ", 1 failed, " in closing_line(r.stdout)
 
 
