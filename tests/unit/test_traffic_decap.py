@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.utils import RawPcapReader
 
-from tunlab.traffic.decap import Frame, RelayEnd, decode_link, default_deframe, frame_error
+from tunlab.traffic.decap import Frame, RelayEnd, decode_link, frame_error, relay_deframe
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 A = RelayEnd("a", "10.251.0.1", None)
@@ -104,8 +104,10 @@ def test_bare_fragment_and_other() -> None:
 
 def test_deframer_and_frame_validation() -> None:
     p = inner(1, 5)
-    pkts, used = default_deframe(len(p).to_bytes(2, "big") + p + b"\x00")
+    pkts, used = relay_deframe(len(p).to_bytes(2, "big") + p + b"\x00")
     assert pkts == [p] and used == len(p) + 2
+    pkts, used = relay_deframe(b"\x00\x00" + len(p).to_bytes(2, "big") + p)  # length 0: not framed
+    assert pkts == [] and used == 0
     assert frame_error(p) is None
     assert "length" in (frame_error(p + b"x") or "")
     assert frame_error(b"") == "empty frame"

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-_FRAME_HDR = 2  # TCP framing: 2-byte big-endian length
+_FRAME_HDR = 2  # TCP framing: 2-byte big-endian length (tunlab.relay.framing.HEADER)
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,12 @@ def parse_ipv4(data: bytes) -> _Ip | None:
     return _Ip(src, dst, data[9], fragment, ihl, data[ihl:end])
 
 
-def default_deframe(buf: bytes) -> tuple[list[bytes], int]:
-    """Split a TCP relay stream into packets: (packets, bytes consumed). Stops at a partial frame."""
-    out: list[bytes] = []
-    pos = 0
-    while len(buf) - pos >= _FRAME_HDR:
-        (n,) = struct.unpack_from("!H", buf, pos)
-        if len(buf) - pos - _FRAME_HDR < n:
-            break
-        out.append(buf[pos + _FRAME_HDR:pos + _FRAME_HDR + n])
-        pos += _FRAME_HDR + n
-    return out, pos
+def relay_deframe(buf: bytes) -> tuple[list[bytes], int]:
+    """Split a relay TCP stream into packets with the relay's own de-framer: (packets, bytes consumed)."""
+    from tunlab.relay.framing import HEADER, Deframer as RelayDeframer
+
+    packets = RelayDeframer().push(buf)
+    return packets, sum(HEADER + len(p) for p in packets)
 
 
 def frame_error(packet: bytes) -> str | None:
@@ -116,16 +111,6 @@ def frame_error(packet: bytes) -> str | None:
 
 
 Deframer = Callable[[bytes], tuple[list[bytes], int]]
-
-
-def _deframer() -> Deframer:
-    """The relay's own de-framer when the relay package provides one, else the equivalent above."""
-    try:
-        from tunlab.relay import framing  # type: ignore[attr-defined]
-    except ImportError:
-        return default_deframe
-    fn = getattr(framing, "split_frames", None) or getattr(framing, "deframe", None)
-    return fn if callable(fn) else default_deframe
 
 
 def _ports(payload: bytes) -> tuple[int, int] | None:
@@ -196,7 +181,7 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
         else:
             out.append(Sighting(fr.ts, "other", src, dst, f"proto={ip.proto} {src} > {dst}", None))
     for stream in streams.values():
-        out.extend(_deframe_stream(stream, deframe or _deframer()))
+        out.extend(_deframe_stream(stream, deframe or relay_deframe))
     out.sort(key=lambda s: s.ts)
     return out
 
