@@ -89,6 +89,19 @@ def test_scripts_refuse_non_root_in_one_line() -> None:
     assert f"'sudo bash {ROOT / 'scripts/test.sh'}'" in lines[0]
 
 
+def test_scripts_refuse_a_root_that_cannot_make_namespaces() -> None:
+    """uid 0 without CAP_SYS_ADMIN, as in an unprivileged container: one line, before any install."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop CAP_SYS_ADMIN")
+    r = subprocess.run([setpriv, "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "bash",
+                        str(ROOT / "scripts/demo.sh")], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("demo: error: cannot create a network namespace here"), r.stderr
+
+
 def test_vagrant_validate(tmp_path: Path) -> None:
     vagrant = shutil.which("vagrant")
     if vagrant is None:
