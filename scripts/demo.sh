@@ -14,13 +14,13 @@ case "${1:-}" in
   -h|--help) sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 
+require_lab_machine
 args=("$@")
 if [ "${#args[@]}" -eq 0 ]; then
   args=(scenarios/three_vnf.py)
   [ -e "${args[0]}" ] || die "${args[0]} is not in this checkout (scenarios here: $(ls scenarios/*.py 2>/dev/null | tr '\n' ' '))"
 fi
 
-require_lab_machine
 bash scripts/setup.sh
 rc=0
 .venv/bin/tunlab run "${args[@]}" || rc=$?
