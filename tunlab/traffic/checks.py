@@ -21,7 +21,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.packet import Packet
 
 from tunlab.traffic.decap import Frame, RelayEnd, Sighting, decode_link
-from tunlab.traffic.expect import FieldDiff, Mask, decode, parse_ip, summary
+from tunlab.traffic.expect import FieldDiff, Mask, decode, parse_ip
 
 MAX_NEAREST = 3
 
@@ -152,10 +152,11 @@ class Captures:
 
 @dataclass
 class HopResult:
+    """What one step of a probe's path showed."""
+
     step: Step
     status: str                      # seen | missing | altered | duplicate | not expected | (n/a)
     outer: str = ""
-    inner: str = ""
     latency_ms: float | None = None
     diffs: list[FieldDiff] = field(default_factory=list)
     received: bytes | None = None
@@ -189,6 +190,36 @@ class FlowResult:
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
+
+
+@dataclass
+class ScenarioResult:
+    """Everything a run of one scenario found (what the report and the JUnit XML are made of)."""
+
+    name: str
+    source: str = ""
+    description: str = ""
+    topology: str = ""
+    chains: list[str] = field(default_factory=list)   # "sender > vnf1 > ... (udp)"
+    run_id: str | None = None
+    flows: list[FlowResult] = field(default_factory=list)
+    links: list[CheckResult] = field(default_factory=list)
+    error: str | None = None         # the run itself failed (lab did not come up, ...)
+    notes: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    results_dir: str | None = None
+
+    @property
+    def checks(self) -> list[CheckResult]:
+        return [c for f in self.flows for c in f.checks] + self.links
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.flows) and not self.failed
 
 
 # ------------------------------------------------------------------------------------------ identities
@@ -301,7 +332,7 @@ def _walk(chain: Chain, caps: Captures, steps: list[Step], reference: bytes,
         diffs = mask.diff(first.packet)
         status = "duplicate" if len(hits) > 1 else ("altered" if diffs else "seen")
         latency = (first.ts - t0) * 1000 if t0 is not None else None
-        rows.append(HopResult(step, status, first.outer, summary(first.packet), latency, diffs, first.packet))
+        rows.append(HopResult(step, status, first.outer, latency, diffs, first.packet))
     return rows
 
 

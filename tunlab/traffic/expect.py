@@ -74,17 +74,17 @@ def _hexcap(data: bytes, cap: int = 16) -> str:
 
 
 def _bytes_diff(layer: str, exp: bytes, rcv: bytes) -> FieldDiff:
-    """Describe where two byte strings first differ."""
+    """Where two byte strings first differ: the offset, and a few bytes from there on each side."""
     n = min(len(exp), len(rcv))
     at = next((i for i in range(n) if exp[i] != rcv[i]), n)
-    lo = max(0, at - 4)
-    return FieldDiff(layer, f"load[{at}]",
-                     f"{len(exp)} bytes, ..{exp[lo:at + 8].hex()}.. at offset {lo}",
-                     f"{len(rcv)} bytes, ..{rcv[lo:at + 8].hex()}.. at offset {lo}")
+    want, have = exp[at:at + 4].hex() or "(end)", rcv[at:at + 4].hex() or "(end)"
+    if len(exp) != len(rcv):
+        want, have = f"{want} ({len(exp)} bytes)", f"{have} ({len(rcv)} bytes)"
+    return FieldDiff(layer, f"load[{at}]", want, have)
 
 
-def bad_checksums(pkt: Packet) -> list[str]:
-    """Names of the layers of ``pkt`` whose checksum does not match the bytes they carry ([] if all do)."""
+def bad_checksums(pkt: Packet) -> list[FieldDiff]:
+    """The checksums of ``pkt`` that do not match the bytes they cover ([] when all do)."""
     fresh = parse_ip(bytes(pkt))
     rebuilt = fresh.copy()
     for layer in _layers(rebuilt):
@@ -97,7 +97,8 @@ def bad_checksums(pkt: Packet) -> list[str]:
     bad = []
     for got, want in zip(_layers(fresh), _layers(rebuilt)):
         if isinstance(got, _CHECKSUMMED) and got.chksum != want.chksum:
-            bad.append(f"{got.name} (carries 0x{got.chksum:04x}, bytes give 0x{want.chksum:04x})")
+            bad.append(FieldDiff(got.name, "chksum", f"0x{want.chksum:04x} (what the bytes give)",
+                                 f"0x{got.chksum:04x}"))
     return bad
 
 
@@ -152,24 +153,24 @@ class Mask:
             diffs.append(FieldDiff("packet", "(layers)", " / ".join(x.name for x in exp_layers),
                                    " / ".join(x.name for x in rcv_layers)))
         if self.checksums == "valid":
-            for bad in bad_checksums(rcv):
-                diffs.append(FieldDiff(bad.split(" ")[0], "chksum", "a checksum matching the bytes", bad))
+            diffs.extend(bad_checksums(rcv))
         return diffs
 
     def matches(self, received: Packet | bytes) -> bool:
         return not self.diff(received)
 
 
-def summary(data: Packet | bytes) -> str:
-    """One line: protocol, addresses, ports or ICMP type/id/seq, length."""
+def summary(data: Packet | bytes, *, addresses: bool = True) -> str:
+    """One line: protocol, ports or ICMP type/id/seq, addresses (unless ``addresses=False``), TTL, id, length."""
     try:
         pkt = parse_ip(bytes(data))
     except Exception:  # noqa: BLE001 - anything scapy cannot parse is shown as bytes
         return f"undecodable {len(bytes(data))} bytes"
+    where = f"{pkt.src} > {pkt.dst} " if addresses and isinstance(pkt, (IP, IPv6)) else ""
     if isinstance(pkt, IP):
-        head = f"{pkt.src} > {pkt.dst} ttl={pkt.ttl} id={pkt.id}"
+        head = f"{where}ttl={pkt.ttl} id={pkt.id}"
     elif isinstance(pkt, IPv6):
-        head = f"{pkt.src} > {pkt.dst} hlim={pkt.hlim}"
+        head = f"{where}hlim={pkt.hlim}"
     else:
         return f"{pkt.name} {len(bytes(pkt))} bytes"
     if ICMP in pkt:
