@@ -490,10 +490,11 @@ def _reply_check(chain: Chain, caps: Captures, probe: Probe, t0: float | None
                              + (f" (round trip {rtt:.2f} ms)" if rtt is not None else ""))
 
 
-def check_links(chain: Chain, caps: Captures) -> list[CheckResult]:
-    """One check per underlay link: no bare inner packet, no outer fragment, a TCP stream that de-frames."""
+def check_links(chain: Chain, caps: Captures, links: Sequence[LinkInfo] | None = None) -> list[CheckResult]:
+    """One check per underlay link (all of the chain's, or ``links``): no bare inner packet, no outer
+    fragment, a TCP stream that de-frames."""
     out = []
-    for link in chain.links:
+    for link in chain.links if links is None else links:
         sightings = caps.sightings(chain, link)
         bad = [s for s in sightings if s.kind in ("bare", "fragment", "stream-error")]
         encap = sum(1 for s in sightings if s.kind == "encap")

@@ -1,0 +1,252 @@
+"""Run one scenario: bring its lab up, capture on every link, send the probes, check, keep the evidence.
+
+The order matters and nothing sleeps: the lab returns when every relay is ready; TCP relays are polled
+until their peers are connected; captures return when every socket is bound; probes are sent; the run
+waits until every probe that must arrive has arrived (or the scenario's timeout), then until every link
+has been silent for the scenario's ``settle`` time (so late duplicates and leaks are seen too).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunlab.errors import TunlabError
+from tunlab.privileges import chown_to_invoking_user, make_user_dir, require_root
+from tunlab.scenario import PlannedProbe, Scenario, build_probes
+from tunlab.traffic.capture import Capture, CapturePoint
+from tunlab.traffic.checks import (Captures, Chain, LinkInfo, ScenarioResult, check_flow, check_links, identity,
+                                   reply_matcher)
+from tunlab.traffic.decap import Frame, RelayEnd
+from tunlab.traffic.inject import Injector
+from tunlab.traffic.report import junit_xml, write_text
+
+DEFAULT_RESULTS = "tunlab-results"
+BeforeSend = Callable[[Any], None]
+
+
+# ------------------------------------------------------------------------------------- lab -> chain
+
+
+def chain_for(lab: Any, nodes: tuple[str, ...]) -> Chain:
+    """The :class:`Chain` of ``nodes`` in a running lab: links with their relay addresses and ports."""
+    topo = lab.topology
+    by_pair = {frozenset((lk.a.node, lk.b.node)): lk for lk in lab.underlay_links}
+    links = []
+    for x, y in zip(nodes, nodes[1:]):
+        lk = by_pair.get(frozenset((x, y)))
+        if lk is None:
+            raise TunlabError(f"the lab has no underlay link between {x} and {y}")
+        tcp = lk.transport == "tcp"
+        # TCP: b listens on its port, a connects from a port of its kernel's choosing
+        a = RelayEnd(lk.a.node, lk.a.ip, None if tcp else lk.a.port)
+        b = RelayEnd(lk.b.node, lk.b.ip, lk.b.port)
+        links.append(LinkInfo(lk.name, a, b, lk.transport))
+    kernel = frozenset(n for n in nodes[1:-1] if getattr(topo.node(n), "kind", None) == "kernel")
+    overlay = (topo.overlay_net, *(p for path in topo.paths for p in path.prefixes))
+    return Chain(tuple(nodes), tuple(links), kernel, overlay)
+
+
+def describe_chain(chain: Chain) -> str:
+    transports = sorted({lk.transport for lk in chain.links})
+    kinds = "" if not chain.kernel_vnfs else f"; kernel VNFs: {', '.join(sorted(chain.kernel_vnfs))}"
+    return f"{' > '.join(chain.nodes)} ({'/'.join(transports)}{kinds})"
+
+
+def capture_points(lab: Any, chains: list[Chain], probes: list[PlannedProbe]) -> list[CapturePoint]:
+    """Every underlay link of the chains (at its b end) and the TUNs of their endpoints and kernel VNFs."""
+    pairs = sorted({(p.probe.packet[12:16], p.probe.packet[16:20]) for p in probes})
+    import socket
+
+    terms = [f"(src host {socket.inet_ntoa(s)} and dst host {socket.inet_ntoa(d)}) or "
+             f"(src host {socket.inet_ntoa(d)} and dst host {socket.inet_ntoa(s)})" for s, d in pairs]
+    tun_bpf = "ip and (" + " or ".join(terms) + ")"
+    points: dict[str, CapturePoint] = {}
+    underlay = {lk.name: lk for lk in lab.underlay_links}
+    for chain in chains:
+        for name in chain.nodes:
+            if name in (chain.sender, chain.receiver) or name in chain.kernel_vnfs:
+                node = lab.node(name)
+                point = chain.tun_point(name)
+                points.setdefault(point, CapturePoint(point, node.netns_file, node.overlay_dev, tun_bpf))
+        for link in chain.links:
+            lk = underlay[link.name]
+            point = chain.link_point(link)
+            # everything IPv4 on an underlay matters: encapsulation, bare inner packets, ICMP errors
+            points.setdefault(point, CapturePoint(point, lab.node(lk.b.node).netns_file, lk.b.ifname, "ip"))
+    return list(points.values())
+
+
+# ------------------------------------------------------------------------------------------ waiting
+
+
+def wait_connected(lab: Any, chains: list[Chain], timeout: float) -> None:
+    """Poll the relays until every TCP link of the chains is connected (UDP links need nothing)."""
+    tcp = [lk for ch in chains for lk in ch.links if lk.transport == "tcp"]
+    if not tcp or not hasattr(lab, "relay_counters"):
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        counters = lab.relay_counters()
+        down = [lk for lk in tcp if not _connected(counters, lk.a.node, lk.b.node)
+                or not _connected(counters, lk.b.node, lk.a.node)]
+        if not down:
+            return
+        if time.monotonic() > deadline:
+            raise TunlabError(f"relay TCP connection not up after {timeout:.0f} s on link(s) "
+                              f"{', '.join(lk.name for lk in down)}")
+        time.sleep(0.02)  # polling interval of a readiness check with a deadline
+
+
+def _connected(counters: dict[str, Any], node: str, peer: str) -> bool:
+    peers = (counters.get(node) or {}).get("peers") or {}
+    return bool((peers.get(peer) or {}).get("connected"))
+
+
+def _arrived(planned: list[PlannedProbe], chains: dict[tuple[str, ...], Chain]) -> Callable[
+        [dict[str, list[Frame]]], bool]:
+    """A predicate over live captures: has every probe that must arrive arrived (and its reply)?"""
+    wanted: list[tuple[str, bool, Callable[[bytes], bool]]] = []
+    for p in planned:
+        chain = chains[p.nodes]
+        if p.probe.expect.delivered:
+            ident = identity(p.probe.packet)
+            wanted.append((chain.tun_point(chain.receiver), False,
+                           lambda d, ident=ident: identity(d) == ident))  # type: ignore[misc]
+            if p.probe.expect.reply:
+                wanted.append((chain.tun_point(chain.sender), False, reply_matcher(p.probe.packet)))
+
+    def done(frames: dict[str, list[Frame]]) -> bool:
+        return all(any(f.outgoing == out and match(f.data) for f in frames.get(point, ()))
+                   for point, out, match in wanted)
+    return done
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, keep: bool = False,
+                 backend: str = "netns", before_send: BeforeSend | None = None,
+                 seed: int | None = None) -> ScenarioResult:
+    """Run ``sc`` end to end and return what it found; never raises for a failing check."""
+    require_root("tunlab run")
+    from tunlab.lab import Lab
+
+    started = time.monotonic()
+    result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
+    planned = build_probes(sc, seed=random.randrange(2**31) if seed is None else seed)
+    frames: dict[str, list[Frame]] = {}
+    cap: Capture | None = None
+    try:
+        with Lab(sc.topology, backend=backend) as lab:
+            result.run_id = lab.run_id
+            chains = {p.nodes: chain_for(lab, p.nodes) for p in planned}
+            result.chains = [describe_chain(c) for c in chains.values()]
+            wait_connected(lab, list(chains.values()), sc.timeout)
+            with Capture(capture_points(lab, list(chains.values()), planned)) as cap:
+                if before_send is not None:
+                    before_send(lab)
+                _send(lab, planned)
+                if not cap.wait_for(_arrived(planned, chains), sc.timeout):
+                    result.notes.append(f"not every expected packet arrived within {sc.timeout:g} s")
+                cap.wait_quiet(sc.settle, sc.timeout)
+            frames = cap.frames()
+            caps = Captures(frames)
+            result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
+            seen_links: set[str] = set()
+            for chain in chains.values():
+                fresh = [lk for lk in chain.links if lk.name not in seen_links]
+                seen_links.update(lk.name for lk in fresh)
+                result.links += check_links(chain, caps, fresh)
+            result.notes += _capture_notes(cap)
+            counters = _counters(lab)
+            if not result.passed:
+                result.notes += _relay_notes(counters)
+            result.duration_s = time.monotonic() - started
+            if keep or not result.passed:
+                _keep_evidence(result, lab, cap, counters, Path(results_root))
+            if keep:
+                _leave_up(lab, result)
+    except TunlabError as exc:
+        result.error = str(exc)
+        if cap is not None and result.run_id:
+            _keep_evidence(result, None, cap, {}, Path(results_root))
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _send(lab: Any, planned: list[PlannedProbe]) -> None:
+    injectors: dict[str, Injector] = {}
+    try:
+        for p in planned:
+            if p.src not in injectors:
+                injectors[p.src] = Injector(lab.node(p.src).netns_file, p.src)
+            injectors[p.src].send(p.probe.packet)
+    finally:
+        for inj in injectors.values():
+            inj.close()
+
+
+def _counters(lab: Any) -> dict[str, Any]:
+    try:
+        return dict(lab.relay_counters())
+    except Exception as exc:  # noqa: BLE001 - a dead relay must not hide the report
+        return {"error": str(exc)}
+
+
+def _capture_notes(cap: Capture) -> list[str]:
+    return [f"capture on {name} dropped {drops} packets: treat 'missing' there with care"
+            for name, (_, drops) in sorted(cap.stats.items()) if drops]
+
+
+def _relay_notes(counters: dict[str, Any]) -> list[str]:
+    notes = []
+    for node, c in sorted(counters.items()):
+        drops = (c or {}).get("drops") if isinstance(c, dict) else None
+        if drops:
+            notes.append(f"relay {node} dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
+    return notes
+
+
+def _keep_evidence(result: ScenarioResult, lab: Any, cap: Capture, counters: dict[str, Any],
+                   root: Path) -> None:
+    """pcaps of every point, relay logs and counters, report.txt and junit.xml, owned by the sudo user."""
+    folder = make_user_dir(root / str(result.run_id))
+    result.results_dir = str(folder)
+    pcaps = make_user_dir(folder / "pcaps")
+    cap.write_pcaps(pcaps)
+    relays = make_user_dir(folder / "relays")
+    if lab is not None:
+        for node in lab.topology.nodes:
+            log = _relay_log(lab, node.name)
+            if log is not None and log.is_file():
+                shutil.copyfile(log, relays / f"{node.name}.log")
+    (relays / "counters.json").write_text(json.dumps(counters, indent=2, sort_keys=True))
+    write_text(result, folder / "report.txt")
+    (folder / "junit.xml").write_bytes(junit_xml([result]))
+    chown_to_invoking_user(folder)
+
+
+def _relay_log(lab: Any, node: str) -> Path | None:
+    plan = getattr(lab, "plan", None)
+    if plan is not None:
+        try:
+            return Path(plan.node(node).log_file)
+        except (KeyError, AttributeError):
+            pass
+    run_dir = getattr(lab, "run_dir", None)
+    return Path(run_dir) / f"{node}.log" if run_dir else None
+
+
+def _leave_up(lab: Any, result: ScenarioResult) -> None:
+    keep = getattr(lab, "keep", None)
+    if callable(keep):
+        keep()
+        result.notes.append(f"the lab stays up: tunlab exec {lab.run_id} NODE -- CMD; tunlab down {lab.run_id}")
+    else:
+        result.notes.append("--keep: this lab backend cannot be left up; it was taken down")
