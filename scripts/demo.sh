@@ -5,7 +5,7 @@
 #   sudo bash scripts/demo.sh                        # tunlab run scenarios/three_vnf.py
 #   sudo bash scripts/demo.sh scenarios/other.py     # any scenario files and `tunlab run` options
 set -euo pipefail
-TUNLAB_SCRIPT_TAG=demo
+TUNLAB_SCRIPT_TAG="demo"
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TUNLAB_ROOT"
@@ -18,7 +18,7 @@ require_lab_machine
 args=("$@")
 if [ "${#args[@]}" -eq 0 ]; then
   args=(scenarios/three_vnf.py)
-  [ -e "${args[0]}" ] || die "${args[0]} is not in this checkout (scenarios here: $(ls scenarios/*.py 2>/dev/null | tr '\n' ' '))"
+  [ -e "${args[0]}" ] || die "${args[0]} is not in this checkout (scenarios here: $(cd scenarios 2>/dev/null && printf '%s ' ./*.py))"
 fi
 
 bash scripts/setup.sh

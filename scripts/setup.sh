@@ -8,7 +8,7 @@
 # Environment: TUNLAB_PYTHON=/path/to/python3 picks the interpreter for a new .venv (>= 3.11, with venv
 # and ensurepip); by default `python3` from PATH, else Debian's /usr/bin/python3.
 set -euo pipefail
-TUNLAB_SCRIPT_TAG=setup
+TUNLAB_SCRIPT_TAG="setup"
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TUNLAB_ROOT"

@@ -9,7 +9,7 @@
 # root-namespace link or a TUNLAB_RUN process behind (those are reported, never removed).
 # Files the run writes in the tree (caches, results) belong to the invoking user afterwards.
 set -euo pipefail
-TUNLAB_SCRIPT_TAG=test
+TUNLAB_SCRIPT_TAG="test"
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TUNLAB_ROOT"

@@ -73,6 +73,15 @@ def test_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(ROOT / script)], check=True, timeout=30)
 
 
+def test_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (Debian package shellcheck)")
+    scripts = ["scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh", "scripts/common.sh", ".ci/run"]
+    r = subprocess.run([shellcheck, "-x", *scripts], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_scripts_refuse_non_root_in_one_line() -> None:
     cmd = ["bash", str(ROOT / "scripts/test.sh")]
     if os.geteuid() == 0:
