@@ -129,10 +129,15 @@ for d in /usr/lib/python3/dist-packages/mininet /usr/local/lib/python3*/dist-pac
   if [ -f "$d/__init__.py" ]; then mn_src="$d"; break; fi
 done
 [ -n "$mn_src" ] || die "Debian's mininet package is installed but its Python module was not found"
-rm -rf .venv/mininet-link
-mkdir .venv/mininet-link
-ln -s "$mn_src" .venv/mininet-link/mininet
-echo "$TUNLAB_ROOT/.venv/mininet-link" > "$site/tunlab-mininet.pth"
+link_dir=.venv/mininet-link
+# left alone when already right, so a test importing mininet meanwhile never sees it missing
+if [ "$(ls -A "$link_dir" 2>/dev/null)" != "mininet" ] || [ "$(readlink "$link_dir/mininet")" != "$mn_src" ]; then
+  rm -rf "$link_dir"
+  mkdir "$link_dir"
+  ln -s "$mn_src" "$link_dir/mininet"
+fi
+pth_line="$TUNLAB_ROOT/$link_dir"
+[ "$(cat "$site/tunlab-mininet.pth" 2>/dev/null)" = "$pth_line" ] || echo "$pth_line" > "$site/tunlab-mininet.pth"
 .venv/bin/python -c 'import mininet.net' 2>/dev/null \
   || die "the venv cannot import Debian's mininet ($mn_src): try 'rm -rf .venv' and run this again"
 
