@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from tunlab.errors import DescriptionError, TunlabError
 
-__all__ = ["Ping", "Udp", "Tcp", "Flow", "Scenario", "load_scenario", "parse_expect", "build_probes"]
+__all__ = ["Ping", "Udp", "Tcp", "Flow", "Scenario", "load_scenario", "parse_expect", "build_probes", "run_scenario"]
 
 Size = int | Literal["mtu"] | None
 _KNOWN = {"topology", "params", "traffic", "expect", "src", "dst", "description", "timeout", "settle"}
@@ -455,3 +455,10 @@ def require_scenarios(paths: list[str]) -> list[Scenario]:
     if not paths:
         raise TunlabError("no scenario given", "e.g. tunlab run scenarios/three_vnf.py")
     return [load_scenario(p) for p in paths]
+
+
+def run_scenario(sc: Scenario, **kwargs: Any) -> Any:
+    """Run a loaded scenario (see :func:`tunlab.traffic.runner.run_scenario`, which holds the runner)."""
+    from tunlab.traffic.runner import run_scenario as run
+
+    return run(sc, **kwargs)
