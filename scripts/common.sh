@@ -43,3 +43,6 @@ give_caches_to_invoking_user() {
       < <(find "$TUNLAB_ROOT/$d" -name __pycache__ -type d -prune -print0)
   done
 }
+
+# The comment block at the top of a script (after the #! line), as its --help.
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"; }

@@ -11,7 +11,7 @@ TUNLAB_SCRIPT_TAG="demo"
 cd "$TUNLAB_ROOT"
 
 case "${1:-}" in
-  -h|--help) sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 
 require_lab_machine

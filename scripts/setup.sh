@@ -17,7 +17,7 @@ with_vagrant=0
 for arg in "$@"; do
   case "$arg" in
     --vagrant) with_vagrant=1 ;;
-    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown option '$arg' (known: --vagrant)" ;;
   esac
 done

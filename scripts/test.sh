@@ -4,6 +4,8 @@
 #
 #   sudo bash scripts/test.sh                      # everything
 #   sudo bash scripts/test.sh --tier unit -x       # one tier; arguments after the tiers go to pytest
+#   sudo bash scripts/test.sh --no-leak-check      # on a shared machine where other runs come and go
+#   sudo TUNLAB_TIER_TIMEOUT=300 bash scripts/test.sh   # time limit per tier in s (default 900)
 #
 # Fails when any tier fails, collects no tests (pytest exit 5), or leaves a named namespace, a
 # root-namespace link or a TUNLAB_RUN process behind (those are reported, never removed).
@@ -15,7 +17,7 @@ TUNLAB_SCRIPT_TAG="test"
 cd "$TUNLAB_ROOT"
 
 case "${1:-}" in
-  -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 
 require_lab_machine
