@@ -30,7 +30,7 @@ def failing() -> ScenarioResult:
     ch = chain()
 
     def rewrite(label: str, pkt: bytes) -> list[bytes] | None:
-        if label == "l2 vnf1>vnf2":
+        if label == "link l2 vnf1>vnf2":
             b = bytearray(pkt)
             b[-1] ^= 0xFF
             return [bytes(b)]
@@ -46,8 +46,8 @@ def test_passing_report_has_a_row_per_hop_and_a_pass_verdict() -> None:
     r = passing()
     assert r.passed
     out = text_of(r)
-    for label in ("sender TUN (sent)", "l1 sender>vnf1", "vnf1 TUN in", "vnf2 TUN out", "receiver TUN (delivered)",
-                  "l2 vnf2>vnf1"):
+    for label in ("sender TUN (sent)", "link l1 sender>vnf1", "vnf1 TUN in", "vnf2 TUN out", "receiver TUN (delivered)",
+                  "link l2 vnf2>vnf1"):
         assert label in out
     assert "UDP 10.88.0.1:40000 > 10.88.0.2:40001" in out
     assert "ICMP echo-request id=5 seq=1 ttl=62 id=777" in out  # TTL lowered twice at the end
@@ -60,8 +60,8 @@ def test_failing_report_names_the_hop_and_shows_expected_and_received() -> None:
     r = failing()
     assert not r.passed
     out = text_of(r)
-    assert "✘ every hop: altered on l2 vnf1>vnf2: Raw.load" in out
-    assert "hop: l2 vnf1>vnf2" in out
+    assert "✘ every hop: altered on link l2 vnf1>vnf2: Raw.load" in out
+    assert "hop: link l2 vnf1>vnf2" in out
     assert "EXPECTED" in out and "RECEIVED (nearest 1 of 1)" in out
     assert "an inner packet travels bare" in out and "l3" in out
     line = str(verdict_line(r))

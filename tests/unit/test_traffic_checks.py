@@ -130,7 +130,7 @@ def test_wrong_inner_payload_names_the_first_hop_where_it_changed() -> None:
     ch = chain()
 
     def rewrite(label: str, pkt: bytes) -> list[bytes] | None:
-        if label in ("l3 vnf2>receiver",):
+        if label in ("link l3 vnf2>receiver",):
             b = bytearray(pkt)
             b[-1] ^= 0x20
             return [bytes(b)]
@@ -139,10 +139,10 @@ def test_wrong_inner_payload_names_the_first_hop_where_it_changed() -> None:
     probe, caps = sent_and_reply(ch, rewrite)
     res = check_flow(ch, caps, probe)
     by = {c.name: c for c in res.checks}
-    assert not by["every hop"].passed and by["every hop"].hop == "l3 vnf2>receiver"
+    assert not by["every hop"].passed and by["every hop"].hop == "link l3 vnf2>receiver"
     assert "altered" in by["every hop"].message and "Raw.load" in by["every hop"].message
     assert by["every hop"].expected and by["every hop"].nearest  # EXPECTED and RECEIVED for the report
-    assert not by["delivered"].passed and "first altered at l3 vnf2>receiver" in by["delivered"].message
+    assert not by["delivered"].passed and "first altered at link l3 vnf2>receiver" in by["delivered"].message
 
 
 def test_missing_hop_names_where_the_packet_was_last_seen() -> None:
@@ -164,10 +164,10 @@ def test_missing_hop_names_where_the_packet_was_last_seen() -> None:
 
 def test_duplicate_on_a_link_is_caught() -> None:
     ch = chain()
-    probe, caps = sent_and_reply(ch, lambda label, pkt: [pkt, pkt] if label == "l2 vnf1>vnf2" else None)
+    probe, caps = sent_and_reply(ch, lambda label, pkt: [pkt, pkt] if label == "link l2 vnf1>vnf2" else None)
     res = check_flow(ch, caps, probe)
     hops = next(c for c in res.checks if c.name == "every hop")
-    assert not hops.passed and hops.hop == "l2 vnf1>vnf2" and "more than once" in hops.message
+    assert not hops.passed and hops.hop == "link l2 vnf1>vnf2" and "more than once" in hops.message
 
 
 def test_extra_bare_packet_on_an_underlay_is_caught_and_named() -> None:
@@ -185,11 +185,11 @@ def test_extra_bare_packet_on_an_underlay_is_caught_and_named() -> None:
 def test_bare_instead_of_encapsulated_hints_on_the_missing_hop() -> None:
     ch = chain()
     p = icmp_probe()
-    caps = simulate(ch, [(bytes(p), False)], lambda label, pkt: [] if label == "l2 vnf1>vnf2" else None)
+    caps = simulate(ch, [(bytes(p), False)], lambda label, pkt: [] if label == "link l2 vnf1>vnf2" else None)
     caps.frames.setdefault("link:l2", []).append(Frame(1000.5, lowered(bytes(p), 1)))
     res = check_flow(ch, caps, Probe("icmp", bytes(p)))
     hops = next(c for c in res.checks if c.name == "every hop")
-    assert hops.hop == "l2 vnf1>vnf2" and "bare" in hops.message
+    assert hops.hop == "link l2 vnf1>vnf2" and "bare" in hops.message
     assert hops.nearest  # the bare packet is the nearest received
 
 
@@ -221,10 +221,10 @@ def test_missing_reply_and_never_sent() -> None:
 
 def test_reply_lost_on_the_way_back() -> None:
     ch = chain()
-    probe, caps = sent_and_reply(ch, lambda label, pkt: [] if label == "l2 vnf2>vnf1" else None)
+    probe, caps = sent_and_reply(ch, lambda label, pkt: [] if label == "link l2 vnf2>vnf1" else None)
     res = check_flow(ch, caps, probe)
     reply = next(c for c in res.checks if c.name == "reply")
-    assert not reply.passed and reply.hop == "l2 vnf2>vnf1"
+    assert not reply.passed and reply.hop == "link l2 vnf2>vnf1"
     assert [c.passed for c in res.checks if c.name != "reply"] == [True, True]
 
 

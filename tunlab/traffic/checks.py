@@ -79,8 +79,9 @@ class Chain:
         dec = 0
         for i, link in enumerate(links):
             src, dst = nodes[i], nodes[i + 1]
-            out.append(Step(self.link_point(link), dst, "link", dec, f"{link.name} {src}>{dst}",
-                            src_node=src, dst_node=dst))
+            plain = link.name in (f"{src}-{dst}", f"{dst}-{src}")  # the model's default link name
+            label = f"link {src}>{dst}" if plain else f"link {link.name} {src}>{dst}"
+            out.append(Step(self.link_point(link), dst, "link", dec, label, src_node=src, dst_node=dst))
             if i + 1 == len(links):
                 out.append(Step(self.tun_point(dst), dst, "in", dec, f"{dst} TUN (delivered)"))
             elif dst in self.kernel_vnfs:

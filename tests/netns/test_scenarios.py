@@ -1,0 +1,111 @@
+"""Every shipped scenario passes on a real lab; broken chains fail and name the right hop (root)."""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tunlab.model import Vnf, linear_chain
+from tunlab.scenario import load_scenario
+from tunlab.traffic.checks import ScenarioResult
+from tunlab.traffic.report import render
+from tunlab.traffic.runner import run_scenario
+
+pytestmark = pytest.mark.netns
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def report(result: ScenarioResult) -> str:
+    buf = io.StringIO()
+    render(result, Console(file=buf, width=160, no_color=True))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["three_vnf", "tunconnector_pair", "firewall", "tcp_chain"])
+def test_shipped_scenario_passes(name: str, tmp_path: Path) -> None:
+    sc = load_scenario(SCENARIOS / f"{name}.py")
+    result = run_scenario(sc, results_root=tmp_path)
+    assert result.passed, report(result)
+    assert result.results_dir is None and not list(tmp_path.iterdir())  # nothing kept on success
+    # every probe was checked on every hop of its chain, not just end to end
+    for flow in result.flows:
+        assert all(r.status == "seen" for r in flow.hops if not r.expected_missing), report(result)
+        assert any(r.step.direction == "link" and r.outer for r in flow.hops)
+
+
+def hook_chain(hook: str) -> object:
+    """sender - vnf1 - vnf2 - vnf3 - receiver where vnf2 is a hook VNF running ``hook``."""
+    def vnf(i: int, name: str, overlay: str) -> Vnf:
+        if i == 2:
+            return Vnf(name, overlay, kind="hook", hook=f"tunlab.traffic.faults:{hook}")
+        return Vnf(name, overlay)
+    return linear_chain(3, "udp", name=f"fault_{hook}", vnf=vnf)
+
+
+def failing_run(tmp_path: Path, *, hook: str | None = None, kill: str | None = None) -> ScenarioResult:
+    sc = load_scenario(SCENARIOS / "three_vnf.py")
+    if hook:
+        sc = sc.with_topology(hook_chain(hook))
+    before = (lambda lab: lab.kill_relay(kill)) if kill else None
+    result = run_scenario(sc, results_root=tmp_path, before_send=before)
+    assert not result.passed, report(result)
+    assert result.error is None, result.error
+    return result
+
+
+def checks_named(result: ScenarioResult, name: str) -> list:  # type: ignore[type-arg]
+    return [c for f in result.flows for c in f.checks if c.name == name]
+
+
+def assert_evidence(result: ScenarioResult, tmp_path: Path) -> None:
+    folder = Path(str(result.results_dir))
+    assert folder.parent == tmp_path and folder.name == result.run_id
+    pcaps = {p.name for p in (folder / "pcaps").iterdir()}
+    assert {"link_sender-vnf1.pcap", "link_vnf2-vnf3.pcap", "tun_sender.pcap", "tun_receiver.pcap"} <= pcaps
+    assert (folder / "relays" / "counters.json").is_file()
+    assert "FAIL" in (folder / "report.txt").read_text()
+    suite = ET.parse(folder / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and int(suite.get("failures") or 0) > 0
+
+
+def test_relay_killed_mid_run_is_named(tmp_path: Path) -> None:
+    result = failing_run(tmp_path, kill="vnf2")
+    for check in checks_named(result, "every hop"):
+        assert not check.passed and "lost at vnf2" in check.message, report(result)
+        assert check.last_seen == "link vnf1>vnf2"
+    assert_evidence(result, tmp_path)
+
+
+def test_vnf_that_silently_drops_is_named(tmp_path: Path) -> None:
+    result = failing_run(tmp_path, hook="drop_all")
+    for check in checks_named(result, "delivered"):
+        assert not check.passed and check.last_seen == "link vnf1>vnf2", report(result)
+        assert "lost at vnf2" in check.message
+    assert any("hook_drop" in n for n in result.notes), result.notes  # the relay's own counter agrees
+    assert_evidence(result, tmp_path)
+
+
+def test_vnf_that_rewrites_a_payload_byte_is_named(tmp_path: Path) -> None:
+    result = failing_run(tmp_path, hook="flip_payload_byte")
+    hops = checks_named(result, "every hop")
+    assert all(not c.passed for c in hops)
+    for check in hops:
+        assert check.hop == "link vnf2>vnf3" and "altered" in check.message, report(result)
+        assert "Raw.load" in check.message or "TCP" in check.message or "(layers)" in check.message
+        assert check.expected and check.nearest  # EXPECTED and RECEIVED for the report
+    text = report(result)
+    assert "EXPECTED" in text and "RECEIVED" in text and "first difference at byte" in text
+
+
+def test_relay_that_sends_the_inner_packet_bare_is_named(tmp_path: Path) -> None:
+    result = failing_run(tmp_path, hook="bare_instead")
+    bad_links = [c for c in result.links if not c.passed]
+    assert [c.hop for c in bad_links] == ["vnf2-vnf3"], report(result)
+    assert "travels bare" in bad_links[0].message and bad_links[0].nearest
+    for check in checks_named(result, "every hop"):
+        assert check.hop == "link vnf2>vnf3" and "bare" in check.message, report(result)
