@@ -1,0 +1,28 @@
+"""The three-VNF chain: sender - vnf1 - vnf2 - vnf3 - receiver.
+
+vnf2 counts what it forwards with an nftables rule (`tunlab exec vnf2 -- nft list ruleset` shows it);
+vnf3 drops traffic for 172.16.9.0/24 with a blackhole route. Parameter: transport (udp or tcp).
+"""
+
+from tunlab.model import Route, Topology, Vnf, linear_chain
+
+COUNT_FORWARDED = """
+table inet tunlab {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        counter
+    }
+}
+"""
+
+
+def _vnf(i: int, name: str, overlay: str) -> Vnf:
+    if i == 2:
+        return Vnf(name, overlay, nft=COUNT_FORWARDED)
+    if i == 3:
+        return Vnf(name, overlay, routes=(Route("172.16.9.0/24", "blackhole"),))
+    return Vnf(name, overlay)
+
+
+def topology(transport: str = "udp") -> Topology:
+    return linear_chain(3, transport, name="three_vnf", vnf=_vnf)  # type: ignore[arg-type]

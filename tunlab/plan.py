@@ -1,0 +1,140 @@
+"""From a validated description and a run id to concrete names, addresses and relay command lines.
+
+Pure (no root): what a backend creates and what each relay is started with is decided here, so it can be
+printed (`tunlab show`) and unit-tested.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from tunlab import names
+from tunlab.model import Endpoint, Route, Topology, Transport, Vnf, hook_spec
+
+
+class LinkEnd(NamedTuple):
+    node: str
+    ifname: str
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UnderlayLink:
+    name: str
+    a: LinkEnd
+    b: LinkEnd
+    transport: Transport
+    prefixlen: int
+    index: int
+
+
+@dataclass(frozen=True)
+class Iface:
+    ifname: str
+    addr: str  # with prefix length
+    link: UnderlayLink
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    role: str  # "endpoint" | "vnf"
+    netns: str
+    overlay_dev: str
+    overlay_ip: str
+    overlay_prefixlen: int
+    mtu: int
+    forward: bool
+    nft: str | None
+    routes: tuple[Route, ...]
+    ifaces: tuple[Iface, ...]
+    relay_args: tuple[str, ...]  # after `tunlab relay`, without --ready-fd
+    control: str
+    stats_file: str
+    log_file: str
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    run_id: str
+    run_dir: str
+    topology: Topology
+    nodes: tuple[NodePlan, ...]
+    links: tuple[UnderlayLink, ...]
+
+    def node(self, name: str) -> NodePlan:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+
+def collapse_routes(routes: dict[str, str]) -> list[tuple[str, str]]:
+    """prefix -> peer, merged per peer into the fewest prefixes covering exactly the same addresses."""
+    by_peer: dict[str, list[ipaddress.IPv4Network]] = {}
+    for prefix, peer in routes.items():
+        by_peer.setdefault(peer, []).append(ipaddress.IPv4Network(prefix))
+    out = []
+    for peer, nets in by_peer.items():
+        out.extend((str(n), peer) for n in ipaddress.collapse_addresses(nets))
+    return sorted(out, key=lambda r: (ipaddress.IPv4Network(r[0]), r[1]))
+
+
+def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
+    run_dir = str(run_dir)
+    links = []
+    for i, lk in enumerate(topo.links):
+        a = ipaddress.IPv4Interface(lk.a_addr)
+        b = ipaddress.IPv4Interface(lk.b_addr)
+        links.append(UnderlayLink(
+            name=lk.name,
+            a=LinkEnd(lk.a, names.veth_name(run_id, i, "a"), str(a.ip), lk.a_port),
+            b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
+            transport=lk.transport, prefixlen=a.network.prefixlen, index=i))
+    plen = topo.overlay_prefixlen()
+    tun = names.tun_name(run_id)
+    nodes = []
+    for n in topo.nodes:
+        mine = [lk for lk in links if n.name in (lk.a.node, lk.b.node)]
+        ifaces = tuple(
+            Iface(end.ifname, f"{end.ip}/{lk.prefixlen}", lk)
+            for lk in mine for end in (lk.a, lk.b) if end.node == n.name)
+        base = f"{run_dir}/{n.name}"
+        args = relay_args(topo, n, mine, tun, control=f"{base}.ctl", stats_file=f"{base}.stats.json",
+                          log_file=f"{base}.log")
+        is_vnf = isinstance(n, Vnf)
+        nodes.append(NodePlan(
+            name=n.name, role="vnf" if is_vnf else "endpoint", netns=names.netns_name(run_id, n.name),
+            overlay_dev=tun, overlay_ip=n.overlay, overlay_prefixlen=plen, mtu=topo.mtu,
+            forward=is_vnf and n.kind == "kernel",
+            nft=n.nft if is_vnf else None, routes=n.routes if is_vnf else (),
+            ifaces=ifaces, relay_args=args,
+            control=f"{base}.ctl", stats_file=f"{base}.stats.json", log_file=f"{base}.log"))
+    return LabPlan(run_id, run_dir, topo, tuple(nodes), tuple(links))
+
+
+def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], dev: str, *,
+               control: str, stats_file: str, log_file: str) -> tuple[str, ...]:
+    """The relay command line of one node (docs/ARCHITECTURE.md, relay contract), --ready-fd excepted."""
+    transport = links[0].transport if links else "udp"
+    args = ["--dev", dev, "--attach", "--transport", transport]
+    for lk in links:
+        me, other = (lk.a, lk.b) if lk.a.node == node.name else (lk.b, lk.a)
+        if transport == "udp":
+            args += ["--listen", f"{me.ip}:{me.port}", "--peer", f"{other.node}={other.ip}:{other.port}"]
+        elif me is lk.b:  # TCP: b listens and accepts a; a connects to b
+            args += ["--listen", f"{me.ip}:{me.port}", "--accept", f"{other.node}={other.ip}"]
+        else:
+            args += ["--peer", f"{other.node}={other.ip}:{other.port}"]
+    for prefix, peer in collapse_routes(topo.routes_for(node.name)):
+        args += ["--route", f"{prefix}={peer}"]
+    if isinstance(node, Vnf) and node.kind == "hook":
+        args += ["--vnf", "hook", "--hook", hook_spec(node, topo.base_dir())]
+    else:
+        args += ["--vnf", "kernel"]
+    args += ["--control", control, "--stats-file", stats_file, "--log-file", log_file]
+    return tuple(args)
