@@ -304,10 +304,10 @@ def gro_columns_ok(buf: bytes | bytearray, end: int, segment: int) -> int:
     h = bytes(buf[:HDR_LEN])
     if h[0:2] != MAGIC or h[2] != VER_TYPE or h[9] != n or h[8] != 0:
         return 0
+    if n == 1:
+        return 1 if end - HDR_LEN <= (h[10] << 8 | h[11]) else 0
     if (h[10] << 8 | h[11]) != segment - HDR_LEN:
         return 0
-    if n == 1:
-        return 1
     for j in (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11):
         col = buf[j:end:segment]
         if col.count(h[j]) != n:

@@ -1,16 +1,16 @@
-"""The two loops of the fast relay: device -> UDP (``TxPump``) and UDP -> device (``RxPump``).
+"""The two halves of the fast relay: device -> UDP (``TxPump``) and UDP -> device (``RxPump``).
 
-Each runs in its own thread and blocks only in ``poll`` when its descriptor has nothing to give.
-Python work is per read/receive (one stream, one GRO batch), never per TCP segment on the offload
-path; the plain path costs one device read per packet and one UDP send per batch of equal-size
-packets (UDP GSO), and one UDP receive per GRO batch plus one device write per packet.
+Each pump has ``drain(budget)``: it works until its descriptor would block (returns False) or
+``budget`` reads were done (returns True). Python work is per read/receive (one stream, one GRO
+batch), never per TCP segment on the offload path. The plain path costs one device read per
+packet and one UDP send per run of equal-size packets (UDP GSO), and one receive per GRO batch
+plus one device write per packet.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 from typing import TYPE_CHECKING
 
@@ -29,76 +29,96 @@ class Drops(dict[str, int]):
         self[reason] = self.get(reason, 0) + n
 
 
-def _wait(fd: int, wake: int) -> None:
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    p.register(wake, select.POLLIN)
-    p.poll()
+def _errname(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "other").lower()
 
 
 class TxPump:
-    """Device -> peers. Reads streams; chunks them (offload on) or batches plain packets (off)."""
+    """Device -> peers. Streams become chunks (offload on) or runs of plain packets (offload off)."""
 
     def __init__(self, relay: FastRelay) -> None:
         self.relay = relay
         self.drops = Drops()
-        self.rx_packets = 0  # read from the device (streams)
+        self.rx_packets = 0  # read from the device
         self.rx_bytes = 0
-        self.segments = 0    # packets the streams stand for
+        self.segments = 0    # packets the reads stand for (a GSO read stands for several)
         self.datagrams = 0
         self.sends = 0
         self.pid = 0
+        dev = relay.device
+        assert dev is not None
+        # offload path: the device read scatters the stream into chunk slots
+        self.layout = encap.TxLayout(relay.segment, queue=0)
+        self.gso_cmsg = fast_io.gso_cmsg(relay.segment)
+        # plain path: one packet per slot, slots of the device MTU back to back
+        self.stride = dev.mtu + (14 if dev.tap else 0)
+        nslots = max(1, min(PLAIN_BATCH, fast_io.UDP_MAX_SEGS, fast_io.UDP_MAX_PAYLOAD // self.stride))
+        self.pbuf = bytearray(nslots * self.stride)
+        self.pview = memoryview(self.pbuf)
+        self.scratch = bytearray(encap.VNET_LEN)
+        self.overflow = bytearray(encap.MAX_STREAM)
+        self.iovs = [(self.scratch, self.pview[k * self.stride:(k + 1) * self.stride], self.overflow)
+                     for k in range(nslots)]
+        self.cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
+
+    def drain(self, budget: int) -> bool:
+        if self.relay.offload:
+            return self._drain_gso(budget)
+        return self._drain_plain(budget)
 
     # -- offload: whole streams as chunks --------------------------------------------------------
-    def _gso_loop(self) -> None:
+    def _drain_gso(self, budget: int) -> bool:
         relay = self.relay
-        fd, sock, wake = relay.device.fd, relay.sock, relay.wake_r
-        layout = encap.TxLayout(relay.segment, queue=0)
-        slots, g = layout.slots, layout.segment
-        cmsg = fast_io.gso_cmsg(g)
-        readv, sendmsg, finish = os.readv, sock.sendmsg, layout.finish
+        fd, sock = relay.device.fd, relay.sock  # type: ignore[union-attr]
+        layout = self.layout
+        slots, g, cmsg = layout.slots, layout.segment, self.gso_cmsg
+        readv, sendmsg, sendto, finish = os.readv, sock.sendmsg, sock.sendto, layout.finish  # type: ignore[union-attr]
         route = relay.route_packet
         gso_segments = encap.gso_segments
-        slot0 = slots[0][encap.VNET_LEN:]
-        while relay.running and relay.offload:
+        first = slots[0]
+        slot0 = first[encap.VNET_LEN:]
+        drops = self.drops
+        maxpay, maxsegs = fast_io.UDP_MAX_PAYLOAD, fast_io.UDP_MAX_SEGS
+        for _ in range(budget):
+            if not relay.offload:
+                return True
             try:
                 n = readv(fd, slots)
             except BlockingIOError:
-                _wait(fd, wake)
-                continue
+                return False
             except OSError as exc:
-                if exc.errno == errno.EBADFD:
-                    return
-                self.drops.add("device_read_error")
+                drops.add("device_read_" + _errname(exc))
+                if exc.errno == errno.EBADF:
+                    return False
                 continue
             if n <= encap.VNET_LEN:
-                self.drops.add("short_read")
+                drops.add("short_read")
                 continue
             peer = route(slot0)
             if peer is None:
-                self.drops.add("no_route")
+                drops.add("no_route")
                 continue
             addr = peer.addr
-            if addr is None:
-                self.drops.add("peer_unknown_address")
+            if addr is None or peer.datapath != "gso":
+                drops.add("peer_unknown_address" if addr is None else "offload_leftover")
                 continue
             self.pid += 1
             data, count = finish(n, self.pid)
             try:
                 if count == 1:
-                    sock.sendto(data, addr)
+                    sendto(data, addr)
                     self.sends += 1
-                elif len(data) <= fast_io.UDP_MAX_PAYLOAD and count <= fast_io.UDP_MAX_SEGS:
+                elif len(data) <= maxpay and count <= maxsegs:
                     sendmsg((data,), cmsg, 0, addr)
                     self.sends += 1
                 else:
-                    for a, b in encap.send_pieces(count, len(data), g, fast_io.UDP_MAX_PAYLOAD, fast_io.UDP_MAX_SEGS):
+                    for a, b in encap.send_pieces(count, len(data), g, maxpay, maxsegs):
                         sendmsg((data[a:b],), cmsg, 0, addr)
                         self.sends += 1
             except OSError as exc:
-                self.drops.add("send_error_" + (errno.errorcode.get(exc.errno or 0, "other")).lower())
+                drops.add("send_" + _errname(exc))
                 continue
-            segs = gso_segments(slots[0], n)
+            segs = gso_segments(first, n)
             plen = n - encap.VNET_LEN
             self.rx_packets += 1
             self.rx_bytes += plen
@@ -107,82 +127,54 @@ class TxPump:
             peer.tx_packets += 1
             peer.tx_bytes += plen
             peer.tx_segments += segs
+        return True
 
-    # -- plain: one packet per datagram, equal-size runs sent with one UDP GSO send ----------
-    def _plain_loop(self) -> None:
+    # -- plain: one packet per datagram, runs of equal-size packets in one UDP GSO send ----------
+    def _drain_plain(self, budget: int) -> bool:
         relay = self.relay
-        fd, sock, wake = relay.device.fd, relay.sock, relay.wake_r
-        stride = relay.device.mtu + (14 if relay.device.tap else 0)
-        nslots = max(1, min(PLAIN_BATCH, fast_io.UDP_MAX_SEGS, fast_io.UDP_MAX_PAYLOAD // stride))
-        pbuf = bytearray(nslots * stride)
-        view = memoryview(pbuf)
-        scratch = bytearray(encap.VNET_LEN)
-        overflow = bytearray(encap.MAX_STREAM)
-        iovs = [(scratch, view[k * stride:(k + 1) * stride], overflow) for k in range(nslots)]
-        readv, sendmsg = os.readv, sock.sendmsg
+        fd, sock = relay.device.fd, relay.sock  # type: ignore[union-attr]
+        stride, view, iovs = self.stride, self.pview, self.iovs
+        nslots = len(iovs)
+        scratch = self.scratch
+        readv = os.readv
         route = relay.route_packet
-        cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
-        k = 0            # packets in the batch
-        blen = 0         # length of every packet in the batch but the last
+        drops = self.drops
+        k = 0             # packets in the run
+        blen = 0          # length of every packet of the run but the last
+        last = 0          # length of the last packet of the run
         bpeer: Peer | None = None
-        short = False    # the batch ends with a shorter packet
-
-        def flush() -> None:
-            nonlocal k, short
-            if not k:
-                return
-            addr = bpeer.addr if bpeer is not None else None
-            if addr is None:
-                self.drops.add("peer_unknown_address", k)
+        more = True
+        for _ in range(budget):
+            if k == nslots or (k and last < blen):
+                self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
                 k = 0
-                short = False
-                return
-            try:
-                if k == 1:
-                    sock.sendto(view[:last_len], addr)
-                elif blen == stride:
-                    end = (k - 1) * stride + last_len
-                    cm = cmsgs.get(blen) or cmsgs.setdefault(blen, fast_io.gso_cmsg(blen))
-                    sendmsg((view[:end],), cm, 0, addr)
-                else:
-                    parts = [view[i * stride:i * stride + blen] for i in range(k - 1)]
-                    parts.append(view[(k - 1) * stride:(k - 1) * stride + last_len])
-                    cm = cmsgs.get(blen) or cmsgs.setdefault(blen, fast_io.gso_cmsg(blen))
-                    sendmsg(parts, cm, 0, addr)
-                self.sends += 1
-                self.datagrams += k
-            except OSError as exc:
-                self.drops.add("send_error_" + (errno.errorcode.get(exc.errno or 0, "other")).lower(), k)
-            k = 0
-            short = False
-
-        last_len = 0
-        while relay.running and not relay.offload:
-            if k == nslots or short:
-                flush()
+            if relay.offload:
+                break
             try:
                 n = readv(fd, iovs[k])
             except BlockingIOError:
-                flush()
-                _wait(fd, wake)
-                continue
+                more = False
+                break
             except OSError as exc:
-                if exc.errno == errno.EBADFD:
-                    return
-                self.drops.add("device_read_error")
+                drops.add("device_read_" + _errname(exc))
+                if exc.errno == errno.EBADF:
+                    more = False
+                    break
                 continue
             plen = n - encap.VNET_LEN
             if plen <= 0:
-                self.drops.add("short_read")
+                drops.add("short_read")
                 continue
             if plen > stride or scratch[0] or scratch[1]:
-                flush()
-                self._leftover(bytes(scratch) + bytes(view[:min(plen, stride)]) + bytes(overflow[:max(0, plen - stride)]))
+                self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
+                k = 0
+                self._leftover(bytes(scratch) + bytes(view[:min(plen, stride)])
+                               + bytes(self.overflow[:max(0, plen - stride)]))
                 continue
-            slot = view[k * stride:k * stride + plen]
-            peer = route(slot)
+            off = k * stride
+            peer = route(view[off:off + plen])
             if peer is None:
-                self.drops.add("no_route")
+                drops.add("no_route")
                 continue
             self.rx_packets += 1
             self.rx_bytes += plen
@@ -191,41 +183,61 @@ class TxPump:
             peer.tx_bytes += plen
             peer.tx_segments += 1
             if k and (peer is not bpeer or plen > blen):
-                # does not extend the run: send what we have, restart the batch with this packet
-                pkt = bytes(slot)
-                flush()
+                # this packet cannot extend the run: send the run, restart it with this packet
+                pkt = bytes(view[off:off + plen])
+                self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
                 view[:plen] = pkt
+                k = 0
             if k == 0:
                 bpeer, blen = peer, plen
-            elif plen < blen:
-                short = True
-            last_len = plen
+            last = plen
             k += 1
+        self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
+        return more
+
+    def _flush(self, sock: socket.socket, peer: Peer | None, k: int, blen: int, last: int) -> None:
+        if not k or peer is None:
+            return
+        addr = peer.addr
+        if addr is None:
+            self.drops.add("peer_unknown_address", k)
+            return
+        view, stride = self.pview, self.stride
+        try:
+            if k == 1:
+                sock.sendto(view[:last], addr)
+            else:
+                cm = self.cmsgs.get(blen)
+                if cm is None:
+                    cm = self.cmsgs[blen] = fast_io.gso_cmsg(blen)
+                if blen == stride:
+                    sock.sendmsg((view[:(k - 1) * stride + last],), cm, 0, addr)
+                else:
+                    parts = [view[i * stride:i * stride + blen] for i in range(k - 1)]
+                    parts.append(view[(k - 1) * stride:(k - 1) * stride + last])
+                    sock.sendmsg(parts, cm, 0, addr)
+            self.sends += 1
+            self.datagrams += k
+        except OSError as exc:
+            self.drops.add("send_" + _errname(exc), k)
 
     def _leftover(self, stream: bytes) -> None:
-        """A stream read with plain framing that still carries offload metadata (offload just went off)."""
-        peer = self.relay.route_packet(memoryview(stream)[encap.VNET_LEN:])
-        if peer is None or peer.addr is None or peer.datapath != "gso":
+        """A read that still carries offload metadata after offload was turned off."""
+        relay = self.relay
+        peer = relay.route_packet(memoryview(stream)[encap.VNET_LEN:])
+        if peer is None or peer.addr is None or relay.sock is None or "gso" not in (peer.datapath, peer.capable):
             self.drops.add("offload_leftover")
             return
         self.pid += 1
         try:
-            for d in encap.split_stream(stream, queue=0, pid=self.pid, csize=self.relay.segment - encap.HDR_LEN):
-                self.relay.sock.sendto(d, peer.addr)
+            for d in encap.split_stream(stream, queue=0, pid=self.pid, csize=relay.segment - encap.HDR_LEN):
+                relay.sock.sendto(d, peer.addr)
         except (OSError, ValueError):
             self.drops.add("offload_leftover")
 
-    def run(self) -> None:
-        relay = self.relay
-        while relay.running:
-            if relay.offload:
-                self._gso_loop()
-            else:
-                self._plain_loop()
-
 
 class RxPump:
-    """Peers -> device. One receive per GRO batch; whole streams go to the device in one write."""
+    """Peers -> device. One receive per GRO batch; a whole stream goes to the device in one write."""
 
     def __init__(self, relay: FastRelay) -> None:
         self.relay = relay
@@ -234,34 +246,35 @@ class RxPump:
         self.tx_bytes = 0
         self.receives = 0
         self.datagrams = 0
-        self.fast = 0
+        self.fast = 0        # streams that arrived whole in one receive
         self.reasm = encap.Reassembler()
+        self.buf = bytearray(RX_BUF)
+        self.view = memoryview(self.buf)
+        self.views = encap.RxViews(self.buf)
 
-    def run(self) -> None:
+    def drain(self, budget: int) -> bool:
         relay = self.relay
-        fd, sock, wake = relay.device.fd, relay.sock, relay.wake_r
-        buf = bytearray(RX_BUF)
-        view = memoryview(buf)
-        views = encap.RxViews(buf)
+        fd, sock = relay.device.fd, relay.sock  # type: ignore[union-attr]
+        buf, view, views = self.buf, self.view, self.views
         bufs = (buf,)
-        recv = sock.recvmsg_into
+        recv = sock.recvmsg_into  # type: ignore[union-attr]
         space = fast_io.GRO_CMSG_SPACE
         writev = os.writev
         lookup = relay.peer_for_source
         columns_ok = encap.gro_columns_ok
+        gro_segment = fast_io.gro_segment
         magic0 = encap.MAGIC[0]
-        zero = encap.ZERO_VNET
+        hdr_len, vnet_len = encap.HDR_LEN, encap.VNET_LEN
         drops = self.drops
-        while relay.running:
+        for _ in range(budget):
             try:
                 n, anc, flags, src = recv(bufs, space)
             except BlockingIOError:
-                _wait(sock.fileno(), wake)
-                continue
+                return False
             except OSError as exc:
-                if not relay.running:
-                    return
-                drops.add("recv_error_" + (errno.errorcode.get(exc.errno or 0, "other")).lower())
+                drops.add("recv_" + _errname(exc))
+                if exc.errno == errno.EBADF:
+                    return False
                 continue
             self.receives += 1
             if flags & _MSG_TRUNC:
@@ -271,13 +284,13 @@ class RxPump:
             if peer is None:
                 drops.add("unknown_source")
                 continue
-            seg = fast_io.gro_segment(anc) if anc else 0
+            seg = gro_segment(anc) if anc else 0
             if not seg or seg > n:
                 seg = n
-            if buf[0] == magic0:
+            if n and buf[0] == magic0:
                 count = columns_ok(buf, n, seg)
                 if count:
-                    plen = n - count * encap.HDR_LEN - encap.VNET_LEN
+                    plen = n - count * hdr_len - vnet_len
                     if plen <= 0:
                         drops.add("malformed")
                         continue
@@ -285,39 +298,44 @@ class RxPump:
                     self.fast += 1
                     try:
                         writev(fd, views.payloads(seg, count, n))
-                    except OSError:
-                        drops.add("device_write_error")
+                    except OSError as exc:
+                        drops.add("device_write_" + _errname(exc))
                         continue
                     self.tx_packets += 1
                     self.tx_bytes += plen
                     peer.rx_packets += 1
                     peer.rx_bytes += plen
                     continue
-            for off in range(0, n, seg):
-                dgram = view[off:min(n, off + seg)]
-                self.datagrams += 1
-                first = dgram[0]
-                if first == magic0:
-                    stream = self.reasm.add(peer, dgram)
-                    if stream is None:
-                        continue
+            self._slow(fd, peer, view, n, seg)
+        return True
+
+    def _slow(self, fd: int, peer: Peer, view: memoryview, n: int, seg: int) -> None:
+        """Datagram by datagram: plain packets, hellos, chunks through the reassembler."""
+        magic0 = encap.MAGIC[0]
+        zero = encap.ZERO_VNET
+        for off in range(0, n, seg):
+            dgram = view[off:min(n, off + seg)]
+            self.datagrams += 1
+            first = dgram[0] if len(dgram) else 0
+            if first == magic0:
+                stream = self.reasm.add(peer, dgram)
+                if stream is not None:
                     self._write(fd, peer, (stream,), len(stream) - encap.VNET_LEN)
-                elif first >> 4 in (4, 6):
-                    if dgram[9] == encap.HELLO_PROTO and encap.is_hello(dgram):
-                        relay.on_hello(peer, bytes(dgram))
-                        continue
-                    self._write(fd, peer, (zero, dgram), len(dgram))
-                else:
-                    drops.add("malformed")
+            elif first >> 4 == 4 or first >> 4 == 6:
+                if len(dgram) == encap.HELLO_LEN and dgram[9] == encap.HELLO_PROTO and encap.is_hello(dgram):
+                    self.relay.on_hello(peer, bytes(dgram))
+                    continue
+                self._write(fd, peer, (zero, dgram), len(dgram))
+            else:
+                self.drops.add("malformed")
 
     def _write(self, fd: int, peer: Peer, parts: tuple[bytes | memoryview, ...], plen: int) -> None:
         try:
             os.writev(fd, parts)
-        except OSError:
-            self.drops.add("device_write_error")
+        except OSError as exc:
+            self.drops.add("device_write_" + _errname(exc))
             return
         self.tx_packets += 1
         self.tx_bytes += plen
         peer.rx_packets += 1
         peer.rx_bytes += plen
-
