@@ -21,10 +21,12 @@ from tunlab.testing.fixtures import (  # noqa: F401  (fixtures, registered by na
 from tunlab.testing.gating import netns_unavailable_reason  # noqa: F401  (public: the skip decision)
 from tunlab.testing.hooks import (  # noqa: F401  (hooks, registered by name)
     pytest_addoption,
+    pytest_collect_file,
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_configure_node,
     pytest_make_collect_report,
+    pytest_pycollect_makemodule,
     pytest_runtest_makereport,
     pytest_unconfigure,
 )

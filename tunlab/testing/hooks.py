@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tunlab.testing import artefacts, gating, options
+from tunlab.testing import artefacts, gating, options, scenarios
 
 MARKERS = (
     "netns: needs root and network namespaces (skipped otherwise, with the reason)",
@@ -96,6 +96,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 artefacts.write_failure(folder, report)
             report.sections.append((artefacts.SECTION, artefacts.describe(folders)))
     return report
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    return scenarios.collect_file(file_path, parent)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    return scenarios.make_module(module_path, parent)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
