@@ -193,3 +193,17 @@ def test_relays_of_a_crashed_script_are_removed_by_their_ledger(tmp_path: Path) 
         for pid in info["relays"] + info["hosts"]:  # ours, whatever happened above
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mininet_relay_chain.py"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_the_example_runs(transport: str) -> None:
+    prefix = f"m6{uuid.uuid4().hex[:3]}"
+    proc = subprocess.run([sys.executable, str(EXAMPLE), "--prefix", prefix, "--transport", transport,
+                           "--hosts", "4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ping {prefix}h1 -> 172.31.0.4: 3/3 replies, ttl 62" in proc.stdout
+    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+                .splitlines() if f"mininet:{prefix}" in line]
