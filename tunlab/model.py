@@ -276,6 +276,7 @@ class Topology:
     mtu: int = DEFAULT_MTU
     description: str = ""
     source: str | None = field(default=None, compare=False)
+    _link_index: dict[frozenset[str], Link] = field(default_factory=dict, init=False, repr=False, compare=False)
     _route_table: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -305,13 +306,10 @@ class Topology:
         return ipaddress.IPv4Network(self.overlay_net).prefixlen
 
     def links_of(self, name: str) -> list[Link]:
-        return [lk for lk in self.links if name in (lk.a, lk.b)]
+        return [lk for pair, lk in self._link_index.items() if name in pair]
 
     def link_between(self, x: str, y: str) -> Link | None:
-        for lk in self.links:
-            if lk.joins(x, y):
-                return lk
-        return None
+        return self._link_index.get(frozenset((x, y)))
 
     def routes_for(self, name: str) -> dict[str, str]:
         """Destination prefix -> neighbour node, for the relay of node ``name`` (derived from the paths)."""
@@ -381,7 +379,7 @@ def _validate(topo: Topology) -> None:
                         "give every node its own overlay address")
         addrs[ip] = n.name
 
-    subnets: dict[ipaddress.IPv4Network, str] = {}
+    subnets: list[tuple[int, int, Link]] = []
     pairs: set[frozenset[str]] = set()
     for lk in topo.links:
         w = lk.where
@@ -393,21 +391,29 @@ def _validate(topo: Topology) -> None:
         if pair in pairs:
             raise _fail(w, "b", f"'{lk.a}' and '{lk.b}' are already linked", "one link per pair of nodes")
         pairs.add(pair)
+        topo._link_index[pair] = lk
         net = ipaddress.IPv4Interface(lk.a_addr).network
         if net.overlaps(overlay):
             raise _fail(w, "a_addr", f"{net} overlaps the overlay {overlay}",
                         "keep underlay and overlay addresses apart (e.g. underlay in 10.0.0.0/8)")
-        for other, oname in subnets.items():
-            if net.overlaps(other):
-                raise _fail(w, "a_addr", f"{net} overlaps the subnet of link '{oname}'",
-                            "give every link its own subnet")
-        subnets[net] = lk.name
+        subnets.append((int(net.network_address), int(net.broadcast_address), lk))
+    subnets.sort(key=lambda s: (s[0], s[1]))
+    for (_, end, prev), (start, _, lk) in zip(subnets, subnets[1:]):
+        if start <= end:
+            first, second = sorted((prev, lk), key=topo.links.index)
+            raise _fail(second.where, "a_addr", f"{ipaddress.IPv4Interface(second.a_addr).network} overlaps "
+                        f"the subnet of link '{first.name}'", "give every link its own subnet")
     for n in topo.nodes:
         lks = topo.links_of(n.name)
         if len({lk.transport for lk in lks}) > 1:
             desc = ", ".join(f"{lk.transport} on '{lk.name}'" for lk in lks)
             raise _fail(n.where, "transport", f"its links use different transports ({desc})",
                         "one relay speaks one transport: use the same transport on all links of this node")
+        ports = {lk.a_port if lk.a == n.name else lk.b_port for lk in lks
+                 if lk.transport == "udp" or lk.b == n.name}  # the ends where this node's relay listens
+        if len(ports) > 1:
+            raise _fail(n.where, "port", f"its links listen on different ports ({', '.join(map(str, sorted(ports)))})",
+                        "one relay listens on one port: give this node's link ends the same a_port/b_port")
 
     if not topo.paths:
         raise _fail("topology", "paths", "there is no path", "add Path(('sender', 'vnf1', ..., 'receiver'))")

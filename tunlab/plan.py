@@ -122,14 +122,20 @@ def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], 
     """The relay command line of one node (docs/ARCHITECTURE.md, relay contract), --ready-fd excepted."""
     transport = links[0].transport if links else "udp"
     args = ["--dev", dev, "--attach", "--transport", transport]
+    listens: list[LinkEnd] = []
     for lk in links:
         me, other = (lk.a, lk.b) if lk.a.node == node.name else (lk.b, lk.a)
         if transport == "udp":
-            args += ["--listen", f"{me.ip}:{me.port}", "--peer", f"{other.node}={other.ip}:{other.port}"]
+            listens.append(me)
+            args += ["--peer", f"{other.node}={other.ip}:{other.port}"]
         elif me is lk.b:  # TCP: b listens and accepts a; a connects to b
-            args += ["--listen", f"{me.ip}:{me.port}", "--accept", f"{other.node}={other.ip}"]
+            listens.append(me)
+            args += ["--accept", f"{other.node}={other.ip}"]
         else:
             args += ["--peer", f"{other.node}={other.ip}:{other.port}"]
+    if listens:  # one socket per relay: bind the link's address, or all addresses of the node
+        ip = listens[0].ip if len(listens) == 1 else "0.0.0.0"
+        args += ["--listen", f"{ip}:{listens[0].port}"]
     for prefix, peer in collapse_routes(topo.routes_for(node.name)):
         args += ["--route", f"{prefix}={peer}"]
     if isinstance(node, Vnf) and node.kind == "hook":

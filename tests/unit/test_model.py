@@ -152,3 +152,9 @@ def test_linear_chain_addresses_and_paths() -> None:
     assert linear_chain(0).paths[0].nodes == ("sender", "receiver")
     with pytest.raises(DescriptionError, match="n_vnfs"):
         linear_chain(-1)
+
+
+def test_one_relay_listens_on_one_port() -> None:
+    links = (Link("s", "v", "10.0.0.1/30", "10.0.0.2/30", b_port=5000),
+             Link("v", "r", "10.0.0.5/30", "10.0.0.6/30", a_port=5001))
+    raises(r"^node 'v' field 'port': its links listen on different ports \(5000, 5001\)", links=links)

@@ -1,0 +1,193 @@
+"""The backend interface: what a lab needs from the thing that makes nodes and links.
+
+A backend gets a :class:`tunlab.plan.LabPlan` (names, addresses, relay command lines: all decided) and the
+run's :class:`tunlab.ledger.Ledger`. It implements four steps and the removers for its own ledger entries:
+
+1. :meth:`Backend.create_nodes` -- one network namespace per node (named, or a process's), quiet
+   (no IPv6 on lab links), forwarding on for kernel VNFs, rp_filter and send_redirects off, lo up,
+   and the node's persistent TUN device (``plan.overlay_dev``; relays open it with ``--attach``);
+2. :meth:`Backend.create_links` -- the underlay veth pairs (``plan.links``);
+3. :meth:`Backend.configure_nodes` -- addresses, MTU, link state, tx checksum offload off on veths, TUN
+   address and MTU, VNF routes and nftables rulesets;
+4. :meth:`Backend.netns_file` -- the path that enters a node (``/run/netns/NAME`` or ``/proc/PID/ns/net``).
+
+Every step appends ledger entries *before* it creates anything; :meth:`Backend.removers` maps each
+entry ``op`` it writes to a function that removes such entries (given in reverse order, grouped).
+The base class supplies the rest: running commands in nodes (``nsenter``), starting every relay at once
+and waiting on all their ``--ready-fd`` pipes together, and teardown by ledger replay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tunlab.errors import TunlabError
+from tunlab.ledger import ENV_TAG, Ledger, Remover, proc_start_time, remove_files, remove_processes, replay
+from tunlab.plan import LabPlan, NodePlan
+
+
+class RelayStartError(TunlabError):
+    """A relay died or did not become ready; the message names the node and quotes its log."""
+
+
+@dataclass
+class RelayProcess:
+    node: str
+    popen: subprocess.Popen[bytes]
+    start: int | None
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def tail(paths: Sequence[str | Path], lines: int = 6) -> str:
+    """The last lines of the given files, joined with ' | ' (one line for an error message)."""
+    out: list[str] = []
+    for p in paths:
+        try:
+            out += [ln.strip() for ln in Path(p).read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            pass
+    return " | ".join(out[-lines:])
+
+
+class Backend(ABC):
+    name: ClassVar[str] = "?"
+
+    def __init__(self, plan: LabPlan, ledger: Ledger) -> None:
+        self.plan = plan
+        self.ledger = ledger
+        self.relays: dict[str, RelayProcess] = {}
+
+    # ------------------------------------------------------------------ what a backend implements
+    @abstractmethod
+    def create_nodes(self) -> None:
+        """Namespaces (with sysctls, lo, TUN) for every node in ``self.plan.nodes``."""
+
+    @abstractmethod
+    def create_links(self) -> None:
+        """The veth pairs of ``self.plan.links``, each end directly in its node's namespace."""
+
+    @abstractmethod
+    def configure_nodes(self) -> None:
+        """Addresses, MTU and state of every interface; TUN address; routes and nftables rules."""
+
+    @abstractmethod
+    def netns_file(self, node: str) -> str:
+        """A path to open to enter ``node``'s network namespace."""
+
+    @classmethod
+    def removers(cls, ledger: Ledger) -> dict[str, Remover]:
+        """op -> remover, for every ledger entry this backend writes (also used by `tunlab clean`)."""
+        return {"proc": remove_processes(ledger.run_id), "file": remove_files}
+
+    # ------------------------------------------------------------------ shared machinery
+    def bring_up(self, ready_timeout: float | None = None) -> None:
+        self.create_nodes()
+        self.create_links()
+        self.configure_nodes()
+        self.start_relays(ready_timeout)
+
+    def teardown(self) -> list[str]:
+        """Remove everything the ledger records, newest first; one line per problem."""
+        return replay(self.ledger, self.removers(self.ledger))
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, ENV_TAG: self.ledger.run_id}
+
+    def spawn(self, node: str, argv: Sequence[str], *, role: str = "cmd", **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside ``node``, tagged with this run and recorded in the ledger (pid, start)."""
+        kw.setdefault("env", self.env())
+        kw.setdefault("start_new_session", True)
+        p = subprocess.Popen(["nsenter", f"--net={self.netns_file(node)}", "--", *argv], **kw)
+        # nsenter execs the command: this pid is the command's pid
+        self.ledger.append({"op": "proc", "node": node, "role": role, "pid": p.pid,
+                            "start": proc_start_time(p.pid), "argv0": argv[0]})
+        return p
+
+    def relay_argv(self, node: NodePlan, ready_fd: int) -> list[str]:
+        return [sys.executable, "-m", "tunlab", "relay", *node.relay_args, "--ready-fd", str(ready_fd)]
+
+    def start_relays(self, timeout: float | None = None) -> dict[str, RelayProcess]:
+        """Start every node's relay at once and wait for all their readiness lines together.
+
+        A relay that exits, reports an error or is not ready by the deadline raises RelayStartError
+        naming the node and quoting its output (the caller tears the lab down)."""
+        nodes = self.plan.nodes
+        deadline = time.monotonic() + (timeout if timeout is not None else 10.0 + 0.1 * len(nodes))
+        pending: dict[int, NodePlan] = {}
+        sel = selectors.DefaultSelector()
+        try:
+            for n in nodes:
+                r, w = os.pipe()
+                os.set_blocking(r, False)
+                out = open(self._out_path(n), "wb")
+                try:
+                    p = self.spawn(n.name, self.relay_argv(n, w), role="relay", pass_fds=(w,),
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                finally:
+                    os.close(w)
+                    out.close()
+                self.relays[n.name] = RelayProcess(n.name, p, proc_start_time(p.pid))
+                pending[r] = n
+                sel.register(r, selectors.EVENT_READ, bytearray())
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    names = sorted(n.name for n in pending.values())
+                    first = self.plan.node(names[0])
+                    raise RelayStartError(
+                        f"the relay of node {', '.join(names)} was not ready in time; "
+                        f"{first.name}: {tail([self._out_path(first), first.log_file]) or 'no output'}")
+                for key, _ in sel.select(min(left, 0.5)):
+                    fd = int(key.fd)  # type: ignore[arg-type]
+                    buf: bytearray = key.data
+                    chunk = os.read(fd, 4096)
+                    buf += chunk
+                    if chunk and b"\n" not in buf:
+                        continue
+                    node = pending.pop(fd)
+                    sel.unregister(fd)
+                    os.close(fd)
+                    self._check_ready(node, bytes(buf))
+        finally:
+            for fd in list(pending):
+                sel.unregister(fd)
+                os.close(fd)
+            sel.close()
+        return self.relays
+
+    def _check_ready(self, node: NodePlan, line: bytes) -> None:
+        try:
+            info = json.loads(line.decode(errors="replace").splitlines()[0]) if line.strip() else {}
+        except ValueError:
+            info = {}
+        if isinstance(info, dict) and info.get("ready") is True:
+            self.relays[node.name].ready = info
+            return
+        proc = self.relays[node.name].popen
+        try:
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
+        why = info.get("error") if isinstance(info, dict) and info.get("error") else None
+        status = f"exited with {proc.returncode}" if proc.returncode is not None else "failed"
+        raise RelayStartError(
+            f"the relay of node {node.name} {status} before it was ready: "
+            f"{why or tail([self._out_path(node), node.log_file]) or 'no output'}",
+            f"full log in {self._out_path(node)}")
+
+    def _out_path(self, node: NodePlan) -> str:
+        return f"{self.plan.run_dir}/{node.name}.out"

@@ -1,0 +1,172 @@
+"""The default backend: named network namespaces and veth pairs made with pyroute2, no helper processes.
+
+All netlink and sysctl work happens in one worker thread that enters each namespace in turn
+(``setns``/``unshare`` act on the calling thread only), with one netlink socket per namespace visit; the
+caller's own thread never changes namespace. The root namespace gets nothing: veth ends are created
+directly in their namespaces.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+
+from tunlab import names
+from tunlab.backends import nsutil
+from tunlab.backends.base import Backend
+from tunlab.errors import TunlabError
+from tunlab.ledger import Entry, Ledger, Remover
+from tunlab.plan import NodePlan
+
+T = TypeVar("T")
+
+# sysctls of every lab namespace, before any interface exists (so "default" applies to all of them)
+QUIET = (
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+    ("net.ipv4.conf.all.send_redirects", "0"),
+    ("net.ipv4.conf.default.send_redirects", "0"),
+    ("net.ipv4.conf.all.accept_redirects", "0"),
+    ("net.ipv4.conf.default.accept_redirects", "0"),
+)
+ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
+
+
+class NetnsBackend(Backend):
+    name = "netns"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tunlab-{self.plan.run_id}")
+
+    def _in_worker(self, fn: Callable[[], T]) -> T:
+        return self._worker.submit(fn).result()
+
+    def netns_file(self, node: str) -> str:
+        return nsutil.netns_path(self.plan.node(node).netns)
+
+    # ---------------------------------------------------------------------- nodes
+    def create_nodes(self) -> None:
+        nodes = self.plan.nodes
+        self.ledger.append(*({"op": "netns", "name": n.netns} for n in nodes))
+        self.ledger.append(*({"op": "tun", "netns": n.netns, "ifname": n.overlay_dev} for n in nodes))
+        nsutil.share_netns_dir()
+
+        def work() -> None:
+            for n in nodes:
+                with nsutil.create_named(n.netns):
+                    for key, value in QUIET:
+                        nsutil.write_sysctl(key, value)
+                    nsutil.write_sysctl("net.ipv4.ip_forward", "1" if n.forward else "0")
+                    with IPRoute() as ipr:
+                        ipr.link("set", index=1, state="up")
+                    nsutil.create_persistent_tun(n.overlay_dev)
+
+        self._in_worker(work)
+
+    # ---------------------------------------------------------------------- links
+    def create_links(self) -> None:
+        links = self.plan.links
+        ns = {n.name: n.netns for n in self.plan.nodes}
+        self.ledger.append(*({"op": "link", "netns": ns[lk.a.node], "ifname": lk.a.ifname,
+                              "peer_netns": ns[lk.b.node], "peer": lk.b.ifname} for lk in links))
+
+        def work() -> None:
+            by_a: dict[str, list[Any]] = {}
+            for lk in links:
+                by_a.setdefault(lk.a.node, []).append(lk)
+            for a, lks in by_a.items():
+                with nsutil.entered(nsutil.netns_path(ns[a])), IPRoute() as ipr:
+                    for lk in lks:
+                        with open(nsutil.netns_path(ns[lk.b.node]), "rb") as peer_ns:
+                            ipr.link("add", ifname=lk.a.ifname, kind="veth",
+                                     peer={"ifname": lk.b.ifname, "net_ns_fd": peer_ns.fileno()})
+
+        self._in_worker(work)
+
+    # ---------------------------------------------------------------------- configuration
+    def configure_nodes(self) -> None:
+        nodes = self.plan.nodes
+
+        def work() -> None:
+            for n in nodes:
+                with nsutil.entered(nsutil.netns_path(n.netns)), IPRoute() as ipr, \
+                        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    _configure(ipr, sock, n)
+
+        self._in_worker(work)
+        self._apply_nft([n for n in nodes if n.nft])
+
+    def _apply_nft(self, nodes: Sequence[NodePlan]) -> None:
+        procs = []
+        for n in nodes:
+            p = subprocess.Popen(["nsenter", f"--net={self.netns_file(n.name)}", "--", "nft", "-f", "-"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            procs.append((n, p))
+        failed = []
+        for n, p in procs:
+            out, _ = p.communicate((n.nft or "").encode(), timeout=30)
+            if p.returncode != 0:
+                failed.append((n, out.decode(errors="replace").strip().replace("\n", " | ")))
+        if failed:
+            n, msg = failed[0]
+            raise TunlabError(f"node {n.name} field 'nft': nft rejected the ruleset: {msg[:400]}",
+                              "check the ruleset with `nft -c -f FILE`")
+
+    def teardown(self) -> list[str]:
+        try:
+            return super().teardown()
+        finally:
+            self._worker.shutdown(wait=False)
+
+    # ---------------------------------------------------------------------- removal
+    @classmethod
+    def removers(cls, ledger: Ledger) -> dict[str, Remover]:
+        run_id = ledger.run_id
+        owned_ns = {e["name"] for e in ledger.entries() if e["op"] == "netns"}
+
+        def inside_namespaces(entries: Sequence[Entry]) -> None:
+            # veth pairs and TUN devices live only in this run's namespaces and go with them
+            for e in entries:
+                if e.get("netns") not in owned_ns:
+                    raise TunlabError(f"{e.get('ifname')} is in namespace {e.get('netns')}, which this run "
+                                      "did not record; left alone")
+
+        def namespaces(entries: Sequence[Entry]) -> None:
+            refused = []
+            for e in entries:
+                name = str(e.get("name", ""))
+                if not names.owned_by(run_id, name):
+                    refused.append(name)
+                    continue
+                nsutil.remove_named(name)
+            if refused:
+                raise TunlabError(f"namespace(s) {', '.join(refused)} do not carry run id {run_id}; left alone")
+
+        return {**super().removers(ledger), "netns": namespaces, "link": inside_namespaces,
+                "tun": inside_namespaces}
+
+
+def _configure(ipr: IPRoute, sock: socket.socket, n: NodePlan) -> None:
+    for iface in n.ifaces:
+        idx = socket.if_nametoindex(iface.ifname)
+        ip, plen = iface.addr.split("/")
+        ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
+        nsutil.tx_checksum_off(sock, iface.ifname)
+        ipr.link("set", index=idx, state="up")
+    tun = socket.if_nametoindex(n.overlay_dev)
+    ipr.link("set", index=tun, mtu=n.mtu, state="up")
+    ipr.addr("add", index=tun, address=n.overlay_ip, prefixlen=n.overlay_prefixlen)
+    for r in n.routes:
+        dst, _, plen_s = r.dst.partition("/")
+        kw: dict[str, Any] = {"dst": dst, "dst_len": int(plen_s or 32), "type": ROUTE_TYPES[r.type]}
+        if r.type == "unicast":
+            kw["oif"] = tun
+        ipr.route("add", **kw)

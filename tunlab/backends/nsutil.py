@@ -1,0 +1,147 @@
+"""Network-namespace primitives through libc (no fork, no helper process).
+
+A thread can live in another network namespace than the rest of the process (``setns`` and ``unshare``
+act on the calling thread): :func:`entered` moves the current thread into a namespace and back, and
+:func:`create_named` makes a named namespace the way ``ip netns add`` (and pyroute2) do -- a bind mount of
+the thread's namespace on ``/run/netns/NAME`` -- so ``ip netns exec NAME`` works from any shell.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MS_REC = 16384
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM = 0x17
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def netns_path(name: str) -> str:
+    return f"{NETNS_DIR}/{name}"
+
+
+def setns(fd: int) -> None:
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+
+
+@contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Run the body with this thread in the namespace ``path`` (/run/netns/NAME or /proc/PID/ns/net)."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def share_netns_dir() -> None:
+    """Make /run/netns a shared mount point (once per boot), as iproute2 does, so bind mounts in it
+    are seen from every mount namespace."""
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    if _libc.mount(b"", NETNS_DIR.encode(), b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    _check(_libc.mount(NETNS_DIR.encode(), NETNS_DIR.encode(), b"none", MS_BIND | MS_REC, None),
+           f"bind-mount {NETNS_DIR}")
+    _check(_libc.mount(b"", NETNS_DIR.encode(), b"none", MS_SHARED | MS_REC, None), f"share {NETNS_DIR}")
+
+
+@contextmanager
+def create_named(name: str) -> Iterator[None]:
+    """Create the named namespace ``name`` and run the body inside it (this thread only)."""
+    path = netns_path(name)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            try:
+                _check(_libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None),
+                       f"bind-mount {path}")
+            except OSError:
+                setns(home)
+                raise
+        except OSError:
+            os.unlink(path)
+            raise
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def remove_named(name: str) -> bool:
+    """Unmount and remove /run/netns/NAME; False when it was not there. The namespace itself goes when
+    nothing else holds it (processes in it, open fds)."""
+    path = netns_path(name)
+    if not os.path.lexists(path):
+        return False
+    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point (half-made)
+            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    os.unlink(path)
+    return True
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write a sysctl of the current thread's network namespace (``net.ipv4.ip_forward`` style)."""
+    with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+        f.write(value)
+
+
+def tx_checksum_off(sock: socket.socket, ifname: str) -> None:
+    """``ethtool -K IFNAME tx off`` through the SIOCETHTOOL ioctl (``sock`` lives in the device's netns)."""
+    value = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_STXCSUM, 0))
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(value)).ljust(40, b"\0")
+    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+
+
+def create_persistent_tun(name: str) -> None:
+    """A persistent L3 TUN device without packet-info header in the current thread's namespace; a relay
+    started with ``--attach`` opens it."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
