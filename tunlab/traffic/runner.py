@@ -142,29 +142,10 @@ def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, ke
     planned = build_probes(sc, seed=random.randrange(2**31) if seed is None else seed)
     frames: dict[str, list[Frame]] = {}
     cap: Capture | None = None
+    started: list[Capture] = []  # the capture, once it listens (kept as evidence if the run fails after)
     try:
         with Lab(sc.topology, backend=backend) as lab:
-            result.run_id = lab.run_id
-            chains = {p.nodes: chain_for(lab, p.nodes) for p in planned}
-            result.chains = [describe_chain(c) for c in chains.values()]
-            wait_connected(lab, list(chains.values()), sc.timeout)
-            with Capture(capture_points(lab, list(chains.values()), planned)) as cap:
-                if before_send is not None:
-                    before_send(lab)
-                _send(lab, planned)
-                if not cap.wait_for(_arrived(planned, chains), sc.timeout):
-                    result.notes.append(f"not every expected packet arrived within {sc.timeout:g} s")
-                cap.wait_quiet(sc.settle, sc.timeout)
-            frames = cap.frames()
-            caps = Captures(frames)
-            result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
-            seen_links: set[str] = set()
-            for chain in chains.values():
-                fresh = [lk for lk in chain.links if lk.name not in seen_links]
-                seen_links.update(lk.name for lk in fresh)
-                result.links += check_links(chain, caps, fresh)
-            result.notes += _capture_notes(cap)
-            counters = _counters(lab)
+            cap, counters = check_on_lab(sc, lab, planned, result, before_send=before_send, started=started)
             if not result.passed:
                 result.notes += _relay_notes(counters)
             result.duration_s = time.monotonic() - started
@@ -174,10 +155,43 @@ def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, ke
                 _leave_up(lab, result)
     except TunlabError as exc:
         result.error = str(exc)
+        cap = cap or (started[0] if started else None)
         if cap is not None and result.run_id:
             _keep_evidence(result, None, cap, {}, Path(results_root))
     result.duration_s = time.monotonic() - started
     return result
+
+
+def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: ScenarioResult, *,
+                 before_send: BeforeSend | None = None,
+                 started: list[Capture] | None = None) -> tuple[Capture, dict[str, Any]]:
+    """Capture on every point of the probes' chains in a running ``lab``, send, wait, check into ``result``.
+
+    Returns the (stopped) capture and the relays' counters; keeping evidence is the caller's business
+    (``run_scenario`` here, the pytest plugin's ``tunlab_checks`` fixture on a lab of its own); ``started``
+    receives the capture as soon as it listens, for evidence when a later step raises."""
+    result.run_id = lab.run_id
+    chains = {p.nodes: chain_for(lab, p.nodes) for p in planned}
+    result.chains = [describe_chain(c) for c in chains.values()]
+    wait_connected(lab, list(chains.values()), sc.timeout)
+    with Capture(capture_points(lab, list(chains.values()), planned)) as cap:
+        if started is not None:
+            started.append(cap)
+        if before_send is not None:
+            before_send(lab)
+        _send(lab, planned)
+        if not cap.wait_for(_arrived(planned, chains), sc.timeout):
+            result.notes.append(f"not every expected packet arrived within {sc.timeout:g} s")
+        cap.wait_quiet(sc.settle, sc.timeout)
+    caps = Captures(cap.frames())
+    result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
+    seen_links: set[str] = set()
+    for chain in chains.values():
+        fresh = [lk for lk in chain.links if lk.name not in seen_links]
+        seen_links.update(lk.name for lk in fresh)
+        result.links += check_links(chain, caps, fresh)
+    result.notes += _capture_notes(cap)
+    return cap, _counters(lab)
 
 
 def _send(lab: Any, planned: list[PlannedProbe]) -> None:
