@@ -2,7 +2,8 @@
 
 - markers ``netns`` / ``mininet`` (skipped with a one-line reason when the machine cannot run them) and
   ``tunlab_topology``; options ``--tunlab-keep``, ``--tunlab-backend``, ``--tunlab-results``;
-- fixtures ``tunlab_lab``, ``tunlab_lab_factory``, ``tunlab_module_labs``, ``tunlab_artefacts``;
+- fixtures ``tunlab_lab``, ``tunlab_lab_factory``, ``tunlab_module_labs``, ``tunlab_checks``,
+  ``tunlab_artefacts``; scenario files collected as tests (``pytest scenarios/``);
 - per-test artefact folders (pcaps of every link, relay logs, EXPECTED/RECEIVED) kept for failing tests;
 - a leak check after every lab.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from tunlab.testing.fixtures import (  # noqa: F401  (fixtures, registered by name)
     tunlab_artefacts,
+    tunlab_checks,
     tunlab_lab,
     tunlab_lab_factory,
     tunlab_module_labs,

@@ -5,6 +5,7 @@
   the test, whatever the test did, and checked for leftovers.
 - ``tunlab_lab``: one lab from ``@pytest.mark.tunlab_topology(topology, scope=..., **lab_kwargs)`` or from an
   indirect parameter (``@pytest.mark.parametrize("tunlab_lab", [topo], indirect=True)``).
+- ``tunlab_checks``: the scenario checks (send, capture, expect; whole-chain flows) on ``tunlab_lab``.
 """
 
 from __future__ import annotations
@@ -120,3 +121,15 @@ def tunlab_lab(request: pytest.FixtureRequest) -> Any:
         return shared.get(spec, kwargs)
     factory: LabFactory = request.getfixturevalue("tunlab_lab_factory")
     return factory(spec, **kwargs)
+
+
+@pytest.fixture
+def tunlab_checks(request: pytest.FixtureRequest, tunlab_lab: Any, tunlab_artefacts: Path) -> Generator[Any, None, None]:
+    """Scenario checks on ``tunlab_lab``: ``flows([Ping(), Udp(5000)])``, ``scenario(path)``, and
+    ``capture()`` / ``send()`` / ``expect()`` / ``expect_none()``; failures raise with EXPECTED/RECEIVED."""
+    from tunlab.testing.checks import LabChecks
+
+    checks = LabChecks(tunlab_lab, tunlab_artefacts, request.node.name)
+    yield checks
+    if artefacts.has_failed(request.node):
+        checks.save_captures()

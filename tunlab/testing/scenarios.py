@@ -2,14 +2,13 @@
 
 A file is a scenario when it is a ``*.py`` file (not ``_*`` or ``conftest.py``) in a folder whose name is in
 the ``tunlab_scenario_dirs`` ini option (default ``scenarios``). Its item is marked ``netns`` and
-``tunlab_scenario``, runs the scenario with the same runner as ``tunlab run``, keeps the evidence in the
-test's artefact folder when it fails, and reports the failed checks (EXPECTED / RECEIVED decoded) instead of
-a traceback. A file that does not load is a collection error of one line naming the field.
+``tunlab_scenario``, builds its lab with the lab fixtures and runs the scenario's checks on it (the same
+steps as ``tunlab run``), keeps the evidence in the test's artefact folder when it fails, and reports the
+failed checks (EXPECTED / RECEIVED decoded) instead of a traceback. A file that does not load is a collection error of one line naming the field.
 """
 
 from __future__ import annotations
 
-import io
 import types
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,6 @@ from typing import Any
 import pytest
 
 from tunlab.errors import TunlabError
-from tunlab.testing import artefacts, leaks
-
-
-class ScenarioFailed(Exception):
-    """A scenario's checks failed; the message is the rendered report."""
 
 
 def is_scenario_file(config: pytest.Config, path: Path) -> bool:
@@ -30,31 +24,14 @@ def is_scenario_file(config: pytest.Config, path: Path) -> bool:
             and path.name != "conftest.py")
 
 
-def render_text(result: Any, width: int = 120) -> str:
-    from rich.console import Console
-
-    from tunlab.traffic.report import render
-
-    buf = io.StringIO()
-    render(result, Console(file=buf, width=width, no_color=True, highlight=False, soft_wrap=False))
-    return buf.getvalue().rstrip()
-
-
 def _runner(scenario: Any) -> Any:
-    def run_scenario_test(request: pytest.FixtureRequest, tunlab_artefacts: Path) -> None:
-        from tunlab.traffic.runner import run_scenario
+    def run_scenario_test(tunlab_lab_factory: Any, tunlab_artefacts: Path) -> None:
+        """Build the scenario's lab (pcaps of every link, relay logs, leak check: the lab fixtures) and run
+        the scenario's checks on it (the same runner steps as ``tunlab run``)."""
+        from tunlab.testing.checks import LabChecks
 
-        settings = artefacts.settings(request.config)
-        result = run_scenario(scenario, results_root=tunlab_artefacts, keep=False, backend=settings.backend)
-        problems = []
-        if result.run_id:
-            found = leaks.leftovers(leaks.Recorded(run_id=str(result.run_id)))
-            if found:
-                problems.append(leaks.leak_message(leaks.Recorded(run_id=str(result.run_id)), found))
-        if not result.passed:
-            raise ScenarioFailed(render_text(result) + ("\n" + "\n".join(problems) if problems else ""))
-        if problems:
-            pytest.fail("\n".join(problems), pytrace=False)
+        lab = tunlab_lab_factory(scenario.topology)
+        LabChecks(lab, tunlab_artefacts, scenario.name).scenario(scenario)
 
     return run_scenario_test
 
@@ -69,7 +46,9 @@ class ScenarioItem(pytest.Function):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],  # type: ignore[override]
                      style: Any = None) -> Any:
-        if isinstance(excinfo.value, ScenarioFailed):
+        from tunlab.testing.checks import ChecksFailed
+
+        if isinstance(excinfo.value, ChecksFailed):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
