@@ -192,7 +192,8 @@ def ping(ns: str, dst: str, count: int = 3, size: int | None = None, deadline: i
 class RelayProc:
     """A ``tunlab relay`` process in a namespace, started and waited for through --ready-fd."""
 
-    def __init__(self, lab: "NetLab", ns: str, tag: str, args: list[str], *, wait: bool = True) -> None:
+    def __init__(self, lab: "NetLab", ns: str, tag: str, args: list[str], *, wait: bool = True,
+                 env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.tag = tag
         self.control = str(lab.tmp / f"{tag}.sock")
@@ -203,7 +204,7 @@ class RelayProc:
                 "--control", self.control, "--stats-file", self.stats_file, "--log-level", "info"]
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                         env={**os.environ, "TUNLAB_RUN": lab.prefix}, cwd=str(ROOT))
+                                         env={**os.environ, "TUNLAB_RUN": lab.prefix, **(env or {})}, cwd=str(ROOT))
         os.close(w)
         self.ready: dict[str, Any] = {}
         try:
@@ -268,6 +269,7 @@ class NetLab:
         sh("ip", "-n", name, "link", "set", "lo", "up")
         nsexec(name, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
                "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.send_redirects=0",
+               "net.ipv4.conf.default.send_redirects=0",
                "net.ipv6.conf.all.forwarding=1")
         return name
 
@@ -287,8 +289,8 @@ class NetLab:
             sh("ip", "-n", ns, "link", "set", dev, "up")
         return a, b
 
-    def relay(self, ns: str, tag: str, *args: str, wait: bool = True) -> RelayProc:
-        rp = RelayProc(self, ns, tag, list(args), wait=False)
+    def relay(self, ns: str, tag: str, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> RelayProc:
+        rp = RelayProc(self, ns, tag, list(args), wait=False, env=env)
         self.relays.append(rp)
         if wait and not rp.ready.get("ready"):
             raise AssertionError(f"relay {tag} in {ns} did not get ready: {rp.ready}\n{rp.output()}")
@@ -319,6 +321,16 @@ class NetLab:
         shutil.rmtree(self.tmp, ignore_errors=True)
         left = [ns for ns in self.namespaces if os.path.exists(f"/run/netns/{ns}")]
         assert not left, f"namespaces left behind: {left}"
+
+
+def two_nodes(lab: NetLab, v6: bool = False) -> tuple[str, str]:
+    """Namespaces a and b joined by a veth: 10.1.0.1/24 - 10.1.0.2/24 (or fd01::1/64 - fd01::2/64)."""
+    a, b = lab.ns("a"), lab.ns("b")
+    if v6:
+        lab.veth(a, b, ["fd01::1/64"], ["fd01::2/64"])
+    else:
+        lab.veth(a, b, ["10.1.0.1/24"], ["10.1.0.2/24"])
+    return a, b
 
 
 @pytest.fixture

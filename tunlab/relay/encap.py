@@ -335,16 +335,17 @@ class Reassembler:
     """Bounded reassembly of chunked streams; a lost chunk costs only its own stream.
 
     At most ``max_streams`` partial streams are held (the oldest is dropped, counted as
-    ``incomplete``), recently completed keys are remembered so late duplicates are counted and
-    ignored. ``drops`` maps reason -> count.
+    ``chunk_incomplete``), recently completed keys are remembered so late duplicates are counted
+    (``chunk_duplicate``) and ignored; bad chunks count as ``chunk_malformed``. ``drops`` maps
+    reason -> count (pass the relay's drop counters to share them).
     """
 
-    def __init__(self, max_streams: int = 64, remember: int = 256) -> None:
+    def __init__(self, max_streams: int = 64, remember: int = 256, drops: dict[str, int] | None = None) -> None:
         self.max_streams = max_streams
         self.partials: OrderedDict[tuple[object, int, int], _Partial] = OrderedDict()
         self.done: deque[tuple[object, int, int]] = deque(maxlen=remember)
         self._done_set: set[tuple[object, int, int]] = set()
-        self.drops: dict[str, int] = {}
+        self.drops: dict[str, int] = {} if drops is None else drops
 
     def _drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -359,17 +360,17 @@ class Reassembler:
         """Feed one chunk datagram from ``source``; returns the stream when it is complete."""
         hdr = parse_header(datagram)
         if hdr is None:
-            self._drop("malformed")
+            self._drop("chunk_malformed")
             return None
         payload = memoryview(datagram)[HDR_LEN:]
         if hdr.count == 1:
             if len(payload) < VNET_LEN:
-                self._drop("malformed")
+                self._drop("chunk_malformed")
                 return None
             return bytes(payload)
         key = (source, hdr.queue, hdr.pid)
         if key in self._done_set:
-            self._drop("duplicate")
+            self._drop("chunk_duplicate")
             return None
         part = self.partials.get(key)
         if part is None:
@@ -377,12 +378,12 @@ class Reassembler:
             self.partials[key] = part
             while len(self.partials) > self.max_streams:
                 self.partials.popitem(last=False)
-                self._drop("incomplete")
+                self._drop("chunk_incomplete")
         elif part.count != hdr.count or part.csize != hdr.csize:
-            self._drop("malformed")
+            self._drop("chunk_malformed")
             return None
         if part.have[hdr.index]:
-            self._drop("duplicate")
+            self._drop("chunk_duplicate")
             return None
         off = hdr.index * hdr.csize
         part.buf[off:off + len(payload)] = payload
@@ -395,7 +396,7 @@ class Reassembler:
         del self.partials[key]
         self._mark_done(key)
         if part.length < VNET_LEN:
-            self._drop("malformed")
+            self._drop("chunk_malformed")
             return None
         return bytes(part.buf[:part.length])
 
@@ -403,6 +404,6 @@ class Reassembler:
         """Drop every partial stream (on shutdown or a peer restart); returns how many."""
         n = len(self.partials)
         if n:
-            self._drop("incomplete", n)
+            self._drop("chunk_incomplete", n)
         self.partials.clear()
         return n

@@ -203,10 +203,13 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
             for sig, fn in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGUSR1, on_usr1)):
                 saved[sig] = signal.signal(sig, fn)
         if ready_fd is not None:
-            devs = [r.ready_info()["dev"] for r in relays]
+            infos = [r.ready_info() for r in relays]
+            one = len(infos) == 1
             write_json_line(ready_fd, {
-                "ready": True, "pid": os.getpid(), "dev": devs[0] if len(devs) == 1 else devs,
-                "listen": [a for r in relays for a in r.ready_info()["listen"]],
+                "ready": True, "pid": os.getpid(),
+                "dev": infos[0]["dev"] if one else [i["dev"] for i in infos],
+                "listen": [a for i in infos for a in i["listen"]],
+                "mtu": infos[0]["mtu"] if one else [i["mtu"] for i in infos],
                 "control": control,
             })
             ready_fd = None

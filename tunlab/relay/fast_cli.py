@@ -1,89 +1,58 @@
-"""Stand-alone entry point of the fast relay: ``python -m tunlab.relay.fast_cli``.
+"""``python -m tunlab.relay.fast_cli [tunlab relay options]``: the relay with the fast datapaths known.
 
-The same native options as ``tunlab relay`` (docs/ARCHITECTURE.md) for the subset the fast relay
-uses, plus ``--datapath``. Used by the benchmark and the netns tests until ``tunlab relay``
-carries ``--datapath``.
+Takes exactly ``tunlab relay``'s command line (parsed by the same click command) and runs
+:class:`~tunlab.relay.fast.FastRelay`, whose counters carry the ``datapath`` section. The benchmark
+and the netns tests use it until ``tunlab relay`` registers ``--datapath auto|plain|gso`` itself.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import signal
+import os
 import sys
-from typing import Any
 
 from tunlab.errors import TunlabError
-from tunlab.relay.fast import DATAPATHS, FastConfig, FastRelay
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected IP:PORT")
-    return host.strip("[]"), int(port)
-
-
-def _named(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
-    return name, value
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunlab-fast-relay", description=__doc__)
-    p.add_argument("--dev", default="tun0")
-    p.add_argument("--addr")
-    p.add_argument("--mtu", type=int, default=1472)
-    p.add_argument("--tap", action="store_true")
-    p.add_argument("--attach", action="store_true")
-    p.add_argument("--listen", type=_hostport, required=True)
-    p.add_argument("--peer", type=_named, action="append", default=[])
-    p.add_argument("--accept", type=_named, action="append", default=[])
-    p.add_argument("--route", type=_named, action="append", default=[])
-    p.add_argument("--datapath", choices=DATAPATHS, default="auto")
-    p.add_argument("--segment", type=int)
-    p.add_argument("--threads", action="store_true", help="one thread per direction")
-    p.add_argument("--ready-fd", type=int)
-    p.add_argument("--stats-file")
-    p.add_argument("--log-level", default="warning")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> FastConfig:
-    return FastConfig(dev=args.dev, listen=args.listen, addr=args.addr, mtu=args.mtu, tap=args.tap,
-                      attach=args.attach, peers={n: _hostport(v) for n, v in args.peer},
-                      accepts=dict(args.accept), routes=[(p, n) for p, n in args.route],
-                      datapath=args.datapath, segment=args.segment, threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import click
+
+    from .command import configs_from_params, relay_cmd, summary
+    from .engine import serve
+    from .fast import FastRelay, register
+    from .loop import Loop
+
+    register()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        relay = FastRelay(config_from_args(args), ready_fd=args.ready_fd)
+        ctx = relay_cmd.make_context("relay", args)
+        with ctx:
+            params = dict(ctx.params)
+            configs = configs_from_params(ctx, params)
+        _logging(params["log_level"], params["log_file"])
+        loop = Loop()
+        relays = [FastRelay(c, loop=loop) for c in configs]
+        final = serve(relays, ready_fd=params["ready_fd"], control=params["control"],
+                      stats_file=params["stats_file"])
     except TunlabError as exc:
         print(f"tunlab: {exc}", file=sys.stderr)
         return exc.exit_code
-
-    def write_stats(*_: Any) -> None:
-        if args.stats_file:
-            with open(args.stats_file, "w") as f:
-                json.dump(relay.counters(), f)
-
-    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
-    signal.signal(signal.SIGINT, lambda *_: relay.stop())
-    signal.signal(signal.SIGUSR1, write_stats)
-    try:
-        relay.run()
-    except TunlabError as exc:
-        print(f"tunlab: {exc}", file=sys.stderr)
+    except click.ClickException as exc:
+        exc.show()
         return exc.exit_code
-    finally:
-        write_stats()
+    except click.exceptions.Exit as exc:  # --help
+        return exc.exit_code
+    print(summary(final, [c.label or c.dev for c in configs]), file=sys.stderr)
     return 0
+
+
+def _logging(level: str, path: str | None) -> None:
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s tunlab-relay[{os.getpid()}] %(levelname)s %(message)s"))
+    logger = logging.getLogger("tunlab.relay")
+    logger.addHandler(handler)
+    logger.setLevel(getattr(logging, level.upper()))
+    logger.propagate = False
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
-"""The two halves of the fast relay: device -> UDP (``TxPump``) and UDP -> device (``RxPump``).
+"""The two halves of the fast datapath: device -> UDP (``TxPump``) and UDP -> device (``RxPump``).
 
-Each pump has ``drain(budget)``: it works until its descriptor would block (returns False) or
-``budget`` reads were done (returns True). Python work is per read/receive (one stream, one GRO
-batch), never per TCP segment on the offload path. The plain path costs one device read per
-packet and one UDP send per run of equal-size packets (UDP GSO), and one receive per GRO batch
-plus one device write per packet.
+``drain(budget)`` works until its descriptor would block (returns False) or ``budget`` reads were
+done (returns True). Python work is per read or receive (one stream, one GRO batch), never per TCP
+segment on the offload path. The plain path costs one device read per packet and one UDP send per
+run of equal-size packets (UDP GSO), one receive per GRO batch and one device write per packet.
 """
 
 from __future__ import annotations
@@ -14,19 +13,16 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from tunlab.relay import encap, fast_io
+from . import encap, fast_io
 
 if TYPE_CHECKING:
-    from tunlab.relay.fast import FastRelay, Peer
+    from .fast import UdpDatapath
+    from .peers import Peer
 
 _MSG_TRUNC = socket.MSG_TRUNC
 RX_BUF = 65536 + 4096
-PLAIN_BATCH = 64
-
-
-class Drops(dict[str, int]):
-    def add(self, reason: str, n: int = 1) -> None:
-        self[reason] = self.get(reason, 0) + n
+BATCH = 64          # reads per handler call before the other descriptors get a turn
+PLAIN_RUN = 64      # packets per plain UDP GSO send at most
 
 
 def _errname(exc: OSError) -> str:
@@ -34,25 +30,23 @@ def _errname(exc: OSError) -> str:
 
 
 class TxPump:
-    """Device -> peers. Streams become chunks (offload on) or runs of plain packets (offload off)."""
+    """Device -> peers: streams become chunks (offload on) or runs of plain packets (offload off)."""
 
-    def __init__(self, relay: FastRelay) -> None:
-        self.relay = relay
-        self.drops = Drops()
-        self.rx_packets = 0  # read from the device
-        self.rx_bytes = 0
+    def __init__(self, dp: UdpDatapath) -> None:
+        self.dp = dp
+        relay = dp.relay
+        assert relay.device is not None
+        self.fd = relay.device.fd
         self.segments = 0    # packets the reads stand for (a GSO read stands for several)
         self.datagrams = 0
         self.sends = 0
         self.pid = 0
-        dev = relay.device
-        assert dev is not None
         # offload path: the device read scatters the stream into chunk slots
-        self.layout = encap.TxLayout(relay.segment, queue=0)
-        self.gso_cmsg = fast_io.gso_cmsg(relay.segment)
-        # plain path: one packet per slot, slots of the device MTU back to back
-        self.stride = dev.mtu + (14 if dev.tap else 0)
-        nslots = max(1, min(PLAIN_BATCH, fast_io.UDP_MAX_SEGS, fast_io.UDP_MAX_PAYLOAD // self.stride))
+        self.layout = encap.TxLayout(dp.segment, queue=0)
+        self.gso_cmsg = fast_io.gso_cmsg(dp.segment)
+        # plain path: one packet per slot, slots of the largest packet back to back
+        self.stride = relay.packet_limit
+        nslots = max(1, min(PLAIN_RUN, fast_io.UDP_MAX_SEGS, fast_io.UDP_MAX_PAYLOAD // self.stride))
         self.pbuf = bytearray(nslots * self.stride)
         self.pview = memoryview(self.pbuf)
         self.scratch = bytearray(encap.VNET_LEN)
@@ -62,45 +56,49 @@ class TxPump:
         self.cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
 
     def drain(self, budget: int) -> bool:
-        if self.relay.offload:
+        if self.dp.offload:
             return self._drain_gso(budget)
         return self._drain_plain(budget)
 
     # -- offload: whole streams as chunks --------------------------------------------------------
     def _drain_gso(self, budget: int) -> bool:
-        relay = self.relay
-        fd, sock = relay.device.fd, relay.sock  # type: ignore[union-attr]
+        dp = self.dp
+        fd, sock, stats = self.fd, dp.sock, dp.stats
         layout = self.layout
         slots, g, cmsg = layout.slots, layout.segment, self.gso_cmsg
-        readv, sendmsg, sendto, finish = os.readv, sock.sendmsg, sock.sendto, layout.finish  # type: ignore[union-attr]
-        route = relay.route_packet
+        readv, sendmsg, sendto, finish = os.readv, sock.sendmsg, sock.sendto, layout.finish
+        fixed, route = dp.table.fixed, dp.table.route
         gso_segments = encap.gso_segments
         first = slots[0]
-        slot0 = first[encap.VNET_LEN:]
-        drops = self.drops
+        pkt0 = first[encap.VNET_LEN:]
+        drops = dp.drops
+        gso_peers = dp.gso_peers
         maxpay, maxsegs = fast_io.UDP_MAX_PAYLOAD, fast_io.UDP_MAX_SEGS
+        vlen = encap.VNET_LEN
         for _ in range(budget):
-            if not relay.offload:
-                return True
             try:
                 n = readv(fd, slots)
             except BlockingIOError:
                 return False
             except OSError as exc:
-                drops.add("device_read_" + _errname(exc))
-                if exc.errno == errno.EBADF:
-                    return False
+                dp.device_error(exc)
+                return False
+            plen = n - vlen
+            if plen <= 0:
+                drops["short_read"] = drops.get("short_read", 0) + 1
                 continue
-            if n <= encap.VNET_LEN:
-                drops.add("short_read")
-                continue
-            peer = route(slot0)
+            stats.dev_rx_packets += 1
+            stats.dev_rx_bytes += plen
+            peer = fixed if fixed is not None else route(pkt0, plen)
             if peer is None:
-                drops.add("no_route")
+                drops["no_route"] = drops.get("no_route", 0) + 1
                 continue
             addr = peer.addr
-            if addr is None or peer.datapath != "gso":
-                drops.add("peer_unknown_address" if addr is None else "offload_leftover")
+            if addr is None:
+                drops["peer_down"] = drops.get("peer_down", 0) + 1
+                continue
+            if peer not in gso_peers:  # offload went off under our feet: this read predates it
+                self._leftover(b"".join(slots[:encap.chunk_count(n, layout.csize)])[:n], peer)
                 continue
             self.pid += 1
             data, count = finish(n, self.pid)
@@ -115,40 +113,41 @@ class TxPump:
                     for a, b in encap.send_pieces(count, len(data), g, maxpay, maxsegs):
                         sendmsg((data[a:b],), cmsg, 0, addr)
                         self.sends += 1
+            except BlockingIOError:
+                drops["backlog"] = drops.get("backlog", 0) + 1
+                continue
             except OSError as exc:
-                drops.add("send_" + _errname(exc))
+                reason = "send_" + _errname(exc)
+                drops[reason] = drops.get(reason, 0) + 1
                 continue
             segs = gso_segments(first, n)
-            plen = n - encap.VNET_LEN
-            self.rx_packets += 1
-            self.rx_bytes += plen
             self.segments += segs
             self.datagrams += count
             peer.tx_packets += 1
             peer.tx_bytes += plen
-            peer.tx_segments += segs
         return True
 
     # -- plain: one packet per datagram, runs of equal-size packets in one UDP GSO send ----------
     def _drain_plain(self, budget: int) -> bool:
-        relay = self.relay
-        fd, sock = relay.device.fd, relay.sock  # type: ignore[union-attr]
+        dp = self.dp
+        fd, stats = self.fd, dp.stats
         stride, view, iovs = self.stride, self.pview, self.iovs
         nslots = len(iovs)
         scratch = self.scratch
         readv = os.readv
-        route = relay.route_packet
-        drops = self.drops
+        fixed, route = dp.table.fixed, dp.table.route
+        drops = dp.drops
+        vlen = encap.VNET_LEN
         k = 0             # packets in the run
         blen = 0          # length of every packet of the run but the last
         last = 0          # length of the last packet of the run
         bpeer: Peer | None = None
         more = True
         for _ in range(budget):
-            if k == nslots or (k and last < blen):
-                self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
+            if k and (k == nslots or last < blen):
+                self._flush(bpeer, k, blen, last)
                 k = 0
-            if relay.offload:
+            if dp.offload:
                 break
             try:
                 n = readv(fd, iovs[k])
@@ -156,53 +155,54 @@ class TxPump:
                 more = False
                 break
             except OSError as exc:
-                drops.add("device_read_" + _errname(exc))
-                if exc.errno == errno.EBADF:
-                    more = False
-                    break
-                continue
-            plen = n - encap.VNET_LEN
+                dp.device_error(exc)
+                more = False
+                break
+            plen = n - vlen
             if plen <= 0:
-                drops.add("short_read")
+                drops["short_read"] = drops.get("short_read", 0) + 1
                 continue
-            if plen > stride or scratch[0] or scratch[1]:
-                self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
-                k = 0
-                self._leftover(bytes(scratch) + bytes(view[:min(plen, stride)])
-                               + bytes(self.overflow[:max(0, plen - stride)]))
-                continue
+            stats.dev_rx_packets += 1
+            stats.dev_rx_bytes += plen
             off = k * stride
-            peer = route(view[off:off + plen])
-            if peer is None:
-                drops.add("no_route")
+            if plen > stride or scratch[0] or scratch[1]:
+                # offload metadata although offload is off: a read from before the switch
+                stream = bytes(scratch) + bytes(view[off:off + min(plen, stride)]) \
+                    + bytes(self.overflow[:max(0, plen - stride)])
+                p = fixed if fixed is not None else route(memoryview(stream)[vlen:], plen)
+                if p is not None:
+                    self._leftover(stream, p)
                 continue
-            self.rx_packets += 1
-            self.rx_bytes += plen
+            peer = fixed if fixed is not None else route(view[off:off + plen], plen)
+            if peer is None:
+                drops["no_route"] = drops.get("no_route", 0) + 1
+                continue
             self.segments += 1
-            peer.tx_packets += 1
-            peer.tx_bytes += plen
-            peer.tx_segments += 1
             if k and (peer is not bpeer or plen > blen):
                 # this packet cannot extend the run: send the run, restart it with this packet
                 pkt = bytes(view[off:off + plen])
-                self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
+                self._flush(bpeer, k, blen, last)
                 view[:plen] = pkt
                 k = 0
             if k == 0:
                 bpeer, blen = peer, plen
             last = plen
             k += 1
-        self._flush(sock, bpeer, k, blen, last)  # type: ignore[arg-type]
+        if k:
+            self._flush(bpeer, k, blen, last)
         return more
 
-    def _flush(self, sock: socket.socket, peer: Peer | None, k: int, blen: int, last: int) -> None:
-        if not k or peer is None:
+    def _flush(self, peer: Peer | None, k: int, blen: int, last: int) -> None:
+        """Send a run of ``k`` packets (all ``blen`` bytes but the last) to ``peer``."""
+        if peer is None:
             return
+        dp = self.dp
         addr = peer.addr
+        drops = dp.drops
         if addr is None:
-            self.drops.add("peer_unknown_address", k)
+            drops["peer_down"] = drops.get("peer_down", 0) + k
             return
-        view, stride = self.pview, self.stride
+        view, stride, sock = self.pview, self.stride, dp.sock
         try:
             if k == 1:
                 sock.sendto(view[:last], addr)
@@ -216,73 +216,87 @@ class TxPump:
                     parts = [view[i * stride:i * stride + blen] for i in range(k - 1)]
                     parts.append(view[(k - 1) * stride:(k - 1) * stride + last])
                     sock.sendmsg(parts, cm, 0, addr)
-            self.sends += 1
-            self.datagrams += k
+        except BlockingIOError:
+            drops["backlog"] = drops.get("backlog", 0) + k
+            return
         except OSError as exc:
-            self.drops.add("send_" + _errname(exc), k)
+            reason = "send_" + _errname(exc)
+            drops[reason] = drops.get(reason, 0) + k
+            return
+        self.sends += 1
+        self.datagrams += k
+        peer.tx_packets += k
+        peer.tx_bytes += (k - 1) * blen + last
 
-    def _leftover(self, stream: bytes) -> None:
-        """A read that still carries offload metadata after offload was turned off."""
-        relay = self.relay
-        peer = relay.route_packet(memoryview(stream)[encap.VNET_LEN:])
-        if peer is None or peer.addr is None or relay.sock is None or "gso" not in (peer.datapath, peer.capable):
-            self.drops.add("offload_leftover")
+    def _leftover(self, stream: bytes, peer: Peer) -> None:
+        """A stream that does not fit the current datapath (read just before offload switched)."""
+        dp = self.dp
+        st = dp.states.get(peer.name)
+        if peer.addr is None or st is None or not (st.caps & encap.CAP_GSO or st.datapath == "gso"):
+            dp.drops["offload_leftover"] = dp.drops.get("offload_leftover", 0) + 1
             return
         self.pid += 1
         try:
-            for d in encap.split_stream(stream, queue=0, pid=self.pid, csize=relay.segment - encap.HDR_LEN):
-                relay.sock.sendto(d, peer.addr)
+            for d in encap.split_stream(stream, queue=0, pid=self.pid, csize=dp.segment - encap.HDR_LEN):
+                dp.sock.sendto(d, peer.addr)
         except (OSError, ValueError):
-            self.drops.add("offload_leftover")
+            dp.drops["offload_leftover"] = dp.drops.get("offload_leftover", 0) + 1
+            return
+        peer.tx_packets += 1
+        peer.tx_bytes += len(stream) - encap.VNET_LEN
 
 
 class RxPump:
-    """Peers -> device. One receive per GRO batch; a whole stream goes to the device in one write."""
+    """Peers -> device: one receive per GRO batch; a whole stream goes to the device in one write."""
 
-    def __init__(self, relay: FastRelay) -> None:
-        self.relay = relay
-        self.drops = Drops()
-        self.tx_packets = 0  # written to the device
-        self.tx_bytes = 0
+    def __init__(self, dp: UdpDatapath) -> None:
+        self.dp = dp
+        assert dp.relay.device is not None
+        self.fd = dp.relay.device.fd
         self.receives = 0
         self.datagrams = 0
-        self.fast = 0        # streams that arrived whole in one receive
-        self.reasm = encap.Reassembler()
+        self.whole = 0       # streams that arrived whole in one receive
+        self.reasm = encap.Reassembler(drops=dp.drops)
         self.buf = bytearray(RX_BUF)
         self.view = memoryview(self.buf)
         self.views = encap.RxViews(self.buf)
 
     def drain(self, budget: int) -> bool:
-        relay = self.relay
-        fd, sock = relay.device.fd, relay.sock  # type: ignore[union-attr]
-        buf, view, views = self.buf, self.view, self.views
+        dp = self.dp
+        fd, stats, table = self.fd, dp.stats, dp.table
+        buf, views = self.buf, self.views
         bufs = (buf,)
-        recv = sock.recvmsg_into  # type: ignore[union-attr]
+        recv = dp.sock.recvmsg_into
         space = fast_io.GRO_CMSG_SPACE
         writev = os.writev
-        lookup = relay.peer_for_source
+        by_addr = table.by_addr
         columns_ok = encap.gro_columns_ok
         gro_segment = fast_io.gro_segment
         magic0 = encap.MAGIC[0]
-        hdr_len, vnet_len = encap.HDR_LEN, encap.VNET_LEN
-        drops = self.drops
+        hdr_len, vlen = encap.HDR_LEN, encap.VNET_LEN
+        drops = dp.drops
+        v6 = dp.v6
         for _ in range(budget):
             try:
-                n, anc, flags, src = recv(bufs, space)
+                n, anc, flags, addr = recv(bufs, space)
             except BlockingIOError:
                 return False
             except OSError as exc:
-                drops.add("recv_" + _errname(exc))
-                if exc.errno == errno.EBADF:
-                    return False
-                continue
+                reason = "recv_" + _errname(exc)
+                drops[reason] = drops.get(reason, 0) + 1
+                return False
             self.receives += 1
-            if flags & _MSG_TRUNC:
-                drops.add("truncated")
-                continue
-            peer = lookup(src)
+            if v6:
+                addr = addr[:2]
+            peer = by_addr.get(addr)
             if peer is None:
-                drops.add("unknown_source")
+                peer = table.accept_udp(addr[0], addr[1])
+                if peer is None:
+                    drops["foreign"] = drops.get("foreign", 0) + 1
+                    continue
+                dp.new_source(peer)
+            if flags & _MSG_TRUNC:
+                drops["too_big"] = drops.get("too_big", 0) + 1
                 continue
             seg = gro_segment(anc) if anc else 0
             if not seg or seg > n:
@@ -290,52 +304,64 @@ class RxPump:
             if n and buf[0] == magic0:
                 count = columns_ok(buf, n, seg)
                 if count:
-                    plen = n - count * hdr_len - vnet_len
-                    if plen <= 0:
-                        drops.add("malformed")
+                    plen = n - count * hdr_len - vlen
+                    if plen > 0:
+                        self.datagrams += count
+                        self.whole += 1
+                        peer.rx_packets += 1
+                        peer.rx_bytes += plen
+                        try:
+                            writev(fd, views.payloads(seg, count, n))
+                        except OSError:
+                            drops["dev_write_error"] = drops.get("dev_write_error", 0) + 1
+                            continue
+                        stats.dev_tx_packets += 1
+                        stats.dev_tx_bytes += plen
                         continue
-                    self.datagrams += count
-                    self.fast += 1
-                    try:
-                        writev(fd, views.payloads(seg, count, n))
-                    except OSError as exc:
-                        drops.add("device_write_" + _errname(exc))
-                        continue
-                    self.tx_packets += 1
-                    self.tx_bytes += plen
-                    peer.rx_packets += 1
-                    peer.rx_bytes += plen
-                    continue
-            self._slow(fd, peer, view, n, seg)
+            self._datagrams(peer, n, seg)
         return True
 
-    def _slow(self, fd: int, peer: Peer, view: memoryview, n: int, seg: int) -> None:
-        """Datagram by datagram: plain packets, hellos, chunks through the reassembler."""
+    def _datagrams(self, peer: Peer, n: int, seg: int) -> None:
+        """Datagram by datagram: plain packets, hellos, and chunks through the reassembler."""
+        dp = self.dp
+        view = self.view
         magic0 = encap.MAGIC[0]
         zero = encap.ZERO_VNET
+        check, limit, hook = dp.check, dp.limit, dp.hook
+        drops = dp.drops
         for off in range(0, n, seg):
             dgram = view[off:min(n, off + seg)]
+            size = len(dgram)
             self.datagrams += 1
-            first = dgram[0] if len(dgram) else 0
-            if first == magic0:
+            if size and dgram[0] == magic0:
                 stream = self.reasm.add(peer, dgram)
                 if stream is not None:
-                    self._write(fd, peer, (stream,), len(stream) - encap.VNET_LEN)
-            elif first >> 4 == 4 or first >> 4 == 6:
-                if len(dgram) == encap.HELLO_LEN and dgram[9] == encap.HELLO_PROTO and encap.is_hello(dgram):
-                    self.relay.on_hello(peer, bytes(dgram))
-                    continue
-                self._write(fd, peer, (zero, dgram), len(dgram))
+                    plen = len(stream) - encap.VNET_LEN
+                    peer.rx_packets += 1
+                    peer.rx_bytes += plen
+                    self._write((stream,), plen)
+                continue
+            if size == encap.HELLO_LEN and dgram[9] == encap.HELLO_PROTO and encap.is_hello(dgram):
+                dp.on_hello(peer, bytes(dgram))
+                continue
+            why = check(dgram, size, limit)
+            if why is not None:
+                drops[why] = drops.get(why, 0) + 1
+                continue
+            peer.rx_packets += 1
+            peer.rx_bytes += size
+            if hook is not None:
+                dp.through_hook(peer, dgram)
             else:
-                self.drops.add("malformed")
+                self._write((zero, dgram), size)
 
-    def _write(self, fd: int, peer: Peer, parts: tuple[bytes | memoryview, ...], plen: int) -> None:
+    def _write(self, parts: tuple[bytes | memoryview, ...], plen: int) -> None:
         try:
-            os.writev(fd, parts)
-        except OSError as exc:
-            self.drops.add("device_write_" + _errname(exc))
+            os.writev(self.fd, parts)
+        except OSError:
+            drops = self.dp.drops
+            drops["dev_write_error"] = drops.get("dev_write_error", 0) + 1
             return
-        self.tx_packets += 1
-        self.tx_bytes += plen
-        peer.rx_packets += 1
-        peer.rx_bytes += plen
+        stats = self.dp.stats
+        stats.dev_tx_packets += 1
+        stats.dev_tx_bytes += plen
