@@ -210,7 +210,7 @@ class Lab:
 
         out = {}
         for name, rp in self.backend.relays.items():
-            if rp.popen.poll() is None:
+            if rp.alive():
                 out[name] = query_stats(self.plan.node(name).control)
         return out
 
@@ -221,7 +221,8 @@ class Lab:
             raise TunlabError(f"node '{node}' has no relay")
         if process_alive(rp.pid, rp.start):
             os.kill(rp.pid, signal.SIGKILL)
-        rp.popen.wait(timeout=10)
+        if not rp.wait(10):
+            raise TunlabError(f"the relay of node '{node}' (pid {rp.pid}) survived SIGKILL for 10 s")
 
 
 def read_final_counters(run_dir: Path) -> dict[str, dict[str, Any]]:

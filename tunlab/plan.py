@@ -15,6 +15,11 @@ from tunlab import names
 from tunlab.model import Endpoint, Route, Topology, Transport, Vnf, hook_spec
 
 
+# Paths with this many VNFs or more get ip_default_ttl 255 in every node: replies start at 64 otherwise
+# and expire on the way back.
+LONG_CHAIN = 48
+
+
 class LinkEnd(NamedTuple):
     node: str
     ifname: str
@@ -49,6 +54,7 @@ class NodePlan:
     overlay_prefixlen: int
     mtu: int
     forward: bool
+    default_ttl: int | None  # net.ipv4.ip_default_ttl when a path is too long for Linux's 64
     nft: str | None
     routes: tuple[Route, ...]
     ifaces: tuple[Iface, ...]
@@ -96,6 +102,8 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
             transport=lk.transport, prefixlen=a.network.prefixlen, index=i))
     plen = topo.overlay_prefixlen()
+    longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
+    ttl = 255 if longest >= LONG_CHAIN else None
     tun = names.tun_name(run_id)
     nodes = []
     for n in topo.nodes:
@@ -110,7 +118,7 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
         nodes.append(NodePlan(
             name=n.name, role="vnf" if is_vnf else "endpoint", netns=names.netns_name(run_id, n.name),
             overlay_dev=tun, overlay_ip=n.overlay, overlay_prefixlen=plen, mtu=topo.mtu,
-            forward=is_vnf and n.kind == "kernel",
+            forward=is_vnf and n.kind == "kernel", default_ttl=ttl,
             nft=n.nft if is_vnf else None, routes=n.routes if is_vnf else (),
             ifaces=ifaces, relay_args=args,
             control=f"{base}.ctl", stats_file=f"{base}.stats.json", log_file=f"{base}.log"))

@@ -26,13 +26,15 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tunlab.errors import TunlabError
-from tunlab.ledger import ENV_TAG, Ledger, Remover, proc_start_time, remove_files, remove_processes, replay
+from tunlab.ledger import (
+    ENV_TAG, Ledger, Remover, proc_start_time, process_alive, remove_files, remove_processes, replay,
+)
 from tunlab.plan import LabPlan, NodePlan
 
 
@@ -43,13 +45,24 @@ class RelayStartError(TunlabError):
 @dataclass
 class RelayProcess:
     node: str
-    popen: subprocess.Popen[bytes]
+    pid: int
     start: int | None
+    popen: subprocess.Popen[bytes] | None = None  # None when forked by the relay fork server
     ready: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return process_alive(self.pid, self.start)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the relay has exited; False if it still runs after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
 
 def tail(paths: Sequence[str | Path], lines: int = 6) -> str:
@@ -65,11 +78,15 @@ def tail(paths: Sequence[str | Path], lines: int = 6) -> str:
 
 class Backend(ABC):
     name: ClassVar[str] = "?"
+    #: "fork": relays forked from one process that imported the relay once (fast; see relayfork.py);
+    #: "exec": one `python -m tunlab relay` per node. $TUNLAB_RELAY_SPAWN overrides.
+    relay_spawn: ClassVar[str] = "fork"
 
     def __init__(self, plan: LabPlan, ledger: Ledger) -> None:
         self.plan = plan
         self.ledger = ledger
         self.relays: dict[str, RelayProcess] = {}
+        self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ what a backend implements
     @abstractmethod
@@ -95,10 +112,14 @@ class Backend(ABC):
 
     # ------------------------------------------------------------------ shared machinery
     def bring_up(self, ready_timeout: float | None = None) -> None:
-        self.create_nodes()
-        self.create_links()
-        self.configure_nodes()
-        self.start_relays(ready_timeout)
+        """The four steps in order; ``self.timings`` records seconds per step."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("nodes", self.create_nodes), ("links", self.create_links), ("configure", self.configure_nodes),
+            ("relays", lambda: self.start_relays(ready_timeout))]
+        for name, step in steps:
+            t0 = time.perf_counter()
+            step()
+            self.timings[name] = time.perf_counter() - t0
 
     def teardown(self) -> list[str]:
         """Remove everything the ledger records, newest first; one line per problem."""
@@ -129,20 +150,38 @@ class Backend(ABC):
         deadline = time.monotonic() + (timeout if timeout is not None else 10.0 + 0.1 * len(nodes))
         pending: dict[int, NodePlan] = {}
         sel = selectors.DefaultSelector()
+        how = os.environ.get("TUNLAB_RELAY_SPAWN") or self.relay_spawn
+        server = None
         try:
+            if how == "fork":
+                from tunlab.backends.relayfork import RelayForkServer
+
+                server = RelayForkServer(self.env())
+                self.ledger.append({"op": "proc", "role": "relay-fork-server", "pid": server.proc.pid,
+                                    "start": proc_start_time(server.proc.pid)})
             for n in nodes:
                 r, w = os.pipe()
                 os.set_blocking(r, False)
                 out = open(self._out_path(n), "wb")
                 try:
-                    p = self.spawn(n.name, self.relay_argv(n, w), role="relay", pass_fds=(w,),
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                    if server is not None:
+                        pid, start = server.spawn(list(n.relay_args), self.netns_file(n.name), w, out.fileno(),
+                                                  {ENV_TAG: self.ledger.run_id})
+                        self.ledger.append({"op": "proc", "node": n.name, "role": "relay", "pid": pid,
+                                            "start": start})
+                        self.relays[n.name] = RelayProcess(n.name, pid, start)
+                    else:
+                        p = self.spawn(n.name, self.relay_argv(n, w), role="relay", pass_fds=(w,),
+                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                        self.relays[n.name] = RelayProcess(n.name, p.pid, proc_start_time(p.pid), p)
                 finally:
                     os.close(w)
                     out.close()
-                self.relays[n.name] = RelayProcess(n.name, p, proc_start_time(p.pid))
                 pending[r] = n
                 sel.register(r, selectors.EVENT_READ, bytearray())
+            if server is not None:
+                server.close()
+                server = None
             while pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -163,6 +202,8 @@ class Backend(ABC):
                     os.close(fd)
                     self._check_ready(node, bytes(buf))
         finally:
+            if server is not None:
+                server.close()
             for fd in list(pending):
                 sel.unregister(fd)
                 os.close(fd)
@@ -177,13 +218,11 @@ class Backend(ABC):
         if isinstance(info, dict) and info.get("ready") is True:
             self.relays[node.name].ready = info
             return
-        proc = self.relays[node.name].popen
-        try:
-            proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            pass
+        rp = self.relays[node.name]
+        exited = rp.wait(2.0)
         why = info.get("error") if isinstance(info, dict) and info.get("error") else None
-        status = f"exited with {proc.returncode}" if proc.returncode is not None else "failed"
+        code = rp.popen.returncode if rp.popen is not None else None
+        status = f"exited with {code}" if code is not None else "exited" if exited else "failed"
         raise RelayStartError(
             f"the relay of node {node.name} {status} before it was ready: "
             f"{why or tail([self._out_path(node), node.log_file]) or 'no output'}",

@@ -65,6 +65,8 @@ class NetnsBackend(Backend):
                     for key, value in QUIET:
                         nsutil.write_sysctl(key, value)
                     nsutil.write_sysctl("net.ipv4.ip_forward", "1" if n.forward else "0")
+                    if n.default_ttl:
+                        nsutil.write_sysctl("net.ipv4.ip_default_ttl", str(n.default_ttl))
                     with IPRoute() as ipr:
                         ipr.link("set", index=1, state="up")
                     nsutil.create_persistent_tun(n.overlay_dev)

@@ -1,0 +1,133 @@
+"""A fork server for relays: import the relay once, fork it once per node.
+
+Starting 100 relays as separate ``python -m tunlab relay`` processes costs ~0.1 s of CPU each (the
+interpreter and the relay's imports); on 2 cores that was most of a 100-VNF bring-up. The lab starts this
+module once per bring-up (``python -m tunlab.backends.relayfork``), sends it one request per relay over a
+SOCK_SEQPACKET socket -- the relay's command-line arguments (the contract's flags, unchanged), the node's
+namespace file and, as SCM_RIGHTS, the ``--ready-fd`` pipe and the output file -- and gets the child's pid
+back. The child enters the namespace, starts a new session and runs ``tunlab relay ARGS`` in-process (the
+same click command as the ``tunlab relay`` executable). The server exits when the lab closes its socket;
+the relays carry on (their parent becomes init).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+REQUEST_MAX = 1 << 20
+
+
+def _child(req: dict[str, Any], ready_fd: int, out_fd: int, sock: socket.socket) -> int:
+    sock.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    from tunlab.backends.nsutil import setns
+
+    ns = os.open(req["netns_file"], os.O_RDONLY)
+    setns(ns)
+    os.close(ns)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.close(devnull)
+    os.close(out_fd)
+    os.environ.update(req.get("env", {}))
+    try:
+        ctypes.CDLL(None).prctl(15, b"tunlab-relay", 0, 0, 0)  # PR_SET_NAME: `ps` shows tunlab-relay
+    except (OSError, AttributeError):
+        pass
+    sys.argv = ["tunlab", "relay", *req["args"], "--ready-fd", str(ready_fd)]
+    from tunlab.cli import main
+
+    try:
+        main(sys.argv[1:])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:  # noqa: BLE001 - a child must never return into the server loop
+        print(f"tunlab relay: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def serve(sock: socket.socket) -> None:
+    import tunlab.cli  # noqa: F401  (warm the imports every relay needs, once)
+    import tunlab.relay.command  # noqa: F401
+    import tunlab.relay.engine  # noqa: F401
+    import tunlab.relay.loop  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    sock.send(b'{"ready": true}')
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, REQUEST_MAX, 2)
+        if not msg:
+            return
+        req = json.loads(msg)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_child(req, fds[0], fds[1], sock))
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"pid": pid, "start": _start_time(pid)}).encode())
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode()
+        return int(raw[raw.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class RelayForkServer:
+    """The lab's side: start the server, ``spawn`` relays, ``close``."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import subprocess
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunlab.backends.relayfork", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        theirs.close()
+        self.sock.settimeout(30)
+        hello = self.sock.recv(64)
+        if not hello:
+            self.proc.wait(timeout=5)
+            raise OSError(f"the relay fork server exited with {self.proc.returncode}")
+
+    def spawn(self, args: list[str], netns_file: str, ready_fd: int, out_fd: int,
+              env: dict[str, str]) -> tuple[int, int | None]:
+        req = json.dumps({"args": args, "netns_file": netns_file, "env": env}).encode()
+        socket.send_fds(self.sock, [req], [ready_fd, out_fd])
+        reply = self.sock.recv(4096)
+        if not reply:
+            raise OSError("the relay fork server went away")
+        data = json.loads(reply)
+        return int(data["pid"]), data.get("start")
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+            self.proc.wait()
+
+
+if __name__ == "__main__":
+    _sock = socket.socket(fileno=int(sys.argv[1]))
+    t0 = time.monotonic()
+    serve(_sock)
