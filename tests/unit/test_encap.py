@@ -194,7 +194,7 @@ def test_loss_of_one_chunk_costs_only_its_stream() -> None:
     assert len(r.partials) == 1  # the broken one waits, bounded...
     for pid in range(10, 16):  # ...until newer partial streams push it out
         r.add("p", wire(9000, pid=pid)[1][0])
-    assert len(r.partials) == 4 and r.drops["incomplete"] == 3
+    assert len(r.partials) == 4 and r.drops["chunk_incomplete"] == 3
 
 
 def test_duplicates_are_counted_and_ignored() -> None:
@@ -205,7 +205,7 @@ def test_duplicates_are_counted_and_ignored() -> None:
     done = [r.add("p", c) for c in chunks[1:]]
     assert done[-1] == stream
     assert r.add("p", chunks[1]) is None  # late duplicate of a finished stream
-    assert r.drops == {"duplicate": 2} and not r.partials
+    assert r.drops == {"chunk_duplicate": 2} and not r.partials
 
 
 def test_sources_and_queues_do_not_mix() -> None:
@@ -224,14 +224,14 @@ def test_inconsistent_chunks_are_malformed() -> None:
     r = encap.Reassembler()
     r.add("p", chunks[0])
     assert r.add("p", longer[1]) is None
-    assert r.drops == {"malformed": 1}
+    assert r.drops == {"chunk_malformed": 1}
 
 
 def test_reassembly_memory_is_bounded() -> None:
     r = encap.Reassembler(max_streams=8)
     for pid in range(1000):
         r.add("p", wire(3000, pid=pid)[1][0])
-    assert len(r.partials) == 8 and r.drops["incomplete"] == 992
+    assert len(r.partials) == 8 and r.drops["chunk_incomplete"] == 992
     assert r.expire() == 8 and not r.partials
 
 

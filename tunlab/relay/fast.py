@@ -18,12 +18,10 @@ makes the names known to ``tunlab.relay.datapath.datapath_class``.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import secrets
 import socket
-import struct
 import time
 from typing import Any
 
@@ -82,11 +80,7 @@ class UdpDatapath(Datapath):
             log.info("--vnf hook sees one packet at a time: datapath plain")
             self.mode = "plain"
         fd = relay.device.fd
-        fcntl.ioctl(fd, fast_io.TUNSETVNETHDRSZ, struct.pack("i", encap.VNET_LEN))
-        try:
-            fcntl.ioctl(fd, fast_io.TUNSETVNETLE, struct.pack("i", 1))
-        except OSError:
-            pass  # big-endian-capable kernels only; native order is little-endian here anyway
+        fast_io.set_vnet_header(fd, encap.VNET_LEN)
         fast_io.set_offload(fd, 0)
         try:
             self.sock.setsockopt(fast_io.SOL_UDP, fast_io.UDP_GRO, 1)
