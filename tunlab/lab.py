@@ -121,13 +121,15 @@ class Lab:
                                             "source": t.source, "results_dir": str(self.results_dir or "")})
         try:
             self._plan = plan = build_plan(t, led.run_id, led.dir)
-            led.update_meta(nodes={n.name: {"netns": n.netns, "role": n.role, "overlay_dev": n.overlay_dev,
-                                            "overlay_ip": n.overlay_ip, "control": n.control}
-                                   for n in plan.nodes})
+            nodes = {n.name: {"netns": n.netns, "role": n.role, "overlay_dev": n.overlay_dev,
+                              "overlay_ip": n.overlay_ip, "control": n.control} for n in plan.nodes}
+            led.update_meta(nodes=nodes)
             self._backend = cls(plan, led)
             self._nodes = {n.name: Node(self, n) for n in plan.nodes}
             self._backend.bring_up(self.ready_timeout)
-            led.update_meta(state="running")
+            for name, info in nodes.items():
+                info["netns_file"] = self._backend.netns_file(name)
+            led.update_meta(state="running", nodes=nodes)
         except BaseException as exc:
             self.close()
             if self.teardown_errors and isinstance(exc, TunlabError):
@@ -242,3 +244,27 @@ def keep_results(run_dir: Path, dest: Path) -> None:
         if p.is_file() and p.suffix in (".log", ".out", ".json", ".jsonl"):
             shutil.copy2(p, dest / p.name)
     chown_to_invoking_user(dest)
+
+
+def teardown_run(ledger: Ledger) -> list[str]:
+    """Remove what a run recorded (`tunlab down` / `tunlab clean`), keep its results, drop its directory.
+
+    The directory stays when something could not be removed, so a later `tunlab clean` retries."""
+    from tunlab.backends.netns import NetnsBackend
+    from tunlab.ledger import replay
+
+    meta = ledger.meta()
+    try:
+        cls: Any = backend_class(str(meta.get("backend") or "netns"))
+    except TunlabError:
+        cls = NetnsBackend  # its removers know netns, link, tun, proc and file entries
+    errors = replay(ledger, cls.removers(ledger))
+    results = meta.get("results_dir")
+    if results:
+        try:
+            keep_results(ledger.dir, Path(results) / ledger.run_id)
+        except OSError as exc:
+            errors.append(f"run {ledger.run_id}: could not copy results to {results}: {exc}")
+    if not errors:
+        ledger.remove_dir()
+    return errors
