@@ -8,6 +8,7 @@ The keep/remove decision needs the test's outcome inside a fixture's teardown: t
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 FOLDERS_KEY = pytest.StashKey[list[Path]]()      # artefact folders this test can point at (own, module lab)
 TEARDOWN_ERRORS_KEY = pytest.StashKey[list[str]]()  # leak/teardown problems found by our fixtures
 MODULE_FAILED_KEY = pytest.StashKey[bool]()        # on a Module node: one of its tests failed
+SNAPSHOTS_KEY = pytest.StashKey[list[Callable[[], None]]]()  # save-evidence-now callbacks (labs still up)
 
 PROPERTY = "tunlab_artefacts"
 SECTION = "tunlab artefacts"
@@ -45,17 +47,26 @@ def point_at(item: pytest.Item, folder: Path) -> None:
         folders.append(folder)
 
 
-def describe(folders: list[Path]) -> str:
+def describe(folders: list[Path], per_dir: int = 6) -> str:
+    """``kept in FOLDER`` and what it holds: files, and folders with a count and their first names."""
     lines = []
     for folder in folders:
         lines.append(f"kept in {folder}")
-        if folder.is_dir():
-            names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-            shown = names[:20]
-            lines.extend(f"  {n}" for n in shown)
-            if len(names) > len(shown):
-                lines.append(f"  ... and {len(names) - len(shown)} more")
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir(), key=lambda p: (p.is_dir(), p.name)):  # files, then folders
+            if entry.is_dir():
+                names = sorted(str(p.relative_to(entry)) for p in entry.rglob("*") if p.is_file())
+                more = " ..." if len(names) > per_dir else ""
+                lines.append(f"  {entry.name}/ ({len(names)}): {' '.join(names[:per_dir])}{more}")
+            else:
+                lines.append(f"  {entry.name}")
     return "\n".join(lines)
+
+
+def on_failure(item: pytest.Item, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when a phase of ``item`` fails, before the failure report names the folders."""
+    item.stash.setdefault(SNAPSHOTS_KEY, []).append(callback)
 
 
 def make_test_folder(item: pytest.Item) -> Path:

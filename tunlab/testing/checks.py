@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,8 +30,8 @@ MAX_NEAREST = 3
 class ChecksFailed(AssertionError):
     """Checks on a lab failed; the message is the report, the evidence is in ``folder``."""
 
-    def __init__(self, report: str, folder: Path | None = None) -> None:
-        super().__init__(report + (f"\n(evidence: {folder})" if folder else ""))
+    def __init__(self, report: str, folder: Path | None = None, *, name_folder: bool = True) -> None:
+        super().__init__(report + (f"\n(evidence: {folder})" if folder and name_folder else ""))
         self.report = report
         self.folder = folder
 
@@ -65,6 +66,7 @@ class LabChecks:
               dst: str | None = None, timeout: float = 5.0, settle: float = 0.3, seed: int | None = None,
               raises: bool = True) -> Any:
         """Send ``traffic`` (Ping/Udp/Tcp from tunlab.scenario) through the lab and check every hop."""
+        __tracebackhide__ = True
         from tunlab.scenario import Scenario
 
         first = self.lab.topology.paths[0].nodes
@@ -86,11 +88,13 @@ class LabChecks:
         result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
         planned = build_probes(sc, seed=random.randrange(2**31) if seed is None else seed)
         started: list[Any] = []
+        t0 = time.monotonic()
         try:
             cap, counters = check_on_lab(sc, self.lab, planned, result, before_send=before_send, started=started)
         except TunlabError as exc:
             result.error = str(exc)
             cap, counters = (started[0] if started else None), {}
+        result.duration_s = time.monotonic() - t0
         self.results.append(result)
         if result.passed:
             return result
@@ -102,7 +106,7 @@ class LabChecks:
         report = render_text(result)
         (folder / "report.txt").write_text(report + "\n")
         if raises:
-            raise ChecksFailed(report, folder)
+            raise ChecksFailed(report, folder, name_folder=False)  # the verdict line names it
         return result
 
     # ------------------------------------------------------------------ building blocks (PTF vocabulary)

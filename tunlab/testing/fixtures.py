@@ -45,6 +45,7 @@ def tunlab_lab_factory(request: pytest.FixtureRequest, tunlab_artefacts: Path) -
     """Build labs on demand: ``lab = tunlab_lab_factory(topology)``; all are torn down after the test."""
     settings = artefacts.settings(request.config)
     factory = LabFactory(backend=settings.backend, results_dir=tunlab_artefacts)
+    artefacts.on_failure(request.node, factory.snapshot)
     yield factory
     _fail_teardown(request.node, factory.close())
 
@@ -112,6 +113,7 @@ def tunlab_lab(request: pytest.FixtureRequest) -> Any:
         shared: ModuleLabs = request.getfixturevalue("tunlab_module_labs")
         folder = shared.factory.results_dir
         artefacts.point_at(item, folder)
+        artefacts.on_failure(item, shared.factory.snapshot)
 
         def name_module_folder() -> None:
             if artefacts.has_failed(item) and folder.is_dir():

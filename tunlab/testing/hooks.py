@@ -90,6 +90,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         module = item.getparent(pytest.Module)
         if module is not None:
             module.stash[artefacts.MODULE_FAILED_KEY] = True
+        for snapshot in item.stash.get(artefacts.SNAPSHOTS_KEY, []):
+            snapshot()
         folders = item.stash.get(artefacts.FOLDERS_KEY, [])
         if folders:
             for folder in folders:

@@ -8,8 +8,8 @@ returns what leaked, as text for a loud teardown error.
 
 from __future__ import annotations
 
-import importlib
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +44,8 @@ class _Running:
 
 def _recorded(lab: Any) -> leaks.Recorded:
     """What the lab's ledger says it created (namespaces, root-namespace links, processes)."""
-    from tunlab.ledger import Ledger
-
     rec = leaks.Recorded(run_id=str(lab.run_id))
-    for entry in Ledger(Path(lab.run_dir)).entries():
+    for entry in lab.ledger.entries():
         op = entry.get("op")
         if op == "netns" and entry.get("name"):
             rec.namespaces.add(str(entry["name"]))
@@ -57,6 +55,37 @@ def _recorded(lab: Any) -> leaks.Recorded:
             start = entry.get("start")
             rec.pids[entry["pid"]] = start if isinstance(start, int) else None
     return rec
+
+
+def wait_tcp_connected(lab: Any, timeout: float = 10.0) -> None:
+    """Poll the relays until both ends of every TCP underlay link report their peer connected: a relay is
+    ready when it listens, but a test's first packet over TCP needs the connection made."""
+    tcp = [lk for lk in lab.underlay_links if lk.transport == "tcp"]
+    if not tcp:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        counters = lab.relay_counters()
+        down = [lk.name for lk in tcp
+                if not (_connected(counters, lk.a.node, lk.b.node) and _connected(counters, lk.b.node, lk.a.node))]
+        if not down:
+            return
+        if time.monotonic() > deadline:
+            raise TunlabError(f"relay TCP connection not up after {timeout:.0f} s on link(s) {', '.join(down)}")
+        time.sleep(0.01)  # the poll interval of a readiness check with a deadline
+
+
+def _connected(counters: dict[str, Any], node: str, peer: str) -> bool:
+    peers = (counters.get(node) or {}).get("peers") or {}
+    return bool((peers.get(peer) or {}).get("connected"))
+
+
+def _refresh(running: _Running) -> leaks.Recorded:
+    """Re-read the ledger just before teardown: the test may have started processes (node.popen)."""
+    try:
+        return _recorded(running.lab)
+    except Exception:  # noqa: BLE001 - a lab that is already down keeps what was read at bring-up
+        return running.recorded
 
 
 class LabFactory:
@@ -83,6 +112,7 @@ class LabFactory:
         lab.__enter__()  # a lab that fails to come up tears itself down and raises
         running = _Running(lab, _recorded(lab))
         self._running.append(running)
+        wait_tcp_connected(lab)
         if self.capture if capture is None else capture:
             running.captures = captures.start(self._capture_targets(lab))
         return lab
@@ -91,10 +121,20 @@ class LabFactory:
         folder = self.results_dir / "pcaps"
         targets = []
         for link in lab.underlay_links:
-            node_name, iface = link.a[0], link.a[1]
-            node = lab.node(node_name)
-            targets.append((str(link.name), node.popen, str(iface), folder / f"{link.name}.pcap"))
+            node = lab.node(link.a.node)
+            targets.append((str(link.name), node.popen, str(link.a.ifname), folder / f"{link.name}.pcap"))
         return targets
+
+    def snapshot(self) -> None:
+        """Copy every running lab's relay logs and counters into the results folder now (at a failure, while
+        the lab is still up); teardown copies the final ones over them."""
+        from tunlab.lab import keep_results
+
+        for running in self._running:
+            try:
+                keep_results(Path(running.lab.run_dir), self.results_dir / str(running.lab.run_id))
+            except Exception:  # noqa: BLE001 - evidence is best effort; the failure itself is reported anyway
+                pass
 
     def close(self) -> list[str]:
         """Tear every lab down (newest first) and return the problems: teardown errors and leftovers."""
@@ -102,10 +142,13 @@ class LabFactory:
         while self._running:
             running = self._running.pop()
             captures.stop(running.captures)
+            running.recorded = _refresh(running)
             try:
                 running.lab.__exit__(None, None, None)
             except Exception as exc:  # keep going: the other labs must come down too
                 problems.append(f"tunlab lab {running.recorded.run_id} teardown failed: {exc}")
+            for err in getattr(running.lab, "teardown_errors", None) or []:
+                problems.append(f"tunlab lab {running.recorded.run_id} teardown: {err}")
             found = leaks.leftovers(running.recorded)
             if found:
                 problems.append(leaks.leak_message(running.recorded, found))
