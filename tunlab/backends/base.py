@@ -115,7 +115,7 @@ class Backend(ABC):
         """The four steps in order; ``self.timings`` records seconds per step."""
         steps: list[tuple[str, Callable[[], object]]] = [
             ("nodes", self.create_nodes), ("links", self.create_links), ("configure", self.configure_nodes),
-            ("relays", lambda: self.start_relays(ready_timeout))]
+            ("relays", lambda: self.start_relays(ready_timeout)), ("connect", self.wait_connected)]
         for name, step in steps:
             t0 = time.perf_counter()
             step()
@@ -209,6 +209,27 @@ class Backend(ABC):
                 os.close(fd)
             sel.close()
         return self.relays
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """TCP hops: wait until every relay reports every peer connected (UDP needs no handshake)."""
+        from tunlab.relay.control import query_stats
+
+        tcp = [n for n in self.plan.nodes if any(i.link.transport == "tcp" for i in n.ifaces)]
+        deadline = time.monotonic() + (timeout if timeout is not None else 10.0 + 0.05 * len(tcp))
+        while tcp:
+            waiting = []
+            for n in tcp:
+                peers = query_stats(n.control)["peers"]
+                if not all(p.get("connected") for p in peers.values()):
+                    waiting.append(n)
+            tcp = waiting
+            if tcp and time.monotonic() > deadline:
+                n = tcp[0]
+                down = [k for k, p in query_stats(n.control)["peers"].items() if not p.get("connected")]
+                raise RelayStartError(f"the relay of node {n.name} did not connect to {', '.join(down)} in time: "
+                                      f"{tail([self._out_path(n), n.log_file]) or 'no output'}")
+            if tcp:
+                time.sleep(0.01)
 
     def _check_ready(self, node: NodePlan, line: bytes) -> None:
         try:
