@@ -244,3 +244,18 @@ def test_chain_rejects_links_that_do_not_join_consecutive_nodes() -> None:
         Chain(good.nodes, (good.links[1], good.links[0], good.links[2]))
     with pytest.raises(ValueError, match="needs 3 links"):
         Chain(good.nodes, good.links[:2])
+
+
+def test_tcp_replies_syn_ack_rst_ack_and_bare_rst() -> None:
+    from tunlab.traffic.checks import reply_matcher
+
+    syn = IP(src="10.77.0.1", dst="10.77.0.2") / TCP(sport=4000, dport=80, flags="S", seq=100)
+    data = IP(src="10.77.0.1", dst="10.77.0.2") / TCP(sport=4000, dport=80, flags="PA", seq=100, ack=7) / b"abc"
+    back = IP(src="10.77.0.2", dst="10.77.0.1")
+    assert reply_matcher(bytes(syn))(bytes(back / TCP(sport=80, dport=4000, flags="SA", ack=101)))
+    assert reply_matcher(bytes(syn))(bytes(back / TCP(sport=80, dport=4000, flags="RA", ack=101)))
+    assert not reply_matcher(bytes(syn))(bytes(back / TCP(sport=80, dport=4000, flags="RA", ack=100)))
+    assert reply_matcher(bytes(data))(bytes(back / TCP(sport=80, dport=4000, flags="R", seq=7)))
+    assert reply_matcher(bytes(data))(bytes(back / TCP(sport=80, dport=4000, flags="A", ack=103)))
+    assert not reply_matcher(bytes(data))(bytes(back / TCP(sport=80, dport=4000, flags="R", seq=8)))
+    assert not reply_matcher(bytes(data))(bytes(back / TCP(sport=81, dport=4000, flags="R", seq=7)))

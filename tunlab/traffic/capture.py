@@ -189,14 +189,29 @@ class Capture:
         with self._cond:
             return {k: list(v) for k, v in self._frames.items()}
 
-    def wait_for(self, predicate: Callable[[dict[str, list[Frame]]], bool], timeout: float) -> bool:
-        """Wait until ``predicate(frames)`` holds (re-checked on every new frame) or ``timeout`` passes."""
+    def touch(self) -> None:
+        """Count silence from now (call it right before sending)."""
+        with self._cond:
+            self._last = time.monotonic()
+
+    def wait_for(self, predicate: Callable[[dict[str, list[Frame]]], bool], timeout: float, *,
+                 quiet: float | None = None) -> bool:
+        """Wait until ``predicate(frames)`` holds (re-checked on every new frame) or ``timeout`` passes.
+
+        With ``quiet``, also give up once no point has seen anything for that long: what has not arrived
+        by then is lost, not late (nothing in a lab holds a packet back that long)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 if predicate(self._frames):
                     return True
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
+                if quiet is not None:
+                    silent_left = quiet - (now - self._last)
+                    if silent_left <= 0:
+                        return False
+                    left = min(left, silent_left)
                 if left <= 0:
                     return False
                 self._cond.wait(left)

@@ -250,7 +250,8 @@ def reply_matcher(sent: bytes) -> Callable[[bytes], bool]:
     """A predicate recognising the reply the receiver's kernel sends to ``sent``.
 
     ICMP echo -> echo reply with the same id, seq and data; TCP -> a segment back between the same ports that
-    acknowledges it (SYN-ACK or RST); UDP -> ICMP port unreachable quoting it.
+    acknowledges it (SYN-ACK, RST-ACK) or resets it (RST with its ack number); UDP -> ICMP port
+    unreachable quoting it.
     """
     req = _parsed(sent)
 
@@ -266,8 +267,18 @@ def reply_matcher(sent: bytes) -> Callable[[bytes], bool]:
         tcp = req[TCP]
         span = len(bytes(tcp.payload)) + (1 if "S" in tcp.flags else 0) + (1 if "F" in tcp.flags else 0)
         want_ack = (tcp.seq + span) & 0xFFFFFFFF
-        return lambda d: (swapped(p := _parsed(d)) and TCP in p and p[TCP].sport == tcp.dport
-                          and p[TCP].dport == tcp.sport and "A" in p[TCP].flags and p[TCP].ack == want_ack)
+        req_ack = tcp.ack if "A" in tcp.flags else None
+
+        def tcp_reply(d: bytes) -> bool:
+            p = _parsed(d)
+            if not (swapped(p) and TCP in p and p[TCP].sport == tcp.dport and p[TCP].dport == tcp.sport):
+                return False
+            flags = p[TCP].flags
+            if "A" in flags:  # SYN-ACK, or RST-ACK to a segment without ACK (RFC 9293 3.10.7.1)
+                return bool(p[TCP].ack == want_ack)
+            # a segment carrying ACK is reset with seq = its ack number and no ACK of its own
+            return "R" in flags and req_ack is not None and p[TCP].seq == req_ack
+        return tcp_reply
     if UDP in req:
         udp = req[UDP]
         return lambda d: (swapped(p := _parsed(d)) and ICMP in p and p[ICMP].type == 3

@@ -18,6 +18,7 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 
 ETH_P_IP = 0x0800
 NOBODY_MAC = bytes.fromhex("020000c0ffee")  # locally administered, owned by no interface of a lab
@@ -73,8 +74,8 @@ def flip_payload_byte(packet: bytes) -> bytes:
 
 
 def _own_args() -> list[str]:
-    with open("/proc/self/cmdline", "rb") as f:
-        return [a.decode() for a in f.read().split(b"\x00") if a]
+    """The relay's command line (a relay may be forked from a server: its sys.argv, not /proc's cmdline)."""
+    return list(sys.argv)
 
 
 def _next_hop_ip(dst: str, args: list[str]) -> str | None:

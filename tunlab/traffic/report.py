@@ -88,7 +88,7 @@ def check_lines(check: CheckResult, *, prefix: str = "") -> Group:
             parts.append(_packet_block("EXPECTED", check.expected))
         shown = check.nearest[:MAX_NEAREST_SHOWN]
         for i, got in enumerate(shown):
-            parts.append(_packet_block(f"RECEIVED (nearest {i + 1} of {len(check.nearest)})", got))
+            parts.append(_packet_block(f"RECEIVED (nearest {i + 1})", got))
             if check.expected:
                 parts.append(Text(f"      {first_difference(check.expected, got)}", style="yellow"))
         if check.expected and not shown:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from tunlab.traffic.inject import Injector
 from tunlab.traffic.report import junit_xml, write_text
 
 DEFAULT_RESULTS = "tunlab-results"
+GIVE_UP_QUIET = 1.0  # s of silence on every capture point after which a missing packet counts as lost
 BeforeSend = Callable[[Any], None]
 
 
@@ -140,25 +140,34 @@ def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, ke
     started = time.monotonic()
     result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
     planned = build_probes(sc, seed=random.randrange(2**31) if seed is None else seed)
-    frames: dict[str, list[Frame]] = {}
     cap: Capture | None = None
-    started: list[Capture] = []  # the capture, once it listens (kept as evidence if the run fails after)
+    listening: list[Capture] = []  # the capture, once it listens (kept as evidence if a later step fails)
+    root = Path(results_root)
     try:
         with Lab(sc.topology, backend=backend) as lab:
-            cap, counters = check_on_lab(sc, lab, planned, result, before_send=before_send, started=started)
+            cap, counters = check_on_lab(sc, lab, planned, result, before_send=before_send, started=listening)
             if not result.passed:
                 result.notes += _relay_notes(counters)
-            result.duration_s = time.monotonic() - started
-            if keep or not result.passed:
-                _keep_evidence(result, lab, cap, counters, Path(results_root))
             if keep:
                 _leave_up(lab, result)
+            result.duration_s = time.monotonic() - started
+            if keep or not result.passed:
+                _keep_evidence(result, cap, counters, root)
+                if keep:  # the lab stays up: its logs so far
+                    from tunlab.lab import keep_results
+
+                    keep_results(lab.run_dir, Path(str(result.results_dir)))
+                else:  # at teardown the lab adds relay logs, final counters and its ledger
+                    lab.results_dir = root
     except TunlabError as exc:
         result.error = str(exc)
-        cap = cap or (started[0] if started else None)
+        cap = cap or (listening[0] if listening else None)
         if cap is not None and result.run_id:
-            _keep_evidence(result, None, cap, {}, Path(results_root))
+            _keep_evidence(result, cap, {}, root)
     result.duration_s = time.monotonic() - started
+    if result.results_dir:
+        write_text(result, Path(result.results_dir) / "report.txt")  # with the final duration and notes
+        chown_to_invoking_user(result.results_dir)
     return result
 
 
@@ -179,9 +188,11 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
             started.append(cap)
         if before_send is not None:
             before_send(lab)
+        cap.touch()
         _send(lab, planned)
-        if not cap.wait_for(_arrived(planned, chains), sc.timeout):
-            result.notes.append(f"not every expected packet arrived within {sc.timeout:g} s")
+        if not cap.wait_for(_arrived(planned, chains), sc.timeout, quiet=max(GIVE_UP_QUIET, sc.settle)):
+            result.notes.append("not every expected packet arrived (waited until the links were silent for "
+                                f"{max(GIVE_UP_QUIET, sc.settle):g} s, at most {sc.timeout:g} s)")
         cap.wait_quiet(sc.settle, sc.timeout)
     caps = Captures(cap.frames())
     result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
@@ -227,40 +238,24 @@ def _relay_notes(counters: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _keep_evidence(result: ScenarioResult, lab: Any, cap: Capture, counters: dict[str, Any],
-                   root: Path) -> None:
-    """pcaps of every point, relay logs and counters, report.txt and junit.xml, owned by the sudo user."""
+def _keep_evidence(result: ScenarioResult, cap: Capture, counters: dict[str, Any], root: Path) -> None:
+    """pcaps of every capture point, the relays' counters, report.txt and junit.xml, owned by the sudo user.
+
+    The lab copies the relay logs and final counters into the same folder when it comes down."""
     folder = make_user_dir(root / str(result.run_id))
     result.results_dir = str(folder)
-    pcaps = make_user_dir(folder / "pcaps")
-    cap.write_pcaps(pcaps)
-    relays = make_user_dir(folder / "relays")
-    if lab is not None:
-        for node in lab.topology.nodes:
-            log = _relay_log(lab, node.name)
-            if log is not None and log.is_file():
-                shutil.copyfile(log, relays / f"{node.name}.log")
-    (relays / "counters.json").write_text(json.dumps(counters, indent=2, sort_keys=True))
+    cap.write_pcaps(make_user_dir(folder / "pcaps"))
+    if counters:
+        (folder / "counters-at-check.json").write_text(json.dumps(counters, indent=2, sort_keys=True))
     write_text(result, folder / "report.txt")
     (folder / "junit.xml").write_bytes(junit_xml([result]))
     chown_to_invoking_user(folder)
 
 
-def _relay_log(lab: Any, node: str) -> Path | None:
-    plan = getattr(lab, "plan", None)
-    if plan is not None:
-        try:
-            return Path(plan.node(node).log_file)
-        except (KeyError, AttributeError):
-            pass
-    run_dir = getattr(lab, "run_dir", None)
-    return Path(run_dir) / f"{node}.log" if run_dir else None
-
-
 def _leave_up(lab: Any, result: ScenarioResult) -> None:
-    keep = getattr(lab, "keep", None)
-    if callable(keep):
-        keep()
-        result.notes.append(f"the lab stays up: tunlab exec {lab.run_id} NODE -- CMD; tunlab down {lab.run_id}")
+    detach = getattr(lab, "detach", None)
+    if callable(detach):
+        detach()
+        result.notes.append(f"the lab stays up: tunlab exec {lab.run_id} NODE -- CMD; then tunlab down {lab.run_id}")
     else:
-        result.notes.append("--keep: this lab backend cannot be left up; it was taken down")
+        result.notes.append("--keep: this lab cannot be left up; it was taken down")
