@@ -107,6 +107,7 @@ class Lab:
         self.final_counters: dict[str, dict[str, Any]] = {}
         self.teardown_errors: list[str] = []
         self._ledger: Ledger | None = None
+        self._run_dir: Path | None = None
         self._backend: Backend | None = None
         self._plan: LabPlan | None = None
         self._nodes: dict[str, Node] = {}
@@ -119,6 +120,7 @@ class Lab:
         t = self.topology
         self._ledger = led = Ledger.create({"backend": self.backend_name, "topology": t.name,
                                             "source": t.source, "results_dir": str(self.results_dir or "")})
+        self._run_dir = led.dir
         try:
             self._plan = plan = build_plan(t, led.run_id, led.dir)
             nodes = {n.name: {"netns": n.netns, "role": n.role, "overlay_dev": n.overlay_dev,
@@ -132,8 +134,11 @@ class Lab:
             led.update_meta(state="running", nodes=nodes)
         except BaseException as exc:
             self.close()
-            if self.teardown_errors and isinstance(exc, TunlabError):
-                exc.message += f" (teardown: {'; '.join(self.teardown_errors[:3])})"
+            if isinstance(exc, TunlabError):
+                exc.message = f"lab {led.run_id}: {exc.message}"
+                if self.teardown_errors:
+                    exc.message += f" (teardown: {'; '.join(self.teardown_errors[:3])})"
+                exc.hint = f"logs kept in {self.results_dir / led.run_id}" if self.results_dir else None
             raise
         return self
 
@@ -179,11 +184,17 @@ class Lab:
 
     @property
     def run_id(self) -> str:
-        return self.ledger.run_id
+        """The run's id (still readable after teardown)."""
+        if self._run_dir is None:
+            raise TunlabError("this lab was never brought up")
+        return self._run_dir.name
 
     @property
     def run_dir(self) -> Path:
-        return self.ledger.dir
+        """The run directory (/run/tunlab/<id>); it is removed at teardown."""
+        if self._run_dir is None:
+            raise TunlabError("this lab was never brought up")
+        return self._run_dir
 
     @property
     def plan(self) -> LabPlan:

@@ -246,8 +246,7 @@ class Backend(ABC):
         status = f"exited with {code}" if code is not None else "exited" if exited else "failed"
         raise RelayStartError(
             f"the relay of node {node.name} {status} before it was ready: "
-            f"{why or tail([self._out_path(node), node.log_file]) or 'no output'}",
-            f"full log in {self._out_path(node)}")
+            f"{why or tail([self._out_path(node), node.log_file]) or 'no output'}")
 
     def _out_path(self, node: NodePlan) -> str:
         return f"{self.plan.run_dir}/{node.name}.out"
