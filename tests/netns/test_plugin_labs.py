@@ -174,6 +174,31 @@ def test_own(tunlab_lab):
     assert sessions(pytester) == []
 
 
+def test_module_lab_artefacts_kept_when_one_test_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_shared=HEADER + """
+pytestmark = [pytest.mark.netns, pytest.mark.tunlab_topology("linear", params={"n_vnfs": 1}, scope="module")]
+
+def test_fails(tunlab_lab):
+    note(tunlab_lab, "shared")
+    ping(tunlab_lab)
+    assert False
+
+def test_passes(tunlab_lab):
+    ping(tunlab_lab)
+""")
+    result = run(pytester, "--junitxml=junit.xml")
+    result.assert_outcomes(passed=1, failed=1)
+    run_id = run_ids(pytester)["shared"]
+    assert_gone(run_id)
+    (session,) = sessions(pytester)
+    folder = session / "test_shared.py--module"
+    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == ["sender-vnf1.pcap", "vnf1-receiver.pcap"]
+    assert (folder / run_id / "vnf1.log").is_file()
+    result.stdout.fnmatch_lines(["*- tunlab artefacts -*", f"kept in {folder}"])
+    props = junit_properties(pytester.path / "junit.xml")
+    assert props["test_fails"] == [("tunlab_artefacts", str(folder))] and props["test_passes"] == []
+
+
 def test_indirect_parameters_and_factory(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_param=HEADER + """
 from tunlab.model import linear_chain

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tunlab.errors import TunlabError
+from tunlab.ledger import proc_start_time
 from tunlab.testing import captures, gating, leaks
 
 pytestmark = pytest.mark.netns
@@ -77,7 +78,7 @@ def test_leak_check_finds_namespaces_and_tagged_processes() -> None:
         msg = leaks.leak_message(rec, found)
         assert ours in msg and str(proc.pid) in msg and "\n" not in msg
         # a recorded pid whose start time differs is another process that reused the pid: not ours
-        rec2 = leaks.Recorded(run_id="p5none", pids={proc.pid: (leaks.start_time(proc.pid) or 0) + 1})
+        rec2 = leaks.Recorded(run_id="p5none", pids={proc.pid: (proc_start_time(proc.pid) or 0) + 1})
         assert leaks.leftovers(rec2) == []
     finally:
         proc.kill()
