@@ -48,3 +48,38 @@ def test_x(tunlab_lab):
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED * netns tests need root (run pytest with sudo)"])
     assert not (pytester.path / "tunlab-results").exists()
+
+
+def test_lab_tests_are_netns_tests_even_unmarked(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gating, "is_root", lambda: False)
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.tunlab_topology("three_vnf")
+def test_forgot_the_marker(tunlab_lab):
+    raise AssertionError("must not run")
+
+def test_checks_only(tunlab_checks):
+    raise AssertionError("must not run")
+
+def test_plain():
+    pass
+""")
+    run(pytester, "-rs").assert_outcomes(passed=1, skipped=2)
+    run(pytester, "-m", "not netns").assert_outcomes(passed=1, deselected=2)
+
+
+def test_mininet_backend_needs_mininet(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gating, "netns_unavailable_reason", lambda: None)
+    monkeypatch.setattr(gating, "mininet_unavailable_reason", lambda netns: "no mininet on this machine")
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.netns
+@pytest.mark.tunlab_topology("three_vnf")
+def test_lab(tunlab_lab):
+    raise AssertionError("must not run")
+""")
+    result = run(pytester, "-rs", "--tunlab-backend", "mininet")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED * no mininet on this machine"])

@@ -70,9 +70,25 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, p
     return report
 
 
+LAB_FIXTURES = frozenset({"tunlab_lab", "tunlab_lab_factory", "tunlab_module_labs", "tunlab_checks"})
+
+
+def _needs(config: pytest.Config, item: pytest.Item) -> list[str]:
+    """What ``item`` needs: "netns" and/or "mininet". A test using a lab fixture needs netns even when its
+    author forgot the marker (the marker is added, so -m netns / -m "not netns" select it rightly), and
+    mininet as well when labs are built with --tunlab-backend mininet."""
+    uses_lab = bool(LAB_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if uses_lab and item.get_closest_marker("netns") is None:
+        item.add_marker(pytest.mark.netns)
+    needs = [name for name in ("netns", "mininet") if item.get_closest_marker(name)]
+    if uses_lab and artefacts.settings(config).backend == "mininet" and "mininet" not in needs:
+        needs.append("mininet")
+    return needs
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    needs = [(item, name) for item in items for name in ("netns", "mininet") if item.get_closest_marker(name)]
+    needs = [(item, name) for item in items for name in _needs(config, item)]
     if not needs:
         return
     reasons = skip_reasons(config)
