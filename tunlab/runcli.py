@@ -21,11 +21,14 @@ from tunlab.privileges import require_linux_netns, require_root
 @click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True)
 @click.option("--seed", type=int, default=None, help="ids, ports and sequence numbers of the probes (random)")
 @click.option("-q", "--quiet", is_flag=True, help="one line per scenario, even for one scenario")
+@click.option("-v", "--verbose", is_flag=True, help="a per-hop table for every probe (default: the first probe "
+              "and every failing one)")
 def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: str | None, backend: str,
-            seed: int | None, quiet: bool) -> int:
+            seed: int | None, quiet: bool, verbose: bool) -> int:
     """Build each scenario's lab, send its packets, check every hop, report.
 
-    One scenario: the per-hop tables and every check. Several: one line each, the failures, a summary.
+    One scenario: per-hop tables (the first probe's and every failing one's; all with -v), every check and
+    a verdict. Several: one line each, the failed checks, a summary.
     Results (kept on failure, or with --keep) go to DIR/<run id>/.
     """
     require_root("tunlab run")
@@ -36,17 +39,17 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
 
     loaded = require_scenarios(list(scenarios))  # every file checked before any lab comes up
     console = Console(highlight=False)
-    detailed = len(loaded) == 1 and not quiet
+    detailed = (len(loaded) == 1 or verbose) and not quiet
     results = []
     for sc in loaded:
         result = run_scenario(sc, results_root=results_root, keep=keep, backend=backend, seed=seed)
         results.append(result)
         if detailed:
-            render(result, console)
+            render(result, console, tables="all" if verbose else "some")
         elif result.passed or quiet:
             console.print(verdict_line(result))
         else:
-            render(result, console, tables=False)  # the failed checks, ending with the verdict line
+            render(result, console, tables="none")  # the failed checks, ending with the verdict line
     if junit:
         from tunlab.privileges import chown_to_invoking_user
 

@@ -10,10 +10,10 @@ from test_traffic_checks import chain, icmp_probe, sent_and_reply, simulate
 
 from tunlab.traffic.checks import Expect, Probe, ScenarioResult, check_flow, check_links
 from tunlab.traffic.decap import Frame
-from tunlab.traffic.report import junit_xml, render, summary_line, verdict_line, write_text
+from tunlab.traffic.report import flow_line, junit_xml, render, summary_line, verdict_line, write_text
 
 
-def text_of(result: ScenarioResult, **kw: bool) -> str:
+def text_of(result: ScenarioResult, **kw: str) -> str:
     buf = io.StringIO()
     render(result, Console(file=buf, width=160, no_color=True), **kw)
     return buf.getvalue()
@@ -50,7 +50,7 @@ def test_passing_report_has_a_row_per_hop_and_a_pass_verdict() -> None:
                   "link l2 vnf2>vnf1"):
         assert label in out
     assert "UDP 10.88.0.1:40000 > 10.88.0.2:40001" in out
-    assert "ICMP echo-request id=5 seq=1 ttl=62 id=777" in out  # TTL lowered twice at the end
+    assert "ICMP echo-request seq=1 ttl=62" in out  # TTL lowered twice at the end
     assert out.count("seen") >= 2 * 8
     assert "EXPECTED" not in out
     assert str(verdict_line(r)).startswith("PASS demo: 1 probes, 6 checks passed (0.4 s)")
@@ -77,8 +77,10 @@ def test_dropped_rows_say_dropped_and_compact_mode_prefixes_flow_names() -> None
                                                                    Expect(delivered=False, dropped_at="vnf2")))])
     assert res.passed
     assert "dropped" in text_of(res)
-    compact = text_of(res, tables=False)
-    assert "blocked: dropped at vnf2: reached vnf2" in compact and "inner packet" not in compact
+    compact = text_of(res, tables="none")
+    assert "┏" not in compact and "PASS fw" in compact
+    line = str(flow_line(res.flows[0]))
+    assert "blocked" in line and "dropped at vnf2; seen on 6 of 9 hops, last seen at vnf2 TUN in" in line
 
 
 def test_run_error_and_summary() -> None:
@@ -105,3 +107,14 @@ def test_plain_text_report_file(tmp_path: object) -> None:
     write_text(failing(), path)
     text = path.read_text()
     assert "FAIL broken" in text and "\x1b[" not in text
+
+
+def test_some_tables_mode_gives_passing_probes_one_line() -> None:
+    ch = chain()
+    p1, caps = sent_and_reply(ch)
+    flows = [check_flow(ch, caps, p1), check_flow(ch, caps, Probe("again", p1.packet, Expect(reply=True)))]
+    out = text_of(ScenarioResult("two", flows=flows))
+    assert out.count("┏") == 1  # one table: the first probe's
+    assert "✔ again (ICMP echo-request seq=1 ttl=64 len=96): delivered, reply; seen on 9 of 9 hops, reply back in" \
+        in out
+    assert text_of(ScenarioResult("two", flows=flows), tables="all").count("┏") == 2

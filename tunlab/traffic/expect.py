@@ -160,25 +160,27 @@ class Mask:
         return not self.diff(received)
 
 
-def summary(data: Packet | bytes, *, addresses: bool = True) -> str:
-    """One line: protocol, ports or ICMP type/id/seq, addresses (unless ``addresses=False``), TTL, id, length."""
+def summary(data: Packet | bytes, *, brief: bool = False) -> str:
+    """One line: protocol, ports or ICMP type/id/seq, addresses, TTL, IP id, length.
+
+    ``brief``: what changes along a path or tells packets apart at a glance (no addresses, IP id, seq)."""
     try:
         pkt = parse_ip(bytes(data))
     except Exception:  # noqa: BLE001 - anything scapy cannot parse is shown as bytes
         return f"undecodable {len(bytes(data))} bytes"
-    where = f"{pkt.src} > {pkt.dst} " if addresses and isinstance(pkt, (IP, IPv6)) else ""
     if isinstance(pkt, IP):
-        head = f"{where}ttl={pkt.ttl} id={pkt.id}"
+        head = f"ttl={pkt.ttl}" if brief else f"{pkt.src} > {pkt.dst} ttl={pkt.ttl} id={pkt.id}"
     elif isinstance(pkt, IPv6):
-        head = f"{where}hlim={pkt.hlim}"
+        head = f"hlim={pkt.hlim}" if brief else f"{pkt.src} > {pkt.dst} hlim={pkt.hlim}"
     else:
         return f"{pkt.name} {len(bytes(pkt))} bytes"
     if ICMP in pkt:
         icmp = pkt[ICMP]
-        tail = f"ICMP {icmp.sprintf('%ICMP.type%')} id={icmp.id} seq={icmp.seq}"
+        kind = icmp.sprintf("%ICMP.type%")
+        tail = f"ICMP {kind} seq={icmp.seq}" if brief else f"ICMP {kind} id={icmp.id} seq={icmp.seq}"
     elif TCP in pkt:
         tcp = pkt[TCP]
-        tail = f"TCP {tcp.sport}>{tcp.dport} [{tcp.sprintf('%TCP.flags%')}] seq={tcp.seq}"
+        tail = f"TCP {tcp.sport}>{tcp.dport} [{tcp.sprintf('%TCP.flags%')}]" + ("" if brief else f" seq={tcp.seq}")
     elif UDP in pkt:
         tail = f"UDP {pkt[UDP].sport}>{pkt[UDP].dport}"
     else:

@@ -46,7 +46,7 @@ def hop_table(flow: FlowResult) -> Table:
         for i, row in enumerate(rows):
             lat = f"{row.latency_ms:.3f}" if row.latency_ms is not None else ""
             outer = row.outer or ("(TUN)" if row.step.direction != "link" else "")
-            inner = summary(row.received, addresses=False) if row.received else ""
+            inner = summary(row.received, brief=True) if row.received else ""
             table.add_row(f"{prefix}{i}", escape(row.step.label), escape(outer), escape(inner),
                           _status(row), lat)
     return table
@@ -96,8 +96,26 @@ def check_lines(check: CheckResult, *, prefix: str = "") -> Group:
     return Group(*parts)
 
 
-def render(result: ScenarioResult, console: Console, *, tables: bool = True) -> None:
-    """The full report of one scenario."""
+def flow_line(flow: FlowResult) -> Text:
+    """A passing probe in one line: hops seen, TTL at the end, round trip."""
+    seen = sum(1 for r in flow.hops if r.status == "seen")
+    text = Text("  ✔ " if flow.passed else "  ✘ ", style="green" if flow.passed else "red bold")
+    text.append(f"{flow.probe.name}", style="bold")
+    text.append(f" ({summary(flow.probe.packet, brief=True)}): {flow.probe.expect.describe()}; "
+                f"seen on {seen} of {len(flow.hops)} hops")
+    if flow.reply_hops and flow.reply_hops[-1].latency_ms is not None:
+        text.append(f", reply back in {flow.reply_hops[-1].latency_ms:.2f} ms")
+    elif flow.hops and flow.hops[-1].latency_ms is not None and flow.probe.expect.delivered:
+        text.append(f", delivered in {flow.hops[-1].latency_ms:.2f} ms")
+    elif not flow.probe.expect.delivered and seen:
+        last = max(i for i, r in enumerate(flow.hops) if r.status == "seen")
+        text.append(f", last seen at {flow.hops[last].step.label}")
+    return text
+
+
+def render(result: ScenarioResult, console: Console, *, tables: str = "some") -> None:
+    """The report of one scenario. ``tables``: "all" (a per-hop table per probe), "some" (for the first
+    probe and every failing one; passing probes get one line) or "none" (failing checks only)."""
     console.rule(f"[bold]{escape(result.name)}[/]" + (f"  run {result.run_id}" if result.run_id else ""))
     if result.description:
         console.print(escape(result.description), style="dim")
@@ -105,15 +123,24 @@ def render(result: ScenarioResult, console: Console, *, tables: bool = True) -> 
         console.print(f"chain: {escape(chain)}")
     if result.error:
         console.print(f"[red bold]error:[/] {escape(result.error)}")
-    for flow in result.flows:
-        if tables:
+    for i, flow in enumerate(result.flows):
+        table = tables == "all" or (tables == "some" and (i == 0 or not flow.passed))
+        if table:
             console.print(hop_table(flow))
-        for check in flow.checks:
-            console.print(check_lines(check, prefix=f"{flow.probe.name}: " if not tables else ""))
+            for check in flow.checks:
+                console.print(check_lines(check))
+        elif flow.passed:
+            if tables != "none":
+                console.print(flow_line(flow))
+        else:
+            for check in flow.checks:
+                if not check.passed:
+                    console.print(check_lines(check, prefix=f"{flow.probe.name}: "))
     if result.links:
         console.print(Text("underlay links", style="bold"))
         for check in result.links:
-            console.print(check_lines(check))
+            if tables != "none" or not check.passed:
+                console.print(check_lines(check))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(verdict_line(result))
@@ -149,7 +176,7 @@ def summary_line(results: Iterable[ScenarioResult]) -> Text:
 def write_text(result: ScenarioResult, path: str | Path) -> None:
     """The same report as plain text (no colours), for the result folder."""
     with open(path, "w", encoding="utf-8") as f:
-        render(result, Console(file=f, width=140, no_color=True, highlight=False, emoji=False))
+        render(result, Console(file=f, width=140, no_color=True, highlight=False, emoji=False), tables="all")
 
 
 def junit_xml(results: Iterable[ScenarioResult]) -> bytes:
