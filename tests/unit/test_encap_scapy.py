@@ -87,3 +87,14 @@ def test_a_lost_chunk_loses_only_its_stream() -> None:
     b = encap.split_stream(tcp_super_packet(bytes(2000)), queue=0, pid=2, csize=1460)
     got = inner_packets(on_wire(a[:1] + a[2:] + b), ports=[PORT])
     assert sum(len(p[TCP].payload) for p in got) == 2000
+
+
+def test_a_udp_gso_buffer_captured_whole_is_split() -> None:
+    """On a veth, tcpdump sees a UDP GSO send as one datagram holding every chunk (or packet)."""
+    data = bytes(random.Random(2).getrandbits(8) for _ in range(6000))
+    chunks = encap.split_stream(tcp_super_packet(data), queue=0, pid=4, csize=1460)
+    got = inner_packets(on_wire([b"".join(chunks)]), ports=[PORT])
+    assert b"".join(bytes(p[TCP].payload) for p in got) == data
+    pings = [bytes(IP(dst="10.2.0.2", id=i) / ICMP() / Raw(b"y" * 100)) for i in range(3)]
+    got = inner_packets(on_wire([b"".join(pings)]), ports=[PORT])
+    assert [p.id for p in got] == [0, 1, 2]

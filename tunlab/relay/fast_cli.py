@@ -1,7 +1,8 @@
 """``python -m tunlab.relay.fast_cli [tunlab relay options]``: the relay with the fast datapaths known.
 
-Takes exactly ``tunlab relay``'s command line (parsed by the same click command) and runs
-:class:`~tunlab.relay.fast.FastRelay`, whose counters carry the ``datapath`` section. The benchmark
+Takes exactly ``tunlab relay``'s command line (parsed by the same click command; ``--datapath``
+defaults to ``auto`` here) and runs :class:`~tunlab.relay.fast.FastRelay`, whose counters carry
+the ``datapath`` section. The benchmark
 and the netns tests use it until ``tunlab relay`` registers ``--datapath auto|plain|gso`` itself.
 """
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
 
     register()
     args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--datapath" or a.startswith("--datapath=") for a in args):
+        args += ["--datapath", "auto"]  # the default this datapath proposes for `tunlab relay`
     try:
         ctx = relay_cmd.make_context("relay", args)
         with ctx:

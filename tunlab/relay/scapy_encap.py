@@ -211,22 +211,54 @@ def inner_packets(packets: Iterable[Packet], *, ports: Iterable[int] = (), segme
         udp = outer.getlayer(UDP)
         if udp is None:
             continue
-        payload = bytes(udp.payload)
-        kind = encap.classify(payload)
-        inner: list[Packet] = []
-        if kind == "chunk":
-            ip = udp.underlayer
-            source = (getattr(ip, "src", None), udp.sport)
-            stream = reasm.add(source, payload)
-            if stream is not None:
-                inner = stream_packets(stream, segment=segment, l2=l2)
-        elif kind == "hello":
-            if hellos and (udp.sport in port_set or udp.dport in port_set):
-                inner = [decode_datagram(payload)]
-        elif (kind == "plain" or (l2 and kind == "bad" and payload)) and (udp.sport in port_set
-                                                                           or udp.dport in port_set):
-            inner = [_l3(payload, l2)]
-        for p in inner:
-            p.time = outer.time
-        out.extend(inner)
+        ours = udp.sport in port_set or udp.dport in port_set
+        ip = udp.underlayer
+        source = (getattr(ip, "src", None), udp.sport)
+        for payload in split_glued(bytes(udp.payload), l2=l2):
+            kind = encap.classify(payload)
+            inner: list[Packet] = []
+            if kind == "chunk":
+                stream = reasm.add(source, payload)
+                if stream is not None:
+                    inner = stream_packets(stream, segment=segment, l2=l2)
+            elif kind == "hello":
+                if hellos and ours:
+                    inner = [decode_datagram(payload)]
+            elif ours and (kind == "plain" or (l2 and payload)):
+                inner = [_l3(payload, l2)]
+            for p in inner:
+                p.time = outer.time
+            out.extend(inner)
     return out
+
+
+def split_glued(payload: bytes, *, l2: bool = False) -> list[bytes]:
+    """The datagrams of one captured UDP payload.
+
+    A capture taken where a UDP GSO send is still one buffer (a veth, loopback, the sender itself)
+    shows all its datagrams glued together: chunks are cut at their header's size, plain IPv4/IPv6
+    packets at their own length. Anything else is returned as it is.
+    """
+    if len(payload) > encap.HDR_LEN and payload[0] == encap.MAGIC[0]:
+        ok = payload[:2] == encap.MAGIC and payload[2] == encap.VER_TYPE
+        size = int.from_bytes(payload[10:12], "big") + encap.HDR_LEN if ok else 0
+        if size > encap.HDR_LEN and len(payload) > size:
+            return [payload[i:i + size] for i in range(0, len(payload), size)]
+        return [payload]
+    if l2 or not payload or payload[0] >> 4 not in (4, 6):
+        return [payload]
+    pieces, off = [], 0
+    while off < len(payload):
+        rest = payload[off:]
+        if rest[0] >> 4 == 4 and len(rest) >= 20:
+            n = int.from_bytes(rest[2:4], "big")
+        elif rest[0] >> 4 == 6 and len(rest) >= 40:
+            n = 40 + int.from_bytes(rest[4:6], "big")
+        else:
+            n = 0
+        if n <= 0 or n > len(rest):
+            pieces.append(rest)
+            break
+        pieces.append(rest[:n])
+        off += n
+    return pieces
