@@ -100,7 +100,7 @@ def test_vnf_that_rewrites_a_payload_byte_is_named(tmp_path: Path) -> None:
         assert "Raw.load" in check.message or "TCP" in check.message or "(layers)" in check.message
         assert check.expected and check.nearest  # EXPECTED and RECEIVED for the report
     text = report(result)
-    assert "EXPECTED" in text and "RECEIVED" in text and "first difference at byte" in text
+    assert "EXPECTED" in text and "RECEIVED" in text and "differing bytes (offset: expected/received)" in text
 
 
 def test_relay_that_sends_the_inner_packet_bare_is_named(tmp_path: Path) -> None:

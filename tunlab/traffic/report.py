@@ -60,19 +60,27 @@ def _packet_block(label: str, data: bytes) -> Text:
     return text
 
 
-def first_difference(expected: bytes, received: bytes) -> str:
-    """Where the raw bytes first differ, with a few bytes of each (TTL and checksums included)."""
+def byte_differences(expected: bytes, received: bytes, *, cap: int = 6) -> str:
+    """The runs of differing bytes (offset: expected/received), TTL and checksums included, capped."""
     n = min(len(expected), len(received))
-    at = next((i for i in range(n) if expected[i] != received[i]), None)
-    if at is None:
-        if len(expected) == len(received):
-            return "byte for byte identical"
-        return f"identical for {n} bytes; lengths {len(expected)} (expected) and {len(received)} (received)"
-    return (f"first difference at byte {at} of {max(len(expected), len(received))}: expected "
-            f"{expected[at:at + 6].hex()}, received {received[at:at + 6].hex()}")
+    runs: list[tuple[int, int]] = []
+    for i in range(n):
+        if expected[i] != received[i]:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+    parts = [f"{a}: {expected[a:min(b, a + 8)].hex()}/{received[a:min(b, a + 8)].hex()}" for a, b in runs[:cap]]
+    if len(runs) > cap:
+        parts.append(f"... {len(runs) - cap} more")
+    if len(expected) != len(received):
+        parts.append(f"lengths {len(expected)}/{len(received)}")
+    if not parts:
+        return "byte for byte identical"
+    return "differing bytes (offset: expected/received): " + " · ".join(parts)
 
 
-def check_lines(check: CheckResult, *, prefix: str = "") -> Group:
+def check_lines(check: CheckResult, *, prefix: str = "", packets: bool = True) -> Group:
     mark = Text("  ✔ " if check.passed else "  ✘ ", style="green" if check.passed else "red bold")
     head = mark + Text(f"{prefix}{check.name}: ", style="bold") + Text(check.message)
     parts: list[Text] = [head]
@@ -84,13 +92,15 @@ def check_lines(check: CheckResult, *, prefix: str = "") -> Group:
             where.append(f"last seen: {check.last_seen}")
         if where:
             parts.append(Text("    " + "; ".join(where), style="yellow"))
+        if not packets:
+            return Group(*parts)
         if check.expected:
             parts.append(_packet_block("EXPECTED", check.expected))
         shown = check.nearest[:MAX_NEAREST_SHOWN]
         for i, got in enumerate(shown):
             parts.append(_packet_block(f"RECEIVED (nearest {i + 1})", got))
             if check.expected:
-                parts.append(Text(f"      {first_difference(check.expected, got)}", style="yellow"))
+                parts.append(Text(f"      {byte_differences(check.expected, got)}", style="yellow"))
         if check.expected and not shown:
             parts.append(Text("    RECEIVED: nothing comparable at that hop", style="dim"))
     return Group(*parts)
@@ -127,20 +137,21 @@ def render(result: ScenarioResult, console: Console, *, tables: str = "some") ->
         table = tables == "all" or (tables == "some" and (i == 0 or not flow.passed))
         if table:
             console.print(hop_table(flow))
-            for check in flow.checks:
-                console.print(check_lines(check))
         elif flow.passed:
             if tables != "none":
                 console.print(flow_line(flow))
-        else:
-            for check in flow.checks:
-                if not check.passed:
-                    console.print(check_lines(check, prefix=f"{flow.probe.name}: "))
-    if result.links:
+            continue
+        shown = False  # EXPECTED/RECEIVED once per probe: later checks usually fail for the same reason
+        for check in flow.checks:
+            if table or not check.passed:
+                console.print(check_lines(check, prefix="" if table else f"{flow.probe.name}: ",
+                                          packets=not shown))
+                shown = shown or (not check.passed and bool(check.expected or check.nearest))
+    links = [c for c in result.links if tables != "none" or not c.passed]
+    if links:
         console.print(Text("underlay links", style="bold"))
-        for check in result.links:
-            if tables != "none" or not check.passed:
-                console.print(check_lines(check))
+        for check in links:
+            console.print(check_lines(check))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(verdict_line(result))
