@@ -61,7 +61,7 @@ def test_capture_is_ready_before_traffic_and_flushed_on_stop(netns: str, tmp_pat
 
 
 def test_capture_on_missing_interface_fails_naming_it(netns: str, tmp_path: Path) -> None:
-    with pytest.raises(TunlabError, match=r"capture on link-x \(tcpdump -i nosuchdev\) did not start: .*No such device"):
+    with pytest.raises(TunlabError, match=r"capture on link-x \(tcpdump -i nosuchdev\) did not start: .*No such dev"):
         captures.start([("link-x", _popen_in(netns), "nosuchdev", tmp_path / "x.pcap")])
 
 

@@ -88,12 +88,14 @@ class LabChecks:
         result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
         planned = build_probes(sc, seed=random.randrange(2**31) if seed is None else seed)
         started: list[Any] = []
+        cap: Any = None
+        counters: dict[str, Any] = {}
         t0 = time.monotonic()
         try:
             cap, counters = check_on_lab(sc, self.lab, planned, result, before_send=before_send, started=started)
-        except TunlabError as exc:
+        except TunlabError as exc:  # the lab or the captures failed: a result with an error, and the evidence
             result.error = str(exc)
-            cap, counters = (started[0] if started else None), {}
+            cap = started[0] if started else None
         result.duration_s = time.monotonic() - t0
         self.results.append(result)
         if result.passed:

@@ -126,7 +126,8 @@ def tunlab_lab(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-def tunlab_checks(request: pytest.FixtureRequest, tunlab_lab: Any, tunlab_artefacts: Path) -> Generator[Any, None, None]:
+def tunlab_checks(request: pytest.FixtureRequest, tunlab_lab: Any,
+                  tunlab_artefacts: Path) -> Generator[Any, None, None]:
     """Scenario checks on ``tunlab_lab``: ``flows([Ping(), Udp(5000)])``, ``scenario(path)``, and
     ``capture()`` / ``send()`` / ``expect()`` / ``expect_none()``; failures raise with EXPECTED/RECEIVED."""
     from tunlab.testing.checks import LabChecks

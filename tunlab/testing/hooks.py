@@ -55,7 +55,8 @@ def _under_netns_paths(config: pytest.Config, path: Path) -> bool:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+def pytest_make_collect_report(
+        collector: pytest.Collector) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     """Under ``tunlab_netns_paths``, a test without the netns marker is a collection error of its file."""
     report = yield
     if report.passed and _under_netns_paths(collector.config, Path(collector.path)):

@@ -4,7 +4,8 @@ A file is a scenario when it is a ``*.py`` file (not ``_*`` or ``conftest.py``) 
 the ``tunlab_scenario_dirs`` ini option (default ``scenarios``). Its item is marked ``netns`` and
 ``tunlab_scenario``, builds its lab with the lab fixtures and runs the scenario's checks on it (the same
 steps as ``tunlab run``), keeps the evidence in the test's artefact folder when it fails, and reports the
-failed checks (EXPECTED / RECEIVED decoded) instead of a traceback. A file that does not load is a collection error of one line naming the field.
+failed checks (EXPECTED / RECEIVED decoded) instead of a traceback. A file that does not load is a
+collection error of one line naming the field.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ class ScenarioItem(pytest.Function):
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, 0, f"scenario {self.name}"
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],  # type: ignore[override]
-                     style: Any = None) -> Any:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
+        """A failed check shows the scenario report (hop tables, EXPECTED/RECEIVED), not Python frames."""
         from tunlab.testing.checks import ChecksFailed
 
         if isinstance(excinfo.value, ChecksFailed):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)
 
 
 class ScenarioFile(pytest.Module):
@@ -68,7 +69,7 @@ class ScenarioFile(pytest.Module):
         except ValueError:
             return self.path
 
-    def collect(self) -> list[pytest.Item]:  # type: ignore[override]
+    def collect(self) -> list[pytest.Item]:
         from tunlab.scenario import load_scenario
 
         try:
