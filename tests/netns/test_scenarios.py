@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -110,3 +113,41 @@ def test_relay_that_sends_the_inner_packet_bare_is_named(tmp_path: Path) -> None
     assert "travels bare" in bad_links[0].message and bad_links[0].nearest
     for check in checks_named(result, "every hop"):
         assert check.hop == "link vnf2>vnf3" and "bare" in check.message, report(result)
+
+
+def test_keep_leaves_the_lab_up_and_the_results_until_tunlab_down(tmp_path: Path) -> None:
+    sc = load_scenario(SCENARIOS / "tunconnector_pair.py")
+    result = run_scenario(sc, results_root=tmp_path, keep=True)
+    run_id = str(result.run_id)
+    try:
+        assert result.passed, report(result)
+        folder = tmp_path / run_id
+        assert Path(str(result.results_dir)) == folder and (folder / "junit.xml").is_file()
+        assert (folder / "pcaps" / "link_client-server.pcap").is_file()
+        assert any("tunlab down " + run_id in n for n in result.notes)
+        assert Path(f"/run/netns/tl-{run_id}-client").exists()  # still up
+    finally:
+        down = subprocess.run([sys.executable, "-m", "tunlab", "down", run_id], capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    assert not Path(f"/run/netns/tl-{run_id}-client").exists()
+
+
+def test_cli_runs_several_scenarios_one_line_each_and_fails_on_one(tmp_path: Path) -> None:
+    bad = tmp_path / "dropper.py"
+    bad.write_text("from tunlab.model import Vnf, linear_chain\nfrom tunlab.scenario import Ping\n"
+                   "def _v(i, n, o):\n"
+                   "    return Vnf(n, o, kind='hook', hook='tunlab.traffic.faults:drop_all')\n"
+                   "topology = linear_chain(1, 'udp', name='dropper', vnf=_v)\ntraffic = [Ping()]\n")
+    junit = tmp_path / "all.xml"
+    proc = subprocess.run([sys.executable, "-m", "tunlab", "run", "--results", str(tmp_path / "res"),
+                           "--junit", str(junit), str(SCENARIOS / "tunconnector_pair.py"), str(bad)],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("PASS tunconnector_pair: 6 probes")
+    assert any(line.startswith("FAIL dropper: ") and "lost at vnf1" in line for line in lines), proc.stdout
+    assert lines[-1] == "1 of 2 scenarios passed"
+    suites = ET.parse(junit).getroot().findall("testsuite")
+    assert [s.get("name") for s in suites] == ["tunconnector_pair", "dropper"]
+    kept = list((tmp_path / "res").iterdir())
+    assert len(kept) == 1 and (kept[0] / "report.txt").is_file()  # only the failing run keeps its folder

@@ -256,6 +256,7 @@ def _leave_up(lab: Any, result: ScenarioResult) -> None:
     detach = getattr(lab, "detach", None)
     if callable(detach):
         detach()
-        result.notes.append(f"the lab stays up: tunlab exec {lab.run_id} NODE -- CMD; then tunlab down {lab.run_id}")
+        result.notes.append(f"the lab stays up: tunlab exec --run {lab.run_id} NODE -- CMD; "
+                            f"then tunlab down {lab.run_id}")
     else:
         result.notes.append("--keep: this lab cannot be left up; it was taken down")
