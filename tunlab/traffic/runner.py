@@ -26,7 +26,7 @@ from tunlab.traffic.inject import Injector
 from tunlab.traffic.report import junit_xml, write_text
 
 DEFAULT_RESULTS = "tunlab-results"
-GIVE_UP_QUIET = 1.0  # s of silence on every capture point after which a missing packet counts as lost
+GIVE_UP_QUIET = 1.5  # s of silence on every capture point after which a missing packet counts as lost
 BeforeSend = Callable[[Any], None]
 
 
