@@ -81,13 +81,35 @@ class LabPlan:
 
 def collapse_routes(routes: dict[str, str]) -> list[tuple[str, str]]:
     """prefix -> peer, merged per peer into the fewest prefixes covering exactly the same addresses."""
-    by_peer: dict[str, list[ipaddress.IPv4Network]] = {}
+    spans: dict[str, list[tuple[int, int]]] = {}
     for prefix, peer in routes.items():
-        by_peer.setdefault(peer, []).append(ipaddress.IPv4Network(prefix))
-    out = []
-    for peer, nets in by_peer.items():
-        out.extend((str(n), peer) for n in ipaddress.collapse_addresses(nets))
-    return sorted(out, key=lambda r: (ipaddress.IPv4Network(r[0]), r[1]))
+        net = ipaddress.IPv4Network(prefix)
+        spans.setdefault(peer, []).append((int(net.network_address), int(net.broadcast_address)))
+    out: list[tuple[int, int, str]] = []
+    for peer, ranges in spans.items():
+        ranges.sort()
+        merged: list[list[int]] = []
+        for lo, hi in ranges:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        for lo, hi in merged:
+            out += [(start, plen, peer) for start, plen in _cidrs(lo, hi)]
+    out.sort()
+    return [(f"{ipaddress.IPv4Address(start)}/{plen}", peer) for start, plen, peer in out]
+
+
+def _cidrs(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The aligned blocks that cover [lo, hi] exactly, as (start, prefix length)."""
+    blocks = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 32
+        while size > hi - lo + 1:
+            size >>= 1
+        blocks.append((lo, 33 - size.bit_length()))
+        lo += size
+    return blocks
 
 
 def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunlab import names
 from tunlab.errors import TunlabError
 from tunlab.ledger import Ledger
 from tunlab.model import linear_chain
-from tunlab.plan import build_plan
+from tunlab.plan import build_plan, collapse_routes
 from tunlab.topofile import load_topology
 
 
@@ -62,3 +65,16 @@ def test_run_id_reservation_never_hands_out_an_existing_id(tmp_path: Path) -> No
 def test_the_longest_generated_names_fit() -> None:
     assert len(names.veth_name("zzzz", 999999, "b")) == 15
     assert len(names.tun_name("zzzz")) <= 15
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.tuples(st.integers(0, 4095), st.sampled_from([32, 32, 32, 31, 30, 28, 24])),
+                       st.sampled_from(["up", "down"]), min_size=1, max_size=40))
+def test_collapsed_relay_routes_cover_exactly_the_same_addresses(raw: dict[tuple[int, int], str]) -> None:
+    routes = {str(ipaddress.IPv4Network(((172 << 24) + off, plen), strict=False)): peer
+              for (off, plen), peer in raw.items()}
+    by_peer: dict[str, list[ipaddress.IPv4Network]] = {}
+    for prefix, peer in routes.items():
+        by_peer.setdefault(peer, []).append(ipaddress.IPv4Network(prefix))
+    want = sorted((str(n), p) for p, nets in by_peer.items() for n in ipaddress.collapse_addresses(nets))
+    assert sorted(collapse_routes(routes)) == want

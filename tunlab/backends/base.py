@@ -87,6 +87,7 @@ class Backend(ABC):
         self.ledger = ledger
         self.relays: dict[str, RelayProcess] = {}
         self.timings: dict[str, float] = {}
+        self._fork_server: Any = None
 
     # ------------------------------------------------------------------ what a backend implements
     @abstractmethod
@@ -112,7 +113,9 @@ class Backend(ABC):
 
     # ------------------------------------------------------------------ shared machinery
     def bring_up(self, ready_timeout: float | None = None) -> None:
-        """The four steps in order; ``self.timings`` records seconds per step."""
+        """The four steps in order, then the relays; ``self.timings`` records seconds per step. The relay
+        fork server starts first so that its imports overlap the namespace work."""
+        self._fork_server = self._start_fork_server()
         steps: list[tuple[str, Callable[[], object]]] = [
             ("nodes", self.create_nodes), ("links", self.create_links), ("configure", self.configure_nodes),
             ("relays", lambda: self.start_relays(ready_timeout)), ("connect", self.wait_connected)]
@@ -120,10 +123,6 @@ class Backend(ABC):
             t0 = time.perf_counter()
             step()
             self.timings[name] = time.perf_counter() - t0
-
-    def teardown(self) -> list[str]:
-        """Remove everything the ledger records, newest first; one line per problem."""
-        return replay(self.ledger, self.removers(self.ledger))
 
     def env(self) -> dict[str, str]:
         return {**os.environ, ENV_TAG: self.ledger.run_id}
@@ -150,15 +149,10 @@ class Backend(ABC):
         deadline = time.monotonic() + (timeout if timeout is not None else 10.0 + 0.1 * len(nodes))
         pending: dict[int, NodePlan] = {}
         sel = selectors.DefaultSelector()
-        how = os.environ.get("TUNLAB_RELAY_SPAWN") or self.relay_spawn
-        server = None
+        server, self._fork_server = self._fork_server or self._start_fork_server(), None
+        # forked relays are recorded in one fsync'd batch (a crash before it: they carry TUNLAB_RUN=<id>)
+        forked: list[dict[str, Any]] = []
         try:
-            if how == "fork":
-                from tunlab.backends.relayfork import RelayForkServer
-
-                server = RelayForkServer(self.env())
-                self.ledger.append({"op": "proc", "role": "relay-fork-server", "pid": server.proc.pid,
-                                    "start": proc_start_time(server.proc.pid)})
             for n in nodes:
                 r, w = os.pipe()
                 os.set_blocking(r, False)
@@ -167,8 +161,7 @@ class Backend(ABC):
                     if server is not None:
                         pid, start = server.spawn(list(n.relay_args), self.netns_file(n.name), w, out.fileno(),
                                                   {ENV_TAG: self.ledger.run_id})
-                        self.ledger.append({"op": "proc", "node": n.name, "role": "relay", "pid": pid,
-                                            "start": start})
+                        forked.append({"op": "proc", "node": n.name, "role": "relay", "pid": pid, "start": start})
                         self.relays[n.name] = RelayProcess(n.name, pid, start)
                     else:
                         p = self.spawn(n.name, self.relay_argv(n, w), role="relay", pass_fds=(w,),
@@ -179,6 +172,8 @@ class Backend(ABC):
                     out.close()
                 pending[r] = n
                 sel.register(r, selectors.EVENT_READ, bytearray())
+            self.ledger.append(*forked)
+            forked.clear()
             if server is not None:
                 server.close()
                 server = None
@@ -202,6 +197,8 @@ class Backend(ABC):
                     os.close(fd)
                     self._check_ready(node, bytes(buf))
         finally:
+            self.ledger.append(*forked)
+            forked.clear()
             if server is not None:
                 server.close()
             for fd in list(pending):
@@ -210,11 +207,30 @@ class Backend(ABC):
             sel.close()
         return self.relays
 
+    def _start_fork_server(self) -> Any:
+        if (os.environ.get("TUNLAB_RELAY_SPAWN") or self.relay_spawn) != "fork":
+            return None
+        from tunlab.backends.relayfork import RelayForkServer
+
+        server = RelayForkServer(self.env())
+        self.ledger.append({"op": "proc", "role": "relay-fork-server", "pid": server.proc.pid,
+                            "start": proc_start_time(server.proc.pid)})
+        return server
+
+    def teardown(self) -> list[str]:
+        """Remove everything the ledger records, newest first; one line per problem."""
+        if self._fork_server is not None:
+            self._fork_server.close()
+            self._fork_server = None
+        return replay(self.ledger, self.removers(self.ledger))
+
     def wait_connected(self, timeout: float | None = None) -> None:
         """TCP hops: wait until every relay reports every peer connected (UDP needs no handshake)."""
+        tcp = [n for n in self.plan.nodes if any(i.link.transport == "tcp" for i in n.ifaces)]
+        if not tcp:
+            return
         from tunlab.relay.control import query_stats
 
-        tcp = [n for n in self.plan.nodes if any(i.link.transport == "tcp" for i in n.ifaces)]
         deadline = time.monotonic() + (timeout if timeout is not None else 10.0 + 0.05 * len(tcp))
         while tcp:
             waiting = []

@@ -91,7 +91,7 @@ def _start_time(pid: int) -> int | None:
 
 
 class RelayForkServer:
-    """The lab's side: start the server, ``spawn`` relays, ``close``."""
+    """The lab's side: start the server (it imports the relay meanwhile), ``spawn`` relays, ``close``."""
 
     def __init__(self, env: dict[str, str]) -> None:
         import subprocess
@@ -102,14 +102,21 @@ class RelayForkServer:
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         theirs.close()
-        self.sock.settimeout(30)
-        hello = self.sock.recv(64)
-        if not hello:
+        self._hello = False
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for the server's hello (it has imported the relay); started early, it overlaps other work."""
+        if self._hello:
+            return
+        self.sock.settimeout(timeout)
+        if not self.sock.recv(64):
             self.proc.wait(timeout=5)
             raise OSError(f"the relay fork server exited with {self.proc.returncode}")
+        self._hello = True
 
     def spawn(self, args: list[str], netns_file: str, ready_fd: int, out_fd: int,
               env: dict[str, str]) -> tuple[int, int | None]:
+        self.wait_ready()
         req = json.dumps({"args": args, "netns_file": netns_file, "env": env}).encode()
         socket.send_fds(self.sock, [req], [ready_fd, out_fd])
         reply = self.sock.recv(4096)
