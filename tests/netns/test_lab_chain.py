@@ -125,3 +125,19 @@ def test_killed_relay_is_absent_from_counters_and_teardown_still_clean() -> None
         assert r.returncode != 0
         run_id = lab.run_id
     assert run_leftovers(run_id) == []
+
+
+def test_hook_given_as_a_function_in_a_topology_file(tmp_path: Path) -> None:
+    topo_file = tmp_path / "hooked.py"
+    topo_file.write_text(
+        "from tunlab.model import Vnf, linear_chain\n\n"
+        "def drop_big(packet):\n"
+        "    return None if len(packet) > 500 else packet\n\n"
+        "def topology():\n"
+        "    return linear_chain(1, vnf=lambda i, n, a: Vnf(n, a, kind='hook', hook=drop_big))\n")
+    with Lab(load_topology(str(topo_file))) as lab:
+        sender, rx = lab.node("sender"), lab.node("receiver").overlay_ip
+        assert "1 received" in sender.cmd_raises(["ping", "-c", "1", "-W", "3", rx])
+        big = sender.cmd_status(["ping", "-c", "1", "-W", "1", "-s", "800", rx])
+        assert big.returncode != 0  # the hook dropped it
+        assert f"{topo_file}:drop_big" in " ".join(lab.plan.node("vnf1").relay_args)

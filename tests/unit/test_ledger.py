@@ -90,3 +90,15 @@ def test_open_refuses_what_is_not_a_run(tmp_path: Path, bad: str) -> None:
 
     with pytest.raises(TunlabError, match="there is no run"):
         Ledger.open(bad, root=tmp_path)
+
+
+def test_netns_removers_refuse_what_does_not_carry_the_run_id(tmp_path: Path) -> None:
+    from tunlab.backends.netns import NetnsBackend
+
+    led = Ledger.create({}, root=tmp_path)
+    led.append({"op": "netns", "name": "someone-elses-namespace"},
+               {"op": "link", "netns": "not-recorded", "ifname": "eth9"})
+    errors = replay(led, NetnsBackend.removers(led))
+    assert len(errors) == 2
+    assert "eth9 is in namespace not-recorded, which this run did not record; left alone" in errors[0]
+    assert f"someone-elses-namespace do not carry run id {led.run_id}; left alone" in errors[1]
