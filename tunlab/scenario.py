@@ -406,7 +406,7 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
         where = f"traffic[{i}]"
         src = flow.src or sc.src or topo.paths[0].nodes[0]
         try:
-            dst_node, dst_ip = _destination(topo, src, flow.dst or sc.dst)
+            dst_node, dst_ip = _destination(topo, src, flow.dst or sc.dst or topo.paths[0].nodes[-1])
         except LookupError as exc:
             raise _fail(sc.source, f"{where}.dst", str(exc), "send between nodes on one path") from None
         nodes = chain_nodes(topo, src, dst_node)

@@ -54,6 +54,10 @@ def parse_ip(data: bytes | Packet) -> Packet:
     return IP(data)
 
 
+def _name(layer: Packet) -> str:
+    return str(layer.name)
+
+
 def _layers(pkt: Packet) -> list[Packet]:
     out = []
     layer: Packet = pkt
@@ -97,7 +101,7 @@ def bad_checksums(pkt: Packet) -> list[FieldDiff]:
     bad = []
     for got, want in zip(_layers(fresh), _layers(rebuilt)):
         if isinstance(got, _CHECKSUMMED) and got.chksum != want.chksum:
-            bad.append(FieldDiff(got.name, "chksum", f"0x{want.chksum:04x} (what the bytes give)",
+            bad.append(FieldDiff(_name(got), "chksum", f"0x{want.chksum:04x} (what the bytes give)",
                                  f"0x{got.chksum:04x}"))
     return bad
 
@@ -135,11 +139,11 @@ class Mask:
         exp_layers, rcv_layers = _layers(self.expected), _layers(rcv)
         for exp, got in zip(exp_layers, rcv_layers):
             if type(exp) is not type(got):
-                diffs.append(FieldDiff(exp.name, "(layer)", exp.name, got.name))
+                diffs.append(FieldDiff(_name(exp), "(layer)", _name(exp), _name(got)))
                 return diffs
             if isinstance(exp, _PAYLOAD_LAYERS):
                 if bytes(exp) != bytes(got):
-                    diffs.append(_bytes_diff(exp.name, bytes(exp), bytes(got)))
+                    diffs.append(_bytes_diff(_name(exp), bytes(exp), bytes(got)))
                 continue
             for fdesc in _present_fields(exp):
                 name = fdesc.name
@@ -147,11 +151,11 @@ class Mask:
                     continue
                 want, have = exp.getfieldval(name), got.getfieldval(name)
                 if want != have:
-                    diffs.append(FieldDiff(exp.name, name, str(fdesc.i2repr(exp, want)),
+                    diffs.append(FieldDiff(_name(exp), name, str(fdesc.i2repr(exp, want)),
                                            str(fdesc.i2repr(got, have))))
         if len(exp_layers) != len(rcv_layers):
-            diffs.append(FieldDiff("packet", "(layers)", " / ".join(x.name for x in exp_layers),
-                                   " / ".join(x.name for x in rcv_layers)))
+            diffs.append(FieldDiff("packet", "(layers)", " / ".join(_name(x) for x in exp_layers),
+                                   " / ".join(_name(x) for x in rcv_layers)))
         if self.checksums == "valid":
             diffs.extend(bad_checksums(rcv))
         return diffs

@@ -90,8 +90,8 @@ def _next_hop_ip(dst: str, args: list[str]) -> str | None:
             prefix, _, name = value.partition("=")
             net = ipaddress.IPv4Network("0.0.0.0/0" if prefix == "default" else prefix, strict=False)
             routes.append((net, name))
-    addr = ipaddress.IPv4Address(dst)
-    best = max((r for r in routes if addr in r[0]), key=lambda r: r[0].prefixlen, default=None)
+    target = ipaddress.IPv4Address(dst)
+    best = max((r for r in routes if target in r[0]), key=lambda r: r[0].prefixlen, default=None)
     if best is None and len(peers) == 1:
         return next(iter(peers.values()))
     return peers.get(best[1]) if best else None
