@@ -144,6 +144,9 @@ class Lab:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+        if self.teardown_errors and et is None:
+            raise TunlabError(f"lab {self.run_id}: teardown left {len(self.teardown_errors)} problem(s): "
+                              f"{'; '.join(self.teardown_errors[:3])}", f"sudo tunlab clean {self.run_id}")
 
     def detach(self) -> None:
         """Leave the lab running after this process exits (`tunlab up`); `tunlab down` removes it."""
@@ -152,22 +155,23 @@ class Lab:
 
     def close(self) -> None:
         """Tear down everything the run recorded (reverse order), keep the relays' final counters and
-        copy logs and counters to ``results_dir``. Safe to call twice."""
+        copy logs and counters to ``results_dir``; problems go to ``teardown_errors``. Safe to call twice."""
         led = self._ledger
         if led is None or self._detached:
             return
         self._ledger = None
-        cls = backend_class(self.backend_name)
         if self._backend is not None:
             self.teardown_errors = self._backend.teardown()
-        else:
+        else:  # failed before the backend existed: replay what was recorded so far
             from tunlab.ledger import replay
 
-            self.teardown_errors = replay(led, cls.removers(led))  # type: ignore[attr-defined]
+            cls: Any = backend_class(self.backend_name)
+            self.teardown_errors = replay(led, cls.removers(led))
         self.final_counters = read_final_counters(led.dir)
         if self.results_dir is not None:
             keep_results(led.dir, self.results_dir / led.run_id)
-        led.remove_dir()
+        if not self.teardown_errors:  # else the ledger stays for `tunlab clean` once this process is gone
+            led.remove_dir()
 
     # ------------------------------------------------------------------ the running lab
     @property
