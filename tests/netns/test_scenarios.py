@@ -35,6 +35,7 @@ def test_shipped_scenario_passes(name: str, tmp_path: Path) -> None:
     result = run_scenario(sc, results_root=tmp_path)
     assert result.passed, report(result)
     assert result.results_dir is None and not list(tmp_path.iterdir())  # nothing kept on success
+    assert not list(Path("/run/netns").glob(f"tl-{result.run_id}-*"))  # the lab is gone
     # every probe was checked on every hop of its chain, not just end to end
     for flow in result.flows:
         assert all(r.status == "seen" for r in flow.hops if not r.expected_missing), report(result)
@@ -58,6 +59,7 @@ def failing_run(tmp_path: Path, *, hook: str | None = None, kill: str | None = N
     result = run_scenario(sc, results_root=tmp_path, before_send=before)
     assert not result.passed, report(result)
     assert result.error is None, result.error
+    assert not list(Path("/run/netns").glob(f"tl-{result.run_id}-*"))  # gone, failure or not
     return result
 
 
