@@ -39,11 +39,33 @@ class QuietMininet(Mininet):  # type: ignore[misc]
 
 
 class LabHost(Host):  # type: ignore[misc]
-    """A host with IPv6 off and rp_filter off, set as soon as its namespace exists."""
+    """A host with IPv6 off and rp_filter off, set as soon as its namespace exists.
 
-    def __init__(self, name: str, **params: Any) -> None:
+    ``quiet=False``: leave the sysctls alone (the Mininet backend sets them itself, through netlink)."""
+
+    def __init__(self, name: str, quiet: bool = True, **params: Any) -> None:
         super().__init__(name, **params)
-        self.cmd("sysctl -q -w " + " ".join(QUIET_SYSCTLS))
+        if quiet:
+            self.cmd("sysctl -q -w " + " ".join(QUIET_SYSCTLS))
+
+
+class LabIntf(Intf):  # type: ignore[misc]
+    """An interface whose address Mininet records but does not set: tunlab configures it (netlink)."""
+
+    def config(self, ip: str | None = None, **_params: Any) -> dict[str, Any]:
+        if ip:
+            self.ip, self.prefixLen = ip.split("/")
+        return {}
+
+
+class LabTCIntf(TCIntf):  # type: ignore[misc]
+    """A shaped interface (rate/delay/loss through tc) whose address tunlab configures."""
+
+    def config(self, ip: str | None = None, **params: Any) -> dict[str, Any]:
+        if ip:
+            self.ip, self.prefixLen = ip.split("/")
+        result: dict[str, Any] = TCIntf.config(self, **params) or {}
+        return result
 
 
 class NsBridge(LinuxBridge):  # type: ignore[misc]
@@ -75,4 +97,4 @@ class NsBridge(LinuxBridge):  # type: ignore[misc]
         return None
 
 
-__all__ = ["Intf", "LabHost", "NsBridge", "QuietMininet", "TCIntf"]
+__all__ = ["LabHost", "LabIntf", "LabTCIntf", "NsBridge", "QuietMininet"]

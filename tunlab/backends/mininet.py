@@ -1,0 +1,298 @@
+"""The Mininet backend: the same lab plan, built as Mininet hosts and links (``--backend mininet``).
+
+Every node is a Mininet ``Host`` (a shell started by ``mnexec`` in a namespace of its own: an *unnamed*
+namespace, entered through ``/proc/PID/ns/net``); every underlay link is a Mininet veth ``Link`` between two
+hosts, with the plan's interface names (they carry the run id). Nothing is made in the root namespace and
+no controller or switch is needed. Mininet makes the hosts and the veth pairs; tunlab then configures the
+nodes exactly as the netns backend does (sysctls, persistent TUN, addresses, checksum offload, routes,
+nftables), through netlink from a worker thread that enters each host, so both backends give the same
+lab. Relays are started by the shared machinery of :class:`~tunlab.backends.base.Backend` and enter the
+hosts by pid.
+
+Ownership: each host shell is recorded (``mn-host``: pid and start time) right after Mininet starts it; a
+small holder process (``mn-holder``, tagged ``TUNLAB_RUN``) keeps the shells' terminals open so the lab
+outlives the process that built it (``tunlab up``) until ``tunlab down``/``tunlab clean``. Teardown kills
+exactly the recorded processes (pid *and* start time must match); the namespaces, and every veth and TUN
+in them, disappear with their last process. Mininet's ``mn -c`` (which deletes by name patterns) is never
+used. Mininet's ``fixLimits()`` (machine-wide sysctls) is skipped.
+
+Link shaping (rate, delay, loss) uses Mininet's ``TCLink``. Options come from the topology's link
+(``shaping`` attribute, when the model has one) or from ``$TUNLAB_MININET_LINKS`` (JSON object: link name
+-> options, e.g. ``{"sender-vnf1": {"bw": 10}}``). Options that need netem are refused when the kernel has
+none, since Mininet would silently skip them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from tunlab.backends import mininet_tc, nsutil
+from tunlab.backends.base import Backend
+from tunlab.backends.mininet_support import import_mininet
+from tunlab.errors import TunlabError
+from tunlab.ledger import Entry, Ledger, Remover, proc_start_time, process_alive
+from tunlab.plan import NodePlan
+
+T = TypeVar("T")
+
+LINKS_ENV = "TUNLAB_MININET_LINKS"
+# the same quiet sysctls as the netns backend, set before any interface exists
+QUIET = (
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+    ("net.ipv4.conf.all.send_redirects", "0"),
+    ("net.ipv4.conf.default.send_redirects", "0"),
+    ("net.ipv4.conf.all.accept_redirects", "0"),
+    ("net.ipv4.conf.default.accept_redirects", "0"),
+)
+ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
+
+
+def link_shaping(plan_links: Sequence[Any], topo_links: Sequence[Any],
+                 env: Mapping[str, str] | None = None) -> dict[str, mininet_tc.LinkShaping]:
+    """Validated shaping per link name, from the model (``link.shaping``) and ``$TUNLAB_MININET_LINKS``."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    for lk in topo_links:
+        opts = getattr(lk, "shaping", None)
+        if opts:
+            raw[lk.name] = dict(opts)
+    text = env.get(LINKS_ENV, "").strip()
+    if text:
+        try:
+            extra = json.loads(text)
+        except ValueError as exc:
+            raise mininet_tc.LinkOptionError(f"${LINKS_ENV}: not JSON ({exc.msg})",
+                                             'write it like {"sender-vnf1": {"bw": 10}}') from None
+        if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+            raise mininet_tc.LinkOptionError(f"${LINKS_ENV}: must map link names to option objects",
+                                             'write it like {"sender-vnf1": {"bw": 10}}')
+        for name, opts in extra.items():
+            raw[name] = {**raw.get(name, {}), **opts}
+    known = {lk.name for lk in plan_links}
+    out = {}
+    for name, opts in raw.items():
+        where = f"link '{name}'"
+        if name not in known:
+            raise mininet_tc.LinkOptionError(f"{where}: the topology has no such link",
+                                             f"links: {', '.join(sorted(known))}")
+        shaped = mininet_tc.parse_link_options(opts, where=where)
+        mininet_tc.require_netem_for(shaped, where=where)
+        if not shaped.empty:
+            out[name] = shaped
+    return out
+
+
+class MininetBackend(Backend):
+    name: ClassVar[str] = "mininet"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        import_mininet()  # one line with the install command when Mininet is missing
+        # refuse shaping we cannot honour before anything exists
+        self.shaping = link_shaping(self.plan.links, self.plan.topology.links)
+        self.net: Any = None  # the mininet.net.Mininet holding the hosts and links
+        self.hosts: dict[str, Any] = {}  # node name -> mininet Host
+        self._starts: dict[str, int | None] = {}  # node name -> start time of its shell
+        self._holder: subprocess.Popen[bytes] | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tunlab-mn-{self.plan.run_id}")
+
+    def _in_worker(self, fn: Callable[[], T]) -> T:
+        return self._worker.submit(fn).result()
+
+    # ---------------------------------------------------------------------- entering nodes
+    def host_pid(self, node: str) -> int:
+        host = self.hosts.get(node)
+        if host is None or host.pid is None:
+            raise TunlabError(f"node '{node}' has no Mininet host (the lab is not up)")
+        return int(host.pid)
+
+    def netns_file(self, node: str) -> str:
+        pid = self.host_pid(node)
+        if not process_alive(pid, self._starts.get(node)):
+            raise TunlabError(f"the Mininet host of node '{node}' (pid {pid}) is gone", "is the lab still up?")
+        return f"/proc/{pid}/ns/net"
+
+    # ---------------------------------------------------------------------- nodes
+    def create_nodes(self) -> None:
+        from tunlab.backends.mininet_nodes import LabHost, QuietMininet
+
+        self.net = QuietMininet(topo=None, controller=None, host=LabHost, build=False, autoSetMacs=False)
+        for n in self.plan.nodes:
+            host = self.net.addHost(n.netns, ip=None, quiet=False)  # e.g. tl-ab12-vnf1: `ps` shows mininet:tl-...
+            self.hosts[n.name] = host
+            start = proc_start_time(host.pid)
+            self._starts[n.name] = start
+            self.ledger.append({"op": "mn-host", "node": n.name, "pid": host.pid, "start": start,
+                                "host": host.name})
+        self._start_holder()
+        self.ledger.append(*({"op": "tun", "node": n.name, "ifname": n.overlay_dev} for n in self.plan.nodes))
+        files = {n.name: self.netns_file(n.name) for n in self.plan.nodes}
+
+        def work() -> None:
+            for n in self.plan.nodes:
+                with nsutil.entered(files[n.name]):
+                    for key, value in QUIET:
+                        nsutil.write_sysctl(key, value)
+                    nsutil.write_sysctl("net.ipv4.ip_forward", "1" if n.forward else "0")
+                    ttl = getattr(n, "default_ttl", None)
+                    if ttl:
+                        nsutil.write_sysctl("net.ipv4.ip_default_ttl", str(ttl))
+                    from pyroute2 import IPRoute
+
+                    with IPRoute() as ipr:
+                        ipr.link("set", index=1, state="up")
+                    nsutil.create_persistent_tun(n.overlay_dev)
+
+        self._in_worker(work)
+
+    def _start_holder(self) -> None:
+        """A process that keeps the host shells' terminals open, so the hosts live as long as the lab
+        does, not as long as this process (`tunlab up`). It holds nothing else and stops on SIGTERM."""
+        masters = [h.stdout.fileno() for h in self.hosts.values() if h.stdout is not None]
+        self._holder = subprocess.Popen(
+            ["sleep", "infinity"], pass_fds=masters, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True, env=self.env())
+        self.ledger.append({"op": "proc", "role": "mn-holder", "pid": self._holder.pid,
+                            "start": proc_start_time(self._holder.pid), "argv0": "sleep"})
+
+    # ---------------------------------------------------------------------- links
+    def create_links(self) -> None:
+        from mininet.link import Link, TCLink
+
+        from tunlab.backends.mininet_nodes import LabIntf, LabTCIntf
+
+        self.ledger.append(*({"op": "mn-link", "name": lk.name, "a": lk.a.node, "ifname": lk.a.ifname,
+                              "b": lk.b.node, "peer": lk.b.ifname} for lk in self.plan.links))
+        for lk in self.plan.links:
+            shaped = self.shaping.get(lk.name)
+            common: dict[str, Any] = {
+                "intfName1": lk.a.ifname, "intfName2": lk.b.ifname, "addr1": None, "addr2": None,
+                "params1": {"ip": f"{lk.a.ip}/{lk.prefixlen}"}, "params2": {"ip": f"{lk.b.ip}/{lk.prefixlen}"}}
+            a, b = self.hosts[lk.a.node], self.hosts[lk.b.node]
+            if shaped is None:
+                self.net.addLink(a, b, cls=Link, intf=LabIntf, **common)
+            else:
+                # TCIntf also runs ethtool: keep GRO and rx checksum as the kernel's defaults, tx off
+                self.net.addLink(a, b, cls=TCLink, intf=LabTCIntf, cls1=LabTCIntf, cls2=LabTCIntf,
+                                 gro=False, txo=False, rxo=True, **shaped.tclink_params(), **common)
+
+    # ---------------------------------------------------------------------- configuration
+    def configure_nodes(self) -> None:
+        nodes = self.plan.nodes
+        files = {n.name: self.netns_file(n.name) for n in nodes}
+
+        def work() -> None:
+            from pyroute2 import IPRoute
+
+            for n in nodes:
+                with nsutil.entered(files[n.name]), IPRoute() as ipr, \
+                        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    _configure(ipr, sock, n)
+
+        self._in_worker(work)
+        self.net.built = True  # Mininet's own bookkeeping: hosts and links exist and are configured
+        self._apply_nft([n for n in nodes if n.nft])
+
+    def _apply_nft(self, nodes: Sequence[NodePlan]) -> None:
+        procs = []
+        for n in nodes:
+            p = subprocess.Popen(["nsenter", f"--net={self.netns_file(n.name)}", "--", "nft", "-f", "-"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            procs.append((n, p))
+        failed = []
+        for n, p in procs:
+            out, _ = p.communicate((n.nft or "").encode(), timeout=30)
+            if p.returncode != 0:
+                failed.append((n, out.decode(errors="replace").strip().replace("\n", " | ")))
+        if failed:
+            n, msg = failed[0]
+            raise TunlabError(f"node {n.name} field 'nft': nft rejected the ruleset: {msg[:400]}",
+                              "check the ruleset with `nft -c -f FILE`")
+
+    # ---------------------------------------------------------------------- teardown
+    def teardown(self) -> list[str]:
+        try:
+            errors = super().teardown()
+        finally:
+            self._worker.shutdown(wait=False)
+        if self._holder is not None:
+            try:
+                self._holder.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        # Mininet's objects: the shells are gone; close their terminals and reap them (no commands sent)
+        if self.net is not None:
+            for host in self.net.hosts:
+                try:
+                    host.terminate()
+                except OSError:
+                    pass
+        return errors
+
+    @classmethod
+    def removers(cls, ledger: Ledger) -> dict[str, Remover]:
+        def hosts(entries: Sequence[Entry]) -> None:
+            targets = [(int(e["pid"]), e.get("start")) for e in entries if isinstance(e.get("pid"), int)]
+            kill_shells(targets)
+
+        def inside_hosts(entries: Sequence[Entry]) -> None:
+            # veth pairs and TUN devices exist only inside this run's hosts and go with them
+            return None
+
+        return {**super().removers(ledger), "mn-host": hosts, "mn-link": inside_hosts, "tun": inside_hosts}
+
+
+def kill_shells(targets: Sequence[tuple[int, int | None]], timeout: float = 3.0) -> None:
+    """SIGKILL Mininet host shells that are still the recorded processes (interactive bash ignores
+    SIGTERM), and wait until they are gone. Others' processes (start time differs) are never signalled."""
+    live = [(pid, start) for pid, start in targets if process_alive(pid, start)]
+    for pid, _ in live:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while live and time.monotonic() < deadline:
+        live = [(pid, start) for pid, start in live if not _reap(pid) and process_alive(pid, start)]
+        if live:
+            time.sleep(0.002)
+    if live:
+        raise TunlabError(f"Mininet host shell(s) {', '.join(str(p) for p, _ in live)} survived SIGKILL")
+
+
+def _reap(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        return False
+
+
+def _configure(ipr: Any, sock: socket.socket, n: NodePlan) -> None:
+    """What the netns backend configures in a node, for a node whose veths Mininet made."""
+    for iface in n.ifaces:
+        idx = socket.if_nametoindex(iface.ifname)
+        ip, plen = iface.addr.split("/")
+        ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
+        nsutil.tx_checksum_off(sock, iface.ifname)
+        ipr.link("set", index=idx, state="up")
+    tun = socket.if_nametoindex(n.overlay_dev)
+    ipr.link("set", index=tun, mtu=n.mtu, state="up")
+    ipr.addr("add", index=tun, address=n.overlay_ip, prefixlen=n.overlay_prefixlen)
+    for r in n.routes:
+        dst, _, plen_s = r.dst.partition("/")
+        kw: dict[str, Any] = {"dst": dst, "dst_len": int(plen_s or 32), "type": ROUTE_TYPES[r.type]}
+        if r.type == "unicast":
+            kw["oif"] = tun
+        ipr.route("add", **kw)
