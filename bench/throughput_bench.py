@@ -188,7 +188,7 @@ def start_fast(lb: Lab, ns: str, dev: str, addr: str, listen: str, peers: list[s
         argv += ["--peer", p]
     for rt in routes:
         argv += ["--route", rt]
-    proc = lb.popen(ns, argv, pass_fds=(w,))
+    proc = lb.popen(ns, argv, pass_fds=(w,), stderr=subprocess.DEVNULL)
     os.close(w)
     ready, _, _ = select.select([r], [], [], 15)
     line = os.read(r, 4096) if ready else b""

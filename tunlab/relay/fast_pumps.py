@@ -37,6 +37,7 @@ class TxPump:
         relay = dp.relay
         assert relay.device is not None
         self.fd = relay.device.fd
+        self.reads = 0       # successful device reads
         self.segments = 0    # packets the reads stand for (a GSO read stands for several)
         self.datagrams = 0
         self.sends = 0
@@ -63,69 +64,85 @@ class TxPump:
     # -- offload: whole streams as chunks --------------------------------------------------------
     def _drain_gso(self, budget: int) -> bool:
         dp = self.dp
-        fd, sock, stats = self.fd, dp.sock, dp.stats
+        fd, sock = self.fd, dp.sock
         layout = self.layout
         slots, g, cmsg = layout.slots, layout.segment, self.gso_cmsg
         readv, sendmsg, sendto, finish = os.readv, sock.sendmsg, sock.sendto, layout.finish
         fixed, route = dp.table.fixed, dp.table.route
-        gso_segments = encap.gso_segments
         first = slots[0]
         pkt0 = first[encap.VNET_LEN:]
         drops = dp.drops
         gso_peers = dp.gso_peers
         maxpay, maxsegs = fast_io.UDP_MAX_PAYLOAD, fast_io.UDP_MAX_SEGS
         vlen = encap.VNET_LEN
-        for _ in range(budget):
-            try:
-                n = readv(fd, slots)
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                dp.device_error(exc)
-                return False
-            plen = n - vlen
-            if plen <= 0:
-                drops["short_read"] = drops.get("short_read", 0) + 1
-                continue
-            stats.dev_rx_packets += 1
-            stats.dev_rx_bytes += plen
-            peer = fixed if fixed is not None else route(pkt0, plen)
-            if peer is None:
-                drops["no_route"] = drops.get("no_route", 0) + 1
-                continue
-            addr = peer.addr
-            if addr is None:
-                drops["peer_down"] = drops.get("peer_down", 0) + 1
-                continue
-            if peer not in gso_peers:  # offload went off under our feet: this read predates it
-                self._leftover(b"".join(slots[:encap.chunk_count(n, layout.csize)])[:n], peer)
-                continue
-            self.pid += 1
-            data, count = finish(n, self.pid)
-            try:
-                if count == 1:
-                    sendto(data, addr)
-                    self.sends += 1
-                elif len(data) <= maxpay and count <= maxsegs:
-                    sendmsg((data,), cmsg, 0, addr)
-                    self.sends += 1
+        pid = self.pid
+        reads = nbytes = segments = datagrams = sends = 0
+        more = True
+        try:
+            for _ in range(budget):
+                try:
+                    n = readv(fd, slots)
+                except BlockingIOError:
+                    more = False
+                    break
+                plen = n - vlen
+                reads += 1
+                if plen <= 0:
+                    drops["short_read"] = drops.get("short_read", 0) + 1
+                    continue
+                nbytes += plen
+                peer = fixed if fixed is not None else route(pkt0, plen)
+                if peer is None:
+                    drops["no_route"] = drops.get("no_route", 0) + 1
+                    continue
+                addr = peer.addr
+                if addr is None:
+                    drops["peer_down"] = drops.get("peer_down", 0) + 1
+                    continue
+                if peer not in gso_peers:  # offload went off under our feet: this read predates it
+                    self._leftover(b"".join(slots[:encap.chunk_count(n, layout.csize)])[:n], peer)
+                    continue
+                pid += 1
+                data, count = finish(n, pid)
+                try:
+                    if count == 1:
+                        sendto(data, addr)
+                        sends += 1
+                    elif count <= maxsegs and len(data) <= maxpay:
+                        sendmsg((data,), cmsg, 0, addr)
+                        sends += 1
+                    else:
+                        for a, b in encap.send_pieces(count, len(data), g, maxpay, maxsegs):
+                            sendmsg((data[a:b],), cmsg, 0, addr)
+                            sends += 1
+                except BlockingIOError:
+                    drops["backlog"] = drops.get("backlog", 0) + 1
+                    continue
+                except OSError as exc:
+                    reason = "send_" + _errname(exc)
+                    drops[reason] = drops.get(reason, 0) + 1
+                    continue
+                gso_size = first[4] | first[5] << 8
+                if first[1] & 0x7F and gso_size:
+                    segments += -(-(plen - (first[2] | first[3] << 8)) // gso_size)
                 else:
-                    for a, b in encap.send_pieces(count, len(data), g, maxpay, maxsegs):
-                        sendmsg((data[a:b],), cmsg, 0, addr)
-                        self.sends += 1
-            except BlockingIOError:
-                drops["backlog"] = drops.get("backlog", 0) + 1
-                continue
-            except OSError as exc:
-                reason = "send_" + _errname(exc)
-                drops[reason] = drops.get(reason, 0) + 1
-                continue
-            segs = gso_segments(first, n)
-            self.segments += segs
-            self.datagrams += count
-            peer.tx_packets += 1
-            peer.tx_bytes += plen
-        return True
+                    segments += 1
+                datagrams += count
+                peer.tx_packets += 1
+                peer.tx_bytes += plen
+        except OSError as exc:
+            dp.device_error(exc)
+            more = False
+        finally:
+            self.pid = pid
+            stats = dp.stats
+            stats.dev_rx_packets += reads
+            stats.dev_rx_bytes += nbytes
+            self.reads += reads
+            self.segments += segments
+            self.datagrams += datagrams
+            self.sends += sends
+        return more
 
     # -- plain: one packet per datagram, runs of equal-size packets in one UDP GSO send ----------
     def _drain_plain(self, budget: int) -> bool:
@@ -159,6 +176,7 @@ class TxPump:
                 more = False
                 break
             plen = n - vlen
+            self.reads += 1
             if plen <= 0:
                 drops["short_read"] = drops.get("short_read", 0) + 1
                 continue
@@ -263,7 +281,7 @@ class RxPump:
 
     def drain(self, budget: int) -> bool:
         dp = self.dp
-        fd, stats, table = self.fd, dp.stats, dp.table
+        fd, table = self.fd, dp.table
         buf, views = self.buf, self.views
         bufs = (buf,)
         recv = dp.sock.recvmsg_into
@@ -271,55 +289,71 @@ class RxPump:
         writev = os.writev
         by_addr = table.by_addr
         columns_ok = encap.gro_columns_ok
-        gro_segment = fast_io.gro_segment
+        payloads = views.payloads
+        from_bytes = int.from_bytes
+        udp_gro = fast_io.UDP_GRO
         magic0 = encap.MAGIC[0]
         hdr_len, vlen = encap.HDR_LEN, encap.VNET_LEN
         drops = dp.drops
         v6 = dp.v6
-        for _ in range(budget):
-            try:
-                n, anc, flags, addr = recv(bufs, space)
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                reason = "recv_" + _errname(exc)
-                drops[reason] = drops.get(reason, 0) + 1
-                return False
-            self.receives += 1
-            if v6:
-                addr = addr[:2]
-            peer = by_addr.get(addr)
-            if peer is None:
-                peer = table.accept_udp(addr[0], addr[1])
+        receives = datagrams = whole = written = nbytes = 0
+        more = True
+        try:
+            for _ in range(budget):
+                try:
+                    n, anc, flags, addr = recv(bufs, space)
+                except BlockingIOError:
+                    more = False
+                    break
+                except OSError as exc:
+                    reason = "recv_" + _errname(exc)
+                    drops[reason] = drops.get(reason, 0) + 1
+                    more = False
+                    break
+                receives += 1
+                if v6:
+                    addr = addr[:2]
+                peer = by_addr.get(addr)
                 if peer is None:
-                    drops["foreign"] = drops.get("foreign", 0) + 1
-                    continue
-                dp.new_source(peer)
-            if flags & _MSG_TRUNC:
-                drops["too_big"] = drops.get("too_big", 0) + 1
-                continue
-            seg = gro_segment(anc) if anc else 0
-            if not seg or seg > n:
-                seg = n
-            if n and buf[0] == magic0:
-                count = columns_ok(buf, n, seg)
-                if count:
-                    plen = n - count * hdr_len - vlen
-                    if plen > 0:
-                        self.datagrams += count
-                        self.whole += 1
-                        peer.rx_packets += 1
-                        peer.rx_bytes += plen
-                        try:
-                            writev(fd, views.payloads(seg, count, n))
-                        except OSError:
-                            drops["dev_write_error"] = drops.get("dev_write_error", 0) + 1
-                            continue
-                        stats.dev_tx_packets += 1
-                        stats.dev_tx_bytes += plen
+                    peer = table.accept_udp(addr[0], addr[1])
+                    if peer is None:
+                        drops["foreign"] = drops.get("foreign", 0) + 1
                         continue
-            self._datagrams(peer, n, seg)
-        return True
+                    dp.new_source(peer)
+                if flags & _MSG_TRUNC:
+                    drops["too_big"] = drops.get("too_big", 0) + 1
+                    continue
+                seg = n
+                if anc:
+                    c = anc[0]
+                    if c[1] == udp_gro:
+                        seg = from_bytes(c[2], "little") or n
+                if n and buf[0] == magic0:
+                    count = columns_ok(buf, n, seg)
+                    if count:
+                        plen = n - count * hdr_len - vlen
+                        if plen > 0:
+                            datagrams += count
+                            whole += 1
+                            peer.rx_packets += 1
+                            peer.rx_bytes += plen
+                            try:
+                                writev(fd, payloads(seg, count, n))
+                            except OSError:
+                                drops["dev_write_error"] = drops.get("dev_write_error", 0) + 1
+                                continue
+                            written += 1
+                            nbytes += plen
+                            continue
+                self._datagrams(peer, n, seg)
+        finally:
+            stats = dp.stats
+            stats.dev_tx_packets += written
+            stats.dev_tx_bytes += nbytes
+            self.receives += receives
+            self.datagrams += datagrams
+            self.whole += whole
+        return more
 
     def _datagrams(self, peer: Peer, n: int, seg: int) -> None:
         """Datagram by datagram: plain packets, hellos, and chunks through the reassembler."""
