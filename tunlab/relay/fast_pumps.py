@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import socket
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,9 @@ class TxPump:
         self.segments = 0    # packets the reads stand for (a GSO read stands for several)
         self.datagrams = 0
         self.sends = 0
-        self.pid = 0
+        # packet ids start anywhere: a restarted relay's ids do not collide with what its peer's
+        # reassembler remembers of the previous run
+        self.pid = secrets.randbits(32)
         # offload path: the device read scatters the stream into chunk slots
         self.layout = encap.TxLayout(dp.segment, queue=0)
         self.gso_cmsg = fast_io.gso_cmsg(dp.segment)
