@@ -315,10 +315,6 @@ class Topology:
         """Destination prefix -> neighbour node, for the relay of node ``name`` (derived from the paths)."""
         return self._route_table[name]
 
-    def transport_of(self, name: str) -> Transport:
-        lks = self.links_of(name)
-        return lks[0].transport if lks else "udp"
-
     def base_dir(self) -> str:
         return os.path.dirname(os.path.abspath(self.source)) if self.source else os.getcwd()
 

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from typing import Any
 
 REQUEST_MAX = 1 << 20
@@ -136,5 +135,4 @@ class RelayForkServer:
 
 if __name__ == "__main__":
     _sock = socket.socket(fileno=int(sys.argv[1]))
-    t0 = time.monotonic()
     serve(_sock)
