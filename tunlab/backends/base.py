@@ -129,7 +129,7 @@ class Backend(ABC):
 
     def spawn(self, node: str, argv: Sequence[str], *, role: str = "cmd", **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside ``node``, tagged with this run and recorded in the ledger (pid, start)."""
-        kw.setdefault("env", self.env())
+        kw["env"] = {**(kw.get("env") or os.environ), ENV_TAG: self.ledger.run_id}
         kw.setdefault("start_new_session", True)
         p = subprocess.Popen(["nsenter", f"--net={self.netns_file(node)}", "--", *argv], **kw)
         # nsenter execs the command: this pid is the command's pid
