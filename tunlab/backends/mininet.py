@@ -36,7 +36,7 @@ from typing import Any, ClassVar, TypeVar
 
 from tunlab.backends import mininet_tc, nsutil
 from tunlab.backends.base import Backend
-from tunlab.backends.mininet_support import import_mininet
+from tunlab.backends.mininet_support import import_mininet, require_mininet
 from tunlab.errors import TunlabError
 from tunlab.ledger import Entry, Ledger, Remover, proc_start_time, process_alive
 from tunlab.plan import NodePlan
@@ -56,6 +56,9 @@ QUIET = (
     ("net.ipv4.conf.default.accept_redirects", "0"),
 )
 ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
+
+# Say how to install Mininet before a lab reserves anything (the lab looks the backend up first).
+require_mininet(probe_import=False)
 
 
 def link_shaping(plan_links: Sequence[Any], topo_links: Sequence[Any],

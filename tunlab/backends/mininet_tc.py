@@ -27,8 +27,8 @@ RATE_OPTIONS = ("bw", "use_tbf", "use_hfsc")
 #: Mininet ignores (with a log line) rates outside this range, in Mbit/s
 BW_MAX_MBIT = 1000.0
 
-NETEM_HINT = ("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so Mininet would silently skip it; "
-              "drop the option, or use a kernel with sch_netem; bw= (htb/tbf) works without it")
+NETEM_HINT = ("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM) and Mininet would silently skip it: "
+              "drop the option or use a kernel with sch_netem; bw= (htb/tbf) works without it")
 
 
 class LinkOptionError(TunlabError):
@@ -160,7 +160,8 @@ def require_netem_for(shaping: LinkShaping, *, where: str, netem: bool | None = 
     have = netem_available() if netem is None else netem
     if not have:
         wanted = [name for name in NETEM_OPTIONS if getattr(shaping, name) not in (None, 0, 0.0)]
-        raise NetemUnavailable(f"{where}: {', '.join(wanted)} need(s) netem", NETEM_HINT)
+        # the explanation is part of the message: callers may replace the hint with their own
+        raise NetemUnavailable(f"{where}: {', '.join(wanted)} need(s) netem; {NETEM_HINT}")
 
 
 # --- probing the kernel ------------------------------------------------------------------------------
