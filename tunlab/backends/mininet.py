@@ -44,6 +44,7 @@ from tunlab.plan import NodePlan
 T = TypeVar("T")
 
 LINKS_ENV = "TUNLAB_MININET_LINKS"
+HOST_STARTERS = 8  # Mininet host shells started in parallel
 # the same quiet sysctls as the netns backend, set before any interface exists
 QUIET = (
     ("net.ipv6.conf.all.disable_ipv6", "1"),
@@ -131,13 +132,19 @@ class MininetBackend(Backend):
         from tunlab.backends.mininet_nodes import LabHost, QuietMininet
 
         self.net = QuietMininet(topo=None, controller=None, host=LabHost, build=False, autoSetMacs=False)
-        for n in self.plan.nodes:
-            host = self.net.addHost(n.netns, ip=None, quiet=False)  # e.g. tl-ab12-vnf1: `ps` shows mininet:tl-...
+        # Each host is a shell that takes ~20 ms to come up, mostly waiting for bash: start them a few at
+        # a time. The host name is the node's namespace name (tl-<id>-<node>): `ps` shows mininet:tl-...
+        with ThreadPoolExecutor(max_workers=HOST_STARTERS, thread_name_prefix="tunlab-mn-host") as pool:
+            made = list(pool.map(lambda n: LabHost(n.netns, quiet=False), self.plan.nodes))
+        for n, host in zip(self.plan.nodes, made):
+            self.net.hosts.append(host)  # what Mininet.addHost does, without its address defaults
+            self.net.nameToNode[host.name] = host
             self.hosts[n.name] = host
             start = proc_start_time(host.pid)
             self._starts[n.name] = start
-            self.ledger.append({"op": "mn-host", "node": n.name, "pid": host.pid, "start": start,
-                                "host": host.name})
+        self.ledger.append(*({"op": "mn-host", "node": n.name, "pid": self.hosts[n.name].pid,
+                              "start": self._starts[n.name], "host": self.hosts[n.name].name}
+                             for n in self.plan.nodes))
         self._start_holder()
         self.ledger.append(*({"op": "tun", "node": n.name, "ifname": n.overlay_dev} for n in self.plan.nodes))
         files = {n.name: self.netns_file(n.name) for n in self.plan.nodes}
@@ -299,3 +306,22 @@ def _configure(ipr: Any, sock: socket.socket, n: NodePlan) -> None:
         if r.type == "unicast":
             kw["oif"] = tun
         ipr.route("add", **kw)
+
+
+def time_lab(topology: Any, backend: str = "mininet") -> dict[str, Any]:
+    """Bring ``topology`` up on ``backend`` and down again; seconds for each, and the bring-up phases.
+
+    For benchmarks (bench/lab_bench.py): "up" lasts until every relay is ready (and TCP peers
+    connected), "down" is the whole ledger replay."""
+    from tunlab.lab import Lab
+
+    t0 = time.perf_counter()
+    lab = Lab(topology, backend=backend).__enter__()
+    up = time.perf_counter() - t0
+    phases = dict(lab.backend.timings)
+    t1 = time.perf_counter()
+    lab.close()
+    down = time.perf_counter() - t1
+    if lab.teardown_errors:
+        raise TunlabError(f"teardown problems: {'; '.join(lab.teardown_errors)}")
+    return {"up": up, "down": down, "phases": phases}
