@@ -166,6 +166,7 @@ def test_forced_plain_between_tunlab_relays_batches(netlab: NetLab) -> None:
     assert ca["datapath"]["hello_tx"] == 0
     assert ca["datapath"]["udp_sends"] < ca["datapath"]["datagrams_tx"] / 2  # runs went out in one send
     assert cb["datapath"]["udp_receives"] < cb["datapath"]["datagrams_rx"]  # and came in as GRO batches
+    assert cb["datapath"]["segments_merged_rx"] > cb["datapath"]["datagrams_rx"] / 2  # written as GSO packets
     assert cb["peers"]["a"]["rx_packets"] == cb["datapath"]["datagrams_rx"] - cb["datapath"]["hello_rx"]
 
 

@@ -41,6 +41,9 @@ HELLO_FIRST_GAP = 0.1
 #: TCP super-packets are capped so one, with its virtio header and 45 chunk headers of 12 bytes,
 #: fits the 65507 bytes of one UDP GSO send over IPv4 (64900 + 10 + 45 * 12 = 65450)
 GSO_MAX_SIZE = 64900
+#: the device's queue toward us (TUN default 500): with offload off, one TSO burst of the kernel is
+#: 45 packets in it, and a relay that was not scheduled for a moment must not lose them
+TXQLEN = 4096
 
 
 def register() -> None:
@@ -89,8 +92,8 @@ class UdpDatapath(Datapath):
             log.info("UDP_GRO unavailable: one receive per datagram")
         self.v6 = self.sock.family == socket.AF_INET6
         self.segment = self._segment_size()
-        if relay.device.created and self.mode != "plain":
-            _set_gso_max_size(relay.device.name, GSO_MAX_SIZE)
+        if relay.device.created:
+            _tune_device(relay.device.name, gso_max_size=GSO_MAX_SIZE, txqlen=TXQLEN)
         self.offload = False
         self.session = secrets.randbits(32) or 1
         self.hello = {"hello_tx": 0, "hello_rx": 0, "reply_tx": 0, "reply_rx": 0}
@@ -246,7 +249,7 @@ class UdpDatapath(Datapath):
             "peers": {n: st.as_dict() for n, st in self.states.items()},
             **self.hello,
             "segments_read": tx.segments, "datagrams_tx": tx.datagrams, "udp_sends": tx.sends,
-            "datagrams_rx": rx.datagrams, "udp_receives": rx.receives, "whole_streams_rx": rx.whole,
+            "datagrams_rx": rx.datagrams, "udp_receives": rx.receives, "whole_streams_rx": rx.whole, "segments_merged_rx": rx.merged,
             "partial_streams": len(rx.reasm.partials),
         }
 
@@ -275,14 +278,15 @@ class FastRelay(Relay):
         return out
 
 
-def _set_gso_max_size(name: str, size: int) -> None:
-    """Cap the device's GSO packets so one fits a single UDP GSO send (best effort)."""
+def _tune_device(name: str, **attrs: int) -> None:
+    """Best effort: cap GSO packets so one fits a single UDP GSO send, lengthen the device queue."""
     try:
         from pyroute2 import IPRoute  # lazy, as in device.configure
 
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=name)
-            if found:
-                ipr.link("set", index=found[0], gso_max_size=size)
-    except Exception as exc:  # older kernels: super-packets then take two sends
-        log.info("cannot set gso_max_size on %s: %s", name, exc)
+            for key, value in attrs.items():
+                if found:
+                    ipr.link("set", index=found[0], **{key: value})
+    except Exception as exc:  # an older kernel: super-packets then take two sends
+        log.info("cannot tune %s (%s): %s", name, attrs, exc)

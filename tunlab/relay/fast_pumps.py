@@ -15,6 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from . import encap, fast_io
+from .fast_gro import PSH, BatchViews, merge_run, super_header, whole_batch
 
 if TYPE_CHECKING:
     from .fast import UdpDatapath
@@ -277,10 +278,12 @@ class RxPump:
         self.receives = 0
         self.datagrams = 0
         self.whole = 0       # streams that arrived whole in one receive
+        self.merged = 0      # plain TCP segments written as part of a merged GSO packet
         self.reasm = encap.Reassembler(drops=dp.drops)
         self.buf = bytearray(RX_BUF)
         self.view = memoryview(self.buf)
         self.views = encap.RxViews(self.buf)
+        self.batch_views = BatchViews(self.buf)
 
     def drain(self, budget: int) -> bool:
         dp = self.dp
@@ -299,7 +302,9 @@ class RxPump:
         hdr_len, vlen = encap.HDR_LEN, encap.VNET_LEN
         drops = dp.drops
         v6 = dp.v6
-        receives = datagrams = whole = written = nbytes = 0
+        receives = datagrams = whole = written = nbytes = merged = 0
+        hook = dp.hook
+        batch_payloads = self.batch_views.payloads
         more = True
         try:
             for _ in range(budget):
@@ -331,7 +336,26 @@ class RxPump:
                     c = anc[0]
                     if c[1] == udp_gro:
                         seg = from_bytes(c[2], "little") or n
-                if n and buf[0] == magic0:
+                if seg < n and buf[0] == 0x45 and hook is None:
+                    hl = whole_batch(buf, n, seg)
+                    if hl:  # one run of TCP segments: one GSO packet to the device
+                        k = -(-n // seg)
+                        payload = n - k * hl
+                        last_off = (k - 1) * seg
+                        vnet, hdr = super_header(buf, 0, hl, payload, seg - hl, bool(buf[last_off + 33] & PSH))
+                        datagrams += k
+                        merged += k
+                        peer.rx_packets += k
+                        peer.rx_bytes += n
+                        try:
+                            writev(fd, (vnet, hdr) + batch_payloads(seg, hl, n))
+                        except OSError:
+                            drops["dev_write_error"] = drops.get("dev_write_error", 0) + 1
+                            continue
+                        written += 1
+                        nbytes += hl + payload
+                        continue
+                elif n and buf[0] == magic0:
                     count = columns_ok(buf, n, seg)
                     if count:
                         plen = n - count * hdr_len - vlen
@@ -356,19 +380,25 @@ class RxPump:
             self.receives += receives
             self.datagrams += datagrams
             self.whole += whole
+            self.merged += merged
         return more
 
     def _datagrams(self, peer: Peer, n: int, seg: int) -> None:
-        """Datagram by datagram: plain packets, hellos, and chunks through the reassembler."""
+        """Datagram by datagram: plain packets (consecutive TCP segments merged into one GSO
+        packet), hellos, and chunks through the reassembler."""
         dp = self.dp
-        view = self.view
+        buf, view = self.buf, self.view
         magic0 = encap.MAGIC[0]
         zero = encap.ZERO_VNET
         check, limit, hook = dp.check, dp.limit, dp.hook
         drops = dp.drops
-        for off in range(0, n, seg):
+        k = -(-n // seg)
+        i = 0
+        while i < k:
+            off = i * seg
             dgram = view[off:min(n, off + seg)]
             size = len(dgram)
+            i += 1
             self.datagrams += 1
             if size and dgram[0] == magic0:
                 stream = self.reasm.add(peer, dgram)
@@ -385,14 +415,33 @@ class RxPump:
             if why is not None:
                 drops[why] = drops.get(why, 0) + 1
                 continue
+            if hook is not None:
+                peer.rx_packets += 1
+                peer.rx_bytes += size
+                dp.through_hook(peer, dgram)
+                continue
+            if i < k and dgram[0] == 0x45:
+                run, hl = merge_run(buf, off, seg, k - i + 1, n)
+                if run > 1:
+                    last_off = off + (run - 1) * seg
+                    last_end = min(n, last_off + seg)
+                    payload = (run - 1) * (seg - hl) + (last_end - last_off - hl)
+                    vnet, hdr = super_header(buf, off, hl, payload, seg - hl, bool(buf[last_off + 33] & PSH))
+                    parts = [vnet, hdr]
+                    parts += [view[o + hl:o + seg] for o in range(off, last_off, seg)]
+                    parts.append(view[last_off + hl:last_end])
+                    i += run - 1
+                    self.datagrams += run - 1
+                    self.merged += run
+                    peer.rx_packets += run
+                    peer.rx_bytes += payload + run * hl
+                    self._write(parts, hl + payload)
+                    continue
             peer.rx_packets += 1
             peer.rx_bytes += size
-            if hook is not None:
-                dp.through_hook(peer, dgram)
-            else:
-                self._write((zero, dgram), size)
+            self._write((zero, dgram), size)
 
-    def _write(self, parts: tuple[bytes | memoryview, ...], plen: int) -> None:
+    def _write(self, parts: tuple[bytes | memoryview, ...] | list[bytes | memoryview], plen: int) -> None:
         try:
             os.writev(self.fd, parts)
         except OSError:
