@@ -9,12 +9,12 @@ nftables), through netlink from a worker thread that enters each host, so both b
 lab. Relays are started by the shared machinery of :class:`~tunlab.backends.base.Backend` and enter the
 hosts by pid.
 
-Ownership: each host shell is recorded (``mn-host``: pid and start time) right after Mininet starts it; a
-small holder process (``mn-holder``, tagged ``TUNLAB_RUN``) keeps the shells' terminals open so the lab
-outlives the process that built it (``tunlab up``) until ``tunlab down``/``tunlab clean``. Teardown kills
-exactly the recorded processes (pid *and* start time must match); the namespaces, and every veth and TUN
-in them, disappear with their last process. Mininet's ``mn -c`` (which deletes by name patterns) is never
-used. Mininet's ``fixLimits()`` (machine-wide sysctls) is skipped.
+Ownership: each host shell carries ``TUNLAB_RUN=<id>`` and is recorded (``proc``, role ``mn-host``: pid and
+start time) right after Mininet starts it; a small holder process (``mn-holder``) keeps the shells'
+terminals open so the lab outlives the process that built it (``tunlab up``, or a crash) until ``tunlab
+down``/``tunlab clean``. Teardown stops exactly the recorded processes (pid *and* start time must match);
+the namespaces, and every veth and TUN in them, disappear with their last process. Mininet's ``mn -c``
+(which deletes by name patterns) is never used, nor Mininet's ``fixLimits()`` (machine-wide sysctls).
 
 Link shaping (rate, delay, loss) uses Mininet's ``TCLink``. Options come from the topology's link
 (``shaping`` attribute, when the model has one) or from ``$TUNLAB_MININET_LINKS`` (JSON object: link name
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -38,7 +37,7 @@ from tunlab.backends import mininet_tc, nsutil
 from tunlab.backends.base import Backend
 from tunlab.backends.mininet_support import import_mininet, require_mininet
 from tunlab.errors import TunlabError
-from tunlab.ledger import Entry, Ledger, Remover, proc_start_time, process_alive
+from tunlab.ledger import ENV_TAG, Entry, Ledger, Remover, proc_start_time, process_alive
 from tunlab.plan import NodePlan
 
 T = TypeVar("T")
@@ -133,18 +132,18 @@ class MininetBackend(Backend):
 
         self.net = QuietMininet(topo=None, controller=None, host=LabHost, build=False, autoSetMacs=False)
         # Each host is a shell that takes ~20 ms to come up, mostly waiting for bash: start them a few at
-        # a time. The host name is the node's namespace name (tl-<id>-<node>): `ps` shows mininet:tl-...
+        # a time. Hosts are named after the nodes (net["vnf1"], `vnf1 ping ...` in Mininet's CLI); their
+        # shells carry TUNLAB_RUN=<id> like every process of the run, and stop on SIGTERM.
+        tag = {ENV_TAG: self.ledger.run_id}
         with ThreadPoolExecutor(max_workers=HOST_STARTERS, thread_name_prefix="tunlab-mn-host") as pool:
-            made = list(pool.map(lambda n: LabHost(n.netns, quiet=False), self.plan.nodes))
+            made = list(pool.map(lambda n: LabHost(n.name, quiet=False, env=tag), self.plan.nodes))
         for n, host in zip(self.plan.nodes, made):
             self.net.hosts.append(host)  # what Mininet.addHost does, without its address defaults
             self.net.nameToNode[host.name] = host
             self.hosts[n.name] = host
-            start = proc_start_time(host.pid)
-            self._starts[n.name] = start
-        self.ledger.append(*({"op": "mn-host", "node": n.name, "pid": self.hosts[n.name].pid,
-                              "start": self._starts[n.name], "host": self.hosts[n.name].name}
-                             for n in self.plan.nodes))
+            self._starts[n.name] = proc_start_time(host.pid)
+        self.ledger.append(*({"op": "proc", "role": "mn-host", "node": n.name, "pid": self.hosts[n.name].pid,
+                              "start": self._starts[n.name], "argv0": "bash"} for n in self.plan.nodes))
         self._start_holder()
         self.ledger.append(*({"op": "tun", "node": n.name, "ifname": n.overlay_dev} for n in self.plan.nodes))
         files = {n.name: self.netns_file(n.name) for n in self.plan.nodes}
@@ -252,41 +251,12 @@ class MininetBackend(Backend):
 
     @classmethod
     def removers(cls, ledger: Ledger) -> dict[str, Remover]:
-        def hosts(entries: Sequence[Entry]) -> None:
-            targets = [(int(e["pid"]), e.get("start")) for e in entries if isinstance(e.get("pid"), int)]
-            kill_shells(targets)
-
         def inside_hosts(entries: Sequence[Entry]) -> None:
-            # veth pairs and TUN devices exist only inside this run's hosts and go with them
+            # veth pairs and TUN devices exist only inside this run's hosts and go with them (the hosts'
+            # shells are "proc" entries, stopped by pid and start time like the relays)
             return None
 
-        return {**super().removers(ledger), "mn-host": hosts, "mn-link": inside_hosts, "tun": inside_hosts}
-
-
-def kill_shells(targets: Sequence[tuple[int, int | None]], timeout: float = 3.0) -> None:
-    """SIGKILL Mininet host shells that are still the recorded processes (interactive bash ignores
-    SIGTERM), and wait until they are gone. Others' processes (start time differs) are never signalled."""
-    live = [(pid, start) for pid, start in targets if process_alive(pid, start)]
-    for pid, _ in live:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while live and time.monotonic() < deadline:
-        live = [(pid, start) for pid, start in live if not _reap(pid) and process_alive(pid, start)]
-        if live:
-            time.sleep(0.002)
-    if live:
-        raise TunlabError(f"Mininet host shell(s) {', '.join(str(p) for p, _ in live)} survived SIGKILL")
-
-
-def _reap(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == pid
-    except ChildProcessError:
-        return False
+        return {**super().removers(ledger), "mn-link": inside_hosts, "tun": inside_hosts}
 
 
 def _configure(ipr: Any, sock: socket.socket, n: NodePlan) -> None:

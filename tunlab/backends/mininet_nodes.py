@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mininet.link import Intf, TCIntf
@@ -41,12 +42,23 @@ class QuietMininet(Mininet):  # type: ignore[misc]
 class LabHost(Host):  # type: ignore[misc]
     """A host with IPv6 off and rp_filter off, set as soon as its namespace exists.
 
-    ``quiet=False``: leave the sysctls alone (the Mininet backend sets them itself, through netlink)."""
+    ``quiet=False``: leave the sysctls alone (the Mininet backend sets them itself, through netlink).
+    ``env``: extra environment of the host's shell (and so of what it runs), e.g. ``TUNLAB_RUN=<id>``;
+    such a shell also exits on SIGTERM (an interactive bash ignores it otherwise), so it can be stopped
+    like any other process of the run."""
 
-    def __init__(self, name: str, quiet: bool = True, **params: Any) -> None:
+    def __init__(self, name: str, quiet: bool = True, env: dict[str, str] | None = None, **params: Any) -> None:
+        self._extra_env = dict(env or {})
         super().__init__(name, **params)
+        if self._extra_env:
+            self.cmd("trap 'exit 0' TERM")
         if quiet:
             self.cmd("sysctl -q -w " + " ".join(QUIET_SYSCTLS))
+
+    def _popen(self, cmd: list[str], **params: Any) -> Any:
+        if self._extra_env and "env" not in params:
+            params["env"] = {**os.environ, **self._extra_env}
+        return super()._popen(cmd, **params)
 
 
 class LabIntf(Intf):  # type: ignore[misc]
