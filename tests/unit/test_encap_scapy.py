@@ -98,3 +98,15 @@ def test_a_udp_gso_buffer_captured_whole_is_split() -> None:
     pings = [bytes(IP(dst="10.2.0.2", id=i) / ICMP() / Raw(b"y" * 100)) for i in range(3)]
     got = inner_packets(on_wire([b"".join(pings)]), ports=[PORT])
     assert [p.id for p in got] == [0, 1, 2]
+
+
+def test_a_tun_capture_of_a_super_packet_is_cut_to_the_mtu() -> None:
+    data = bytes(random.Random(3).getrandbits(8) for _ in range(4000))
+    big = IP(src="10.2.0.1", dst="10.2.0.2", id=5) / TCP(sport=1, dport=2, seq=10, flags="PA") / Raw(data)
+    small = IP(dst="10.2.0.2") / ICMP()
+    from tunlab.relay.scapy_encap import cut_to_mtu
+
+    out = cut_to_mtu([IP(bytes(big)), IP(bytes(small))], 1472)
+    assert [len(p) for p in out[:-1]] == [1472, 1472, 1176] and out[-1].haslayer(ICMP)
+    assert b"".join(bytes(p[TCP].payload) for p in out[:-1]) == data
+    assert [str(p[TCP].flags) for p in out[:-1]] == ["A", "A", "PA"] and all(checksum_ok(p) for p in out[:-1])

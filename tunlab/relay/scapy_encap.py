@@ -7,6 +7,8 @@
 * :func:`inner_packets`: a capture's UDP packets -> the inner packets they carry, chunks reassembled
   and GSO super-packets cut into the packets the receiving kernel makes of them, so a check sees
   every inner packet as it would on a plain hop.
+* :func:`cut_to_mtu`: the same cut for a capture taken on a TUN device, where super-packets show
+  as packets longer than the MTU.
 
 Only the layers needed are imported (``scapy.all`` costs about a second).
 """
@@ -184,6 +186,30 @@ def stream_packets(stream: bytes, *, segment: bool = True, l2: bool = False) -> 
         else:
             del q.plen
         out.append(p.__class__(bytes(p)))
+    return out
+
+
+def cut_to_mtu(packets: Iterable[Packet], mtu: int) -> list[Packet]:
+    """Packets as they were on the wire before a GSO/GRO device merged them.
+
+    A capture on a TUN device of the gso datapath (or of the plain one's receiving side, which
+    merges TCP runs) shows TCP/UDP packets longer than the MTU: they are cut into ``mtu``-size
+    packets the way the kernel cuts them; everything else is returned as it is.
+    """
+    out: list[Packet] = []
+    for p in packets:
+        ip = p.getlayer(IP) or p.getlayer(IPv6)
+        l4 = ip.getlayer(TCP) or ip.getlayer(UDP) if ip is not None else None
+        if ip is None or l4 is None or len(ip) <= mtu:
+            out.append(p)
+            continue
+        hl = len(ip) - len(l4.payload)
+        gso = (encap.GSO_TCPV4 if isinstance(ip, IP) else encap.GSO_TCPV6) if isinstance(l4, TCP) \
+            else encap.GSO_UDP_L4
+        vnet = encap.VNET.pack(0, gso, hl, mtu - hl, 0, 0)
+        for q in stream_packets(vnet + bytes(ip)):
+            q.time = p.time
+            out.append(q)
     return out
 
 
