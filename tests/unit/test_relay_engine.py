@@ -17,7 +17,7 @@ import pytest
 
 from tunlab.relay import PeerSpec, Relay, RelayConfig, RouteSpec, query_stats
 from tunlab.relay.device import Device
-from tunlab.relay.framing import frame
+from tunlab.relay.framing import Deframer, frame
 
 
 def ipv4(dst: str, src: str = "10.9.0.1", size: int = 60, fill: int = 0) -> bytes:
@@ -122,6 +122,8 @@ def test_udp_both_ways_and_counters(devs: dict[str, FakeDev]) -> None:
         p2 = ipv6("fd00::1", size=1472)
         devs["a"].send(p2)
         assert devs["b"].recv() == p2
+        wait_until(lambda: b.counters()["dev"]["tx_packets"] == 1 and a.counters()["dev"]["rx_packets"] == 1,
+                   "counters added up after the batch")
         ca, cb = a.counters(), b.counters()
     assert ca["dev"] == {"rx_packets": 1, "rx_bytes": 1472, "tx_packets": 1, "tx_bytes": 100}
     assert ca["peers"]["b"] == {"rx_packets": 1, "rx_bytes": 100, "tx_packets": 1, "tx_bytes": 1472,
@@ -249,6 +251,36 @@ def test_routes_pick_the_longest_prefix_among_peers(devs: dict[str, FakeDev]) ->
             sinks[want].settimeout(5)
             assert sinks[want].recv(2000) == pkt, dst
     for s in sinks.values():
+        s.close()
+
+
+def test_tcp_burst_split_by_route_keeps_order(devs: dict[str, FakeDev]) -> None:
+    servers = {n: socket.create_server(("127.0.0.1", 0)) for n in ("p", "q")}
+    peers = tuple(PeerSpec(n, "127.0.0.1", s.getsockname()[1], True) for n, s in servers.items())
+    r = Relay(RelayConfig(dev="r", transport="tcp", peers=peers,
+                          routes=(RouteSpec("10.1.0.0/16", "p"), RouteSpec("default", "q"))), device=devs["r"].device)
+    with running(r):
+        conns = {}
+        for n, s in servers.items():
+            s.settimeout(5)
+            conns[n] = s.accept()[0]
+            conns[n].settimeout(5)
+        wait_until(lambda: all(p["connected"] for p in r.counters()["peers"].values()), "both connected")
+        sent: dict[str, list[bytes]] = {"p": [], "q": []}
+        for i in range(300):  # a burst, read by the relay in batches that switch peer often
+            to_p = (i % 3) != 0
+            pkt = ipv4("10.1.0.9" if to_p else "10.2.0.9", size=40 + i % 1400, fill=i % 256)
+            sent["p" if to_p else "q"].append(pkt)
+            devs["r"].send(pkt)
+        for n, conn in conns.items():
+            d = Deframer()
+            got: list[bytes] = []
+            while len(got) < len(sent[n]):
+                got += d.push(conn.recv(65536))
+            assert got == sent[n]
+        # counters are added up after each batch: poll until the relay thread has done so
+        wait_until(lambda: [p["tx_packets"] for p in r.counters()["peers"].values()] == [200, 100], "counters")
+    for s in list(servers.values()) + list(conns.values()):
         s.close()
 
 
