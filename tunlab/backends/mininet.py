@@ -19,7 +19,8 @@ the namespaces, and every veth and TUN in them, disappear with their last proces
 Link shaping (rate, delay, loss) uses Mininet's ``TCLink``. Options come from the topology's link
 (``shaping`` attribute, when the model has one) or from ``$TUNLAB_MININET_LINKS`` (JSON object: link name
 -> options, e.g. ``{"sender-vnf1": {"bw": 10}}``). Options that need netem are refused when the kernel has
-none, since Mininet would silently skip them.
+none, since Mininet would silently skip them. ``$TUNLAB_MININET_SWITCH=bridge|ovs`` puts each link through a
+switch of its own (Linux bridge, or a private userspace Open vSwitch), each in its own namespace.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tunlab.plan import NodePlan
 T = TypeVar("T")
 
 LINKS_ENV = "TUNLAB_MININET_LINKS"
+SWITCH_ENV = "TUNLAB_MININET_SWITCH"
 HOST_STARTERS = 8  # Mininet host shells started in parallel
 # the same quiet sysctls as the netns backend, set before any interface exists
 QUIET = (
@@ -96,6 +98,26 @@ def link_shaping(plan_links: Sequence[Any], topo_links: Sequence[Any],
     return out
 
 
+def fabric_mode(env: Mapping[str, str] | None = None) -> str | None:
+    """``$TUNLAB_MININET_SWITCH``: None (default: a veth straight from host to host), ``bridge`` (each link
+    through a Linux bridge) or ``ovs`` (each link through an Open vSwitch bridge, userspace datapath)."""
+    env = os.environ if env is None else env
+    value = env.get(SWITCH_ENV, "").strip().lower()
+    if value in ("", "none", "direct"):
+        return None
+    if value not in ("bridge", "ovs"):
+        raise TunlabError(f"${SWITCH_ENV}={value!r} is not a Mininet fabric",
+                          "use 'none' (host to host veths, the default), 'bridge' or 'ovs'")
+    if value == "ovs":
+        import_mininet()
+        from tunlab.backends.mininet_nodes import ovs_unavailable_reason
+
+        reason = ovs_unavailable_reason()
+        if reason:
+            raise TunlabError(f"${SWITCH_ENV}=ovs: {reason}")
+    return value
+
+
 class MininetBackend(Backend):
     name: ClassVar[str] = "mininet"
 
@@ -104,6 +126,7 @@ class MininetBackend(Backend):
         import_mininet()  # one line with the install command when Mininet is missing
         # refuse shaping we cannot honour before anything exists
         self.shaping = link_shaping(self.plan.links, self.plan.topology.links)
+        self.fabric = fabric_mode()
         self.net: Any = None  # the mininet.net.Mininet holding the hosts and links
         self.hosts: dict[str, Any] = {}  # node name -> mininet Host
         self._starts: dict[str, int | None] = {}  # node name -> start time of its shell
@@ -181,20 +204,67 @@ class MininetBackend(Backend):
 
         from tunlab.backends.mininet_nodes import LabIntf, LabTCIntf
 
-        self.ledger.append(*({"op": "mn-link", "name": lk.name, "a": lk.a.node, "ifname": lk.a.ifname,
-                              "b": lk.b.node, "peer": lk.b.ifname} for lk in self.plan.links))
-        for lk in self.plan.links:
-            shaped = self.shaping.get(lk.name)
+        def add(a: Any, b: Any, name1: str, name2: str, ip1: str | None, ip2: str | None,
+                shaped: mininet_tc.LinkShaping | None) -> None:
             common: dict[str, Any] = {
-                "intfName1": lk.a.ifname, "intfName2": lk.b.ifname, "addr1": None, "addr2": None,
-                "params1": {"ip": f"{lk.a.ip}/{lk.prefixlen}"}, "params2": {"ip": f"{lk.b.ip}/{lk.prefixlen}"}}
-            a, b = self.hosts[lk.a.node], self.hosts[lk.b.node]
+                "intfName1": name1, "intfName2": name2, "addr1": None, "addr2": None,
+                "params1": {"ip": ip1} if ip1 else {}, "params2": {"ip": ip2} if ip2 else {}}
             if shaped is None:
                 self.net.addLink(a, b, cls=Link, intf=LabIntf, **common)
             else:
                 # TCIntf also runs ethtool: keep GRO and rx checksum as the kernel's defaults, tx off
                 self.net.addLink(a, b, cls=TCLink, intf=LabTCIntf, cls1=LabTCIntf, cls2=LabTCIntf,
                                  gro=False, txo=False, rxo=True, **shaped.tclink_params(), **common)
+
+        links = self.plan.links
+        switches = self._create_switches() if self.fabric else {}
+        self.ledger.append(*({"op": "mn-link", "name": lk.name, "a": lk.a.node, "ifname": lk.a.ifname,
+                              "b": lk.b.node, "peer": lk.b.ifname, "switch": getattr(switches.get(lk.name),
+                                                                                        "name", None)}
+                             for lk in links))
+        for lk in links:
+            a, b = self.hosts[lk.a.node], self.hosts[lk.b.node]
+            ip_a, ip_b = f"{lk.a.ip}/{lk.prefixlen}", f"{lk.b.ip}/{lk.prefixlen}"
+            shaped = self.shaping.get(lk.name)
+            sw = switches.get(lk.name)
+            if sw is None:
+                add(a, b, lk.a.ifname, lk.b.ifname, ip_a, ip_b, shaped)
+            else:  # a - switch - b; the shaping sits on a's side
+                add(a, sw, lk.a.ifname, f"{sw.name}pa", ip_a, None, shaped)
+                add(sw, b, f"{sw.name}pb", lk.b.ifname, None, ip_b, None)
+        if switches:
+            self._start_switches(list(switches.values()))
+
+    def _create_switches(self) -> dict[str, Any]:
+        """One switch per underlay link (each in a namespace of its own), recorded like the hosts."""
+        from tunlab.backends.mininet_nodes import NsBridge, NsOvsSwitch
+
+        run_id, tag = self.ledger.run_id, {ENV_TAG: self.ledger.run_id}
+
+        def make(lk: Any) -> Any:
+            name = f"{run_id}sw{lk.index}"  # also the bridge's name, inside its own namespace
+            if self.fabric == "ovs":
+                return NsOvsSwitch(name, rundir=f"{self.plan.run_dir}/{name}", env=tag)
+            return NsBridge(name, env=tag)
+
+        with ThreadPoolExecutor(max_workers=HOST_STARTERS, thread_name_prefix="tunlab-mn-switch") as pool:
+            made = dict(zip((lk.name for lk in self.plan.links), pool.map(make, self.plan.links)))
+        for sw in made.values():
+            self.net.switches.append(sw)
+            self.net.nameToNode[sw.name] = sw
+        self.ledger.append(*({"op": "proc", "role": "mn-switch", "node": sw.name, "pid": sw.pid,
+                              "start": proc_start_time(sw.pid), "argv0": "bash"} for sw in made.values()))
+        return made
+
+    def _start_switches(self, switches: list[Any]) -> None:
+        with ThreadPoolExecutor(max_workers=HOST_STARTERS, thread_name_prefix="tunlab-mn-switch") as pool:
+            errors = [f.exception() for f in [pool.submit(sw.start, []) for sw in switches]]
+        daemons = [pid for sw in switches for pid in getattr(sw, "daemon_pids", list)()]
+        self.ledger.append(*({"op": "proc", "role": "ovs", "pid": pid, "start": proc_start_time(pid),
+                              "argv0": "ovs"} for pid in daemons))
+        failed = [e for e in errors if e is not None]
+        if failed:
+            raise TunlabError(f"a switch of the Mininet fabric did not start: {failed[0]}")
 
     # ---------------------------------------------------------------------- configuration
     def configure_nodes(self) -> None:
