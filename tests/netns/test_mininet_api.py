@@ -46,10 +46,12 @@ def mininet_net(shape: str, n: int) -> Iterator[Any]:
             net.addLink(x, y, params1={"ip": f"10.67.{k}.1/30"}, params2={"ip": f"10.67.{k}.2/30"},
                         txo=False, rxo=False)
     pids = []
+    root_before = set(os.listdir("/sys/class/net"))
     try:
         net.build()
         net.start()
         pids = [node.pid for node in net.hosts + net.switches]
+        assert set(os.listdir("/sys/class/net")) == root_before  # nothing of ours in the root namespace
         yield net
     finally:
         net.stop()
