@@ -4,6 +4,7 @@ command line (its documented example, client/server/both), restarts, attach, cle
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 
@@ -47,6 +48,11 @@ def test_tunnel_ping_both_ways_then_clean_exit(netlab: NetLab, transport: str) -
     c = ra.counters()
     assert c["peers"]["b"]["rx_packets"] >= 9 and c["peers"]["b"]["connected"] is True
     assert c["dev"]["tx_packets"] >= 9 and c["dev"]["rx_packets"] >= 9
+    ra.proc.send_signal(signal.SIGUSR1)  # counters to --stats-file while running
+    wait_until(lambda: os.path.exists(ra.stats_file), "the stats file written on SIGUSR1")
+    assert json.loads(open(ra.stats_file).read())["peers"]["b"]["rx_packets"] >= 9
+    os.unlink(ra.stats_file)
+    assert ra.proc.poll() is None
     assert ra.stop() == 0
     assert not netlab.link_exists(a, dev), "the transient device must disappear with the relay"
     final = json.loads(open(ra.stats_file).read())

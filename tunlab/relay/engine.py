@@ -17,7 +17,7 @@ from tunlab.errors import TunlabError
 from .config import RelayConfig
 from .datapath import Datapath, Stats, datapath_class
 from .device import Device, configure, interface_mtu, open_device
-from .hook import HookFn, load_hook
+from .hook import HookFn
 from .loop import EPOLLIN, Loop
 from .peers import PeerTable
 from .transport import TcpTransport, UdpTransport
@@ -60,6 +60,8 @@ class Relay:
         try:
             dp_cls = datapath_class(cfg.datapath, cfg.transport)
             if self.hook is None and cfg.hook:
+                from .hook import load_hook
+
                 self.hook = load_hook(cfg.hook)
             if self.device is None:
                 self.device = open_device(cfg.dev, tap=cfg.tap, attach=cfg.attach, extra_flags=dp_cls.device_flags)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from typing import Callable
@@ -14,6 +12,9 @@ HookFn = Callable[[bytes], "bytes | bytearray | None"]
 
 
 def load_hook(spec: str) -> HookFn:
+    import importlib
+    import importlib.util
+
     target, sep, func_name = spec.rpartition(":")
     if not sep or not target or not func_name.isidentifier():
         raise TunlabError(f"--hook {spec!r}: expected path/file.py:func or package.module:func")
