@@ -228,6 +228,18 @@ def setup_socat(lb: Lab) -> tuple[str, str, str, list[int]]:
     return a, b, "10.242.0.2", pids
 
 
+def setup_interop(lb: Lab) -> tuple[str, str, str, list[int]]:
+    """tunlab (auto: it finds socat does not answer and stays plain) in a, socat in b."""
+    a, b, _, _ = pair(lb)
+    dev = f"{lb.prefix}t"
+    p = lb.popen(b, ["socat", f"UDP-DATAGRAM:10.241.0.1:{PORT},bind=10.241.0.2:{PORT}",
+                     f"TUN:10.242.0.2/24,tun-type=tun,iff-no-pi,iff-up,tun-name={dev}"], stderr=subprocess.DEVNULL)
+    wait_for(lambda: "UP" in nsx(b, "ip", "link", "show", dev, check=False).stdout, "socat TUN")
+    nsx(b, "ip", "link", "set", dev, "mtu", "1472")
+    pa = start_fast(lb, a, dev, "10.242.0.1/24", f"10.241.0.1:{PORT}", [f"s=10.241.0.2:{PORT}"], [], "auto")
+    return a, b, "10.242.0.2", [pa.pid, p.pid]
+
+
 def setup_tunlab(lb: Lab, datapath: str) -> tuple[str, str, str, list[int]]:
     a, b, _, _ = pair(lb)
     dev = f"{lb.prefix}t"
@@ -312,7 +324,10 @@ def setup_chain_tunlab(lb: Lab) -> tuple[str, str, str, list[int]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", help="comma-separated subset: veth,vxlan,socat,plain,gso,chain_vxlan,chain_gso")
+    ap.add_argument("--only", help="comma-separated subset: veth,vxlan,socat,plain,gso,plain_socat,chain_vxlan,"
+                                   "chain_gso")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every path N times, interleaved, and report medians (the box is shared: noisy)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -325,21 +340,38 @@ def main() -> int:
     cases = {
         "veth": setup_veth, "vxlan": setup_vxlan, "socat": setup_socat,
         "plain": lambda lb: setup_tunlab(lb, "plain"), "gso": lambda lb: setup_tunlab(lb, "auto"),
+        "plain_socat": setup_interop,
         "chain_vxlan": setup_chain_vxlan, "chain_gso": setup_chain_tunlab,
     }
     wanted = args.only.split(",") if args.only else list(cases)
-    results: dict[str, dict[str, float]] = {}
-    for name in wanted:
-        results[name] = measure_pair(name, cases[name], args.seconds)
-        r = results[name]
-        extra = (f"  cpu {r['cpu_s_per_gb']:.2f} s/GB  rss {r['rss_mb']:.1f} MB" if "rss_mb" in r else "")
-        print(f"{name:12s} {r['gbps']:6.2f} Gbit/s  ping {r['ping_ms']:.3f} ms  retrans {r['retrans']:.0f}{extra}",
-              flush=True)
+    unknown = [w for w in wanted if w not in cases]
+    if unknown:
+        print(f"throughput_bench: --only: unknown {', '.join(unknown)} (known: {', '.join(cases)})", file=sys.stderr)
+        return 2
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in wanted}
+    for rnd in range(max(1, args.repeat)):
+        if args.repeat > 1:
+            print(f"-- round {rnd + 1}/{args.repeat}", flush=True)
+        for name in wanted:
+            r = measure_pair(name, cases[name], args.seconds)
+            runs[name].append(r)
+            show(name, r)
+    results = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    if args.repeat > 1:
+        print(f"\nmedians of {args.repeat} rounds")
+        for name, r in results.items():
+            show(name, r)
     print()
     print_ratios(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"medians": results, "runs": runs}, indent=1))
     return 0
+
+
+def show(name: str, r: dict[str, float]) -> None:
+    extra = f"  cpu {r['cpu_s_per_gb']:.2f} s/GB  rss {r['rss_mb']:.1f} MB" if "rss_mb" in r else ""
+    print(f"{name:12s} {r['gbps']:6.2f} Gbit/s  ping {r['ping_ms']:.3f} ms  retrans {r['retrans']:.0f}{extra}",
+          flush=True)
 
 
 def print_ratios(r: dict[str, dict[str, float]]) -> None:
@@ -360,7 +392,6 @@ def print_ratios(r: dict[str, dict[str, float]]) -> None:
             continue
         ok = value >= goal if op == ">=" else value <= goal
         print(f"{label:26s} {value:7.3f}   goal {op} {goal}   {'met' if ok else 'NOT met'}")
-    _ = statistics  # kept for medians when runs are repeated
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
   GSO send, arrives in one UDP GRO receive, and is written to the peer's device whole, with its
   virtio-net header, so the kernels segment. Only between two tunlab relays.
 * ``plain``: one IP packet per datagram (socat's format, the chain design), batched: runs of
-  equal-size packets leave in one UDP GSO send; GRO batches arrive in one receive.
+  equal-size packets leave in one UDP GSO send; GRO batches arrive in one receive, and a batch of
+  consecutive segments of one TCP connection is written to the device as one GSO packet.
 * ``auto``: ``gso`` toward peers that answer our hello, ``plain`` toward the others.
 
 The receive side takes chunks, plain packets and hellos at any time; only what is *sent* to a peer

@@ -1,7 +1,6 @@
-"""Kernel interfaces of the fast datapath: TUN with virtio-net headers and offloads, UDP GSO/GRO sockets.
+"""Kernel interfaces of the fast datapath: TUN virtio-net headers and offloads, UDP GSO/GRO options.
 
-Everything here is a thin wrapper over one ioctl or socket option. Nothing is per packet except
-``send_gso``/``recv_gro``, which are one syscall each.
+Each helper is a thin wrapper over one ioctl or socket option; none of them runs per packet.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ import socket
 import struct
 
 # linux/if_tun.h
-TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
-TUNGETFEATURES = 0x800454CF
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
 TUN_F_CSUM = 0x01
@@ -37,12 +34,6 @@ UDP_MAX_PAYLOAD = 65507
 UDP_MAX_SEGS = 64
 
 _CMSG_GRO_SPACE = socket.CMSG_SPACE(4)
-
-
-def tun_features(fd: int) -> int:
-    """The flags this kernel's TUN driver supports (TUNGETFEATURES)."""
-    res = fcntl.ioctl(fd, TUNGETFEATURES, struct.pack("I", 0))
-    return int(struct.unpack("I", res)[0])
 
 
 def set_offload(fd: int, flags: int) -> int:
@@ -92,14 +83,6 @@ def path_mtu(addr: tuple[str, int]) -> int | None:
 def gso_cmsg(segment: int) -> list[tuple[int, int, bytes]]:
     """Ancillary data for one UDP GSO send with this segment size."""
     return [(SOL_UDP, UDP_SEGMENT, struct.pack("H", segment))]
-
-
-def gro_segment(ancdata: list[tuple[int, int, bytes]]) -> int:
-    """The segment size of a UDP GRO receive, 0 when the datagram was not coalesced."""
-    for level, kind, data in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 2:
-            return int.from_bytes(data[:4] if len(data) >= 4 else data[:2], "little")
-    return 0
 
 
 GRO_CMSG_SPACE = _CMSG_GRO_SPACE
