@@ -158,15 +158,21 @@ class MininetBackend(Backend):
         # a time. Hosts are named after the nodes (net["vnf1"], `vnf1 ping ...` in Mininet's CLI); their
         # shells carry TUNLAB_RUN=<id> like every process of the run, and stop on SIGTERM.
         tag = {ENV_TAG: self.ledger.run_id}
+
+        def make(n: NodePlan) -> Any:
+            host = LabHost(n.name, quiet=False, env=tag)
+            start = proc_start_time(host.pid)
+            self.ledger.append({"op": "proc", "role": "mn-host", "node": n.name, "pid": host.pid,
+                                "start": start, "argv0": "bash"})
+            return host, start
+
         with ThreadPoolExecutor(max_workers=HOST_STARTERS, thread_name_prefix="tunlab-mn-host") as pool:
-            made = list(pool.map(lambda n: LabHost(n.name, quiet=False, env=tag), self.plan.nodes))
-        for n, host in zip(self.plan.nodes, made):
+            made = list(pool.map(make, self.plan.nodes))
+        for n, (host, start) in zip(self.plan.nodes, made):
             self.net.hosts.append(host)  # what Mininet.addHost does, without its address defaults
             self.net.nameToNode[host.name] = host
             self.hosts[n.name] = host
-            self._starts[n.name] = proc_start_time(host.pid)
-        self.ledger.append(*({"op": "proc", "role": "mn-host", "node": n.name, "pid": self.hosts[n.name].pid,
-                              "start": self._starts[n.name], "argv0": "bash"} for n in self.plan.nodes))
+            self._starts[n.name] = start
         self._start_holder()
         self.ledger.append(*({"op": "tun", "node": n.name, "ifname": n.overlay_dev} for n in self.plan.nodes))
         files = {n.name: self.netns_file(n.name) for n in self.plan.nodes}
@@ -247,13 +253,17 @@ class MininetBackend(Backend):
                 return NsOvsSwitch(name, rundir=f"{self.plan.run_dir}/{name}", env=tag)
             return NsBridge(name, env=tag)
 
+        def make_recorded(lk: Any) -> Any:
+            sw = make(lk)
+            self.ledger.append({"op": "proc", "role": "mn-switch", "node": sw.name, "pid": sw.pid,
+                                "start": proc_start_time(sw.pid), "argv0": "bash"})
+            return sw
+
         with ThreadPoolExecutor(max_workers=HOST_STARTERS, thread_name_prefix="tunlab-mn-switch") as pool:
-            made = dict(zip((lk.name for lk in self.plan.links), pool.map(make, self.plan.links)))
+            made = dict(zip((lk.name for lk in self.plan.links), pool.map(make_recorded, self.plan.links)))
         for sw in made.values():
             self.net.switches.append(sw)
             self.net.nameToNode[sw.name] = sw
-        self.ledger.append(*({"op": "proc", "role": "mn-switch", "node": sw.name, "pid": sw.pid,
-                              "start": proc_start_time(sw.pid), "argv0": "bash"} for sw in made.values()))
         return made
 
     def _start_switches(self, switches: list[Any]) -> None:
@@ -310,13 +320,18 @@ class MininetBackend(Backend):
                 self._holder.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
-        # Mininet's objects: the shells are gone; close their terminals and reap them (no commands sent)
+        # Mininet's objects: the shells are gone; close their terminals and reap them (no commands sent),
+        # and drop them from Mininet's class-wide fd -> node maps
         if self.net is not None:
-            for host in self.net.hosts:
+            nodes = list(self.net.hosts) + list(self.net.switches)
+            for node in nodes:
                 try:
-                    host.terminate()
+                    node.terminate()
                 except OSError:
                     pass
+            for table in (type(nodes[0]).inToNode, type(nodes[0]).outToNode) if nodes else ():
+                for fd in [fd for fd, node in table.items() if node in nodes]:
+                    del table[fd]
         return errors
 
     @classmethod
