@@ -205,3 +205,13 @@ def test_startup_errors_are_one_line(netlab: NetLab) -> None:
             assert not netlab.link_exists(a, dev), "a failed start leaves no device behind"
     assert netlab.link_exists(a, netlab.ifname("t1"))
     nsexec(a, "true")
+
+
+def test_device_deleted_under_the_relay_is_a_one_line_exit(netlab: NetLab) -> None:
+    a, b = two_nodes(netlab)
+    dev = netlab.ifname("t")
+    ra = netlab.relay(a, "ra", "--dev", dev, "--addr", "10.77.0.1/24", "--listen", "10.1.0.1:5000", "--peer",
+                      "b=10.1.0.2:5000")
+    sh("ip", "-n", a, "link", "del", dev)
+    assert ra.proc.wait(10) == 2
+    assert ra.output().strip().splitlines()[-1] == f"tunlab: device {dev} was deleted while the relay was using it"

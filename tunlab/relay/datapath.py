@@ -123,7 +123,11 @@ class Datapath:
         raise NotImplementedError
 
     def device_error(self, exc: OSError) -> None:
-        self.relay.fail(f"reading device {self.relay.device.name} failed: {exc.strerror or exc}")
+        name = self.relay.device.name if self.relay.device else "?"
+        if exc.errno == 77:  # EBADFD: the interface was deleted under us
+            self.relay.fail(f"device {name} was deleted while the relay was using it")
+        else:
+            self.relay.fail(f"reading device {name} failed: {exc.strerror or exc}")
 
 
 class UdpDatapath(Datapath):
