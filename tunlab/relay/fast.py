@@ -19,6 +19,7 @@ makes the names known to ``tunlab.relay.datapath.datapath_class``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -108,6 +109,9 @@ class UdpDatapath(Datapath):
         self._refresh()
         if self.mode == "auto":
             self._schedule(0.0)
+        # everything imported and set up so far lives as long as the relay: keep it out of the
+        # garbage collector's full passes (about 35 000 objects, 20 ms per pass on this machine)
+        gc.freeze()
 
     # -- set-up helpers ---------------------------------------------------------------------------
     def _segment_size(self) -> int:
