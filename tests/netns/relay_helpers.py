@@ -27,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PY = sys.executable  # the interpreter running the tests (the project venv's)
 CLONE_NEWNET = 0x40000000
 
 # ------------------------------------------------------------------------------------------- pcap

@@ -16,7 +16,7 @@ from tunlab.errors import NeedRoot, TunlabError
 from tunlab.relay import device as device_mod
 
 ROOT = Path(__file__).resolve().parents[2]
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PY = sys.executable  # the interpreter running the tests (the project venv's)
 
 
 def run_tunlab(*args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
