@@ -141,7 +141,12 @@ pth_line="$TUNLAB_ROOT/$link_dir"
 .venv/bin/python -c 'import mininet.net' 2>/dev/null \
   || die "the venv cannot import Debian's mininet ($mn_src): try 'rm -rf .venv' and run this again"
 
+# ---- Bytecode: relays start by the hundred, and some environments set PYTHONDONTWRITEBYTECODE -------
+# (Python still reads existing .pyc files; compiling is a no-op when they are up to date)
+.venv/bin/python -m compileall -q tunlab >/dev/null 2>&1 || true
+
 # ---- Files made here under sudo belong to the invoking user ---------------------------------------
 give_to_invoking_user .venv tunlab.egg-info build
+give_caches_to_invoking_user
 
 say "ready: $(.venv/bin/tunlab --version), $(.venv/bin/python --version) in $TUNLAB_ROOT/.venv"

@@ -212,9 +212,24 @@ class Link:
     transport: Transport = "udp"
     a_port: int = DEFAULT_PORT
     b_port: int = DEFAULT_PORT
+    #: traffic shaping of the underlay veth, both directions: {"bw": Mbit/s}; netem options (delay, loss,
+    #: jitter) are refused on kernels without netem instead of being silently ignored
+    shaping: Any = None  # dict given, stored as tuple of (name, value) pairs
 
     def __post_init__(self) -> None:
         w = self.where
+        if self.shaping is not None:
+            from tunlab.backends.mininet_tc import LinkOptionError, parse_link_options
+
+            if not isinstance(self.shaping, dict):
+                raise _fail(w, "shaping", f"{self.shaping!r} is not a dict of link options",
+                            "write it like shaping={'bw': 10} (Mbit/s)")
+            try:
+                parse_link_options(self.shaping, where="shaping")
+            except LinkOptionError as exc:
+                raise _fail(w, "shaping", exc.message.removeprefix("shaping: "), exc.hint) from None
+            # frozen and hashable: keep the options as sorted (name, value) pairs; dict(link.shaping) reads them
+            object.__setattr__(self, "shaping", tuple(sorted(self.shaping.items())))
         for side in ("a", "b"):
             if not isinstance(getattr(self, side), str) or not getattr(self, side):
                 raise _fail(w, side, f"{getattr(self, side)!r} is not a node name", "give the node's name")
@@ -500,8 +515,11 @@ def hook_spec(vnf: Vnf, base_dir: str) -> str:
 def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None = None,
                  port: int = DEFAULT_PORT, overlay_net: str = DEFAULT_OVERLAY,
                  underlay_net: str = DEFAULT_UNDERLAY, mtu: int = DEFAULT_MTU,
-                 vnf: Callable[[int, str, str], Vnf] | None = None) -> Topology:
+                 vnf: Callable[[int, str, str], Vnf] | None = None,
+                 shaping: dict[str, dict[str, Any]] | None = None) -> Topology:
     """sender - vnf1 - ... - vnfN - receiver, one /30 per link carved from ``underlay_net``.
+
+    ``shaping`` maps link names ("vnf1-vnf2") to link options such as ``{"bw": 10}`` (Mbit/s).
 
     Overlay: sender = first host of ``overlay_net``, receiver = second, vnfI = 256 + I. ``vnf(i, name,
     overlay)`` builds VNF i (1-based) when given, e.g. to give one VNF an nftables ruleset."""
@@ -523,7 +541,12 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
     links = []
     for k, (x, y) in enumerate(zip(order, order[1:])):
         sub = un.network_address + 4 * k
-        links.append(Link(x, y, f"{sub + 1}/30", f"{sub + 2}/30", transport, port, port))
+        links.append(Link(x, y, f"{sub + 1}/30", f"{sub + 2}/30", transport, port, port,
+                          shaping=(shaping or {}).get(f"{x}-{y}")))
+    unknown = sorted(set(shaping or {}) - {lk.name for lk in links})
+    if unknown:
+        raise TopologyError(f"no link named {', '.join(unknown)}", field="linear_chain field 'shaping'",
+                            hint=f"links are {', '.join(lk.name for lk in links)}")
     return Topology(name or f"linear{n_vnfs}", eps, tuple(vnfs), tuple(links), (Path(tuple(order)),),
                     overlay_net=overlay_net, mtu=mtu,
                     description=f"sender, {n_vnfs} kernel VNF(s) in a line, receiver ({transport})")

@@ -21,7 +21,8 @@ from tunlab.backends import nsutil
 from tunlab.backends.base import Backend
 from tunlab.errors import TunlabError
 from tunlab.ledger import Entry, Ledger, Remover
-from tunlab.plan import NodePlan
+from tunlab.backends.mininet_tc import LinkShaping, parse_link_options, require_netem_for
+from tunlab.plan import LabPlan, NodePlan
 
 T = TypeVar("T")
 
@@ -44,6 +45,8 @@ class NetnsBackend(Backend):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        # refuse shaping this kernel cannot honour (netem options) before anything exists
+        self.shaping = _link_shaping(self.plan)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tunlab-{self.plan.run_id}")
 
     def _in_worker(self, fn: Callable[[], T]) -> T:
@@ -105,6 +108,28 @@ class NetnsBackend(Backend):
 
         self._in_worker(work)
         self._apply_nft([n for n in nodes if n.nft])
+        self._apply_shaping()
+
+    def _apply_shaping(self) -> None:
+        """Rate limits (tbf, both ends of the veth) for links whose description has ``shaping``."""
+        procs = []
+        for lk in self.plan.links:
+            shaped = self.shaping.get(lk.name)
+            if shaped is None or shaped.bw is None:
+                continue
+            rate_bits = int(shaped.bw * 1e6)
+            burst = max(rate_bits // 8 // 100, 16 * 1024)  # 10 ms at the rate, at least 16 KiB
+            for end in (lk.a, lk.b):
+                argv = ["nsenter", f"--net={self.netns_file(end.node)}", "--", "tc", "qdisc", "replace",
+                        "dev", end.ifname, "root", "tbf", "rate", f"{rate_bits}bit", "burst", str(burst),
+                        "latency", "50ms"]
+                procs.append((lk.name, subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                                        stderr=subprocess.STDOUT)))
+        for name, p in procs:
+            out, _ = p.communicate(timeout=30)
+            if p.returncode != 0:
+                raise TunlabError(f"link {name} field 'shaping': tc refused the rate limit: "
+                                  f"{out.decode(errors='replace').strip()[:300]}")
 
     def _apply_nft(self, nodes: Sequence[NodePlan]) -> None:
         procs = []
@@ -154,6 +179,18 @@ class NetnsBackend(Backend):
 
         return {**super().removers(ledger), "netns": namespaces, "link": inside_namespaces,
                 "tun": inside_namespaces}
+
+
+def _link_shaping(plan: LabPlan) -> dict[str, LinkShaping]:
+    out = {}
+    for lk in plan.topology.links:
+        if not lk.shaping:
+            continue
+        where = f"link '{lk.name}' field 'shaping'"
+        shaped = parse_link_options(dict(lk.shaping), where=where)
+        require_netem_for(shaped, where=where)
+        out[lk.name] = shaped
+    return out
 
 
 def _configure(ipr: IPRoute, sock: socket.socket, n: NodePlan) -> None:
