@@ -1,4 +1,4 @@
-"""Lab bring-up and teardown times: tunlab's netns backend vs Mininet building a line, in the same run.
+"""Lab bring-up and teardown times: tunlab's netns and Mininet backends vs Mininet building a line, one run.
 
     sudo .venv/bin/python bench/lab_bench.py                 # chains of 3, 10, 50, 100 VNFs
     sudo .venv/bin/python bench/lab_bench.py --sizes 3,10 --repeat 3 --spawn fork,exec
@@ -28,11 +28,11 @@ from tunlab.model import linear_chain  # noqa: E402
 from tunlab.names import new_run_id  # noqa: E402
 
 
-def bench_tunlab(n_vnfs: int, spawn: str) -> dict[str, Any]:
+def bench_tunlab(n_vnfs: int, spawn: str, backend: str = "netns") -> dict[str, Any]:
     os.environ["TUNLAB_RELAY_SPAWN"] = spawn
     topo = linear_chain(n_vnfs)
     t0 = time.perf_counter()
-    lab = Lab(topo).__enter__()
+    lab = Lab(topo, backend=backend).__enter__()
     up = time.perf_counter() - t0
     phases = dict(lab.backend.timings)
     t1 = time.perf_counter()
@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="3,10,50,100", help="numbers of VNFs (comma-separated)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per size (medians are shown)")
     ap.add_argument("--spawn", default="fork", help="relay start: fork, exec or fork,exec")
-    ap.add_argument("--no-mininet", action="store_true", help="skip the Mininet reference")
+    ap.add_argument("--no-mininet", action="store_true",
+                    help="skip the Mininet reference and tunlab's Mininet backend")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("lab_bench: needs root (run it with sudo)")
@@ -94,7 +95,7 @@ def main() -> None:
     head = ["VNFs", "nodes"] + [f"tunlab[{s}] up" for s in spawns] + [f"tunlab[{s}] down" for s in spawns]
     head += ["phases (nodes/links/configure/relays/connect)"]
     if not args.no_mininet:
-        head += ["mininet up", "mininet down"]
+        head += ["tunlab[mininet backend] up", "down", "mininet line up", "mininet line down"]
     print(" | ".join(head))
     for n in sizes:
         row: list[str] = [str(n), str(n + 2)]
@@ -104,6 +105,8 @@ def main() -> None:
         ph = results[spawns[0]][0]["phases"]
         row.append("/".join(f"{ph.get(k, 0):.2f}" for k in ("nodes", "links", "configure", "relays", "connect")))
         if not args.no_mininet:
+            tm = [bench_tunlab(n, spawns[0], "mininet") for _ in range(args.repeat)]
+            row += [f"{median(tm, 'up'):.2f}", f"{median(tm, 'down'):.2f}"]
             mn = [bench_mininet(n + 2) for _ in range(args.repeat)]
             row += [f"{median(mn, 'up'):.2f}", f"{median(mn, 'down'):.2f}"]
         print(" | ".join(row), flush=True)
