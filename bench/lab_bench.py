@@ -29,10 +29,11 @@ from tunlab.names import new_run_id  # noqa: E402
 
 
 def bench_tunlab(n_vnfs: int, spawn: str, backend: str = "netns") -> dict[str, Any]:
+    """Bring linear_chain(N) up on ``backend`` ("up" lasts until every relay is ready and TCP peers are
+    connected) and down again (the whole ledger replay)."""
     os.environ["TUNLAB_RELAY_SPAWN"] = spawn
-    topo = linear_chain(n_vnfs)
     t0 = time.perf_counter()
-    lab = Lab(topo, backend=backend).__enter__()
+    lab = Lab(linear_chain(n_vnfs), backend=backend).__enter__()
     up = time.perf_counter() - t0
     phases = dict(lab.backend.timings)
     t1 = time.perf_counter()

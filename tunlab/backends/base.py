@@ -102,6 +102,24 @@ class Backend(ABC):
     def configure_nodes(self) -> None:
         """Addresses, MTU and state of every interface; TUN address; routes and nftables rules."""
 
+
+    def apply_nft(self, nodes: Sequence[NodePlan]) -> None:
+        """Load each node's nftables ruleset inside its namespace (all at once); name the first failure."""
+        procs = []
+        for n in nodes:
+            p = subprocess.Popen(["nsenter", f"--net={self.netns_file(n.name)}", "--", "nft", "-f", "-"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            procs.append((n, p))
+        failed = []
+        for n, p in procs:
+            out, _ = p.communicate((n.nft or "").encode(), timeout=30)
+            if p.returncode != 0:
+                failed.append((n, out.decode(errors="replace").strip().replace("\n", " | ")))
+        if failed:
+            n, msg = failed[0]
+            raise TunlabError(f"node {n.name} field 'nft': nft rejected the ruleset: {msg[:400]}",
+                              "check the ruleset with `nft -c -f FILE`")
+
     @abstractmethod
     def netns_file(self, node: str) -> str:
         """A path to open to enter ``node``'s network namespace."""

@@ -29,7 +29,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
@@ -57,7 +56,6 @@ QUIET = (
     ("net.ipv4.conf.all.accept_redirects", "0"),
     ("net.ipv4.conf.default.accept_redirects", "0"),
 )
-ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
 
 # Say how to install Mininet before a lab reserves anything (the lab looks the backend up first).
 require_mininet(probe_import=False)
@@ -287,27 +285,11 @@ class MininetBackend(Backend):
             for n in nodes:
                 with nsutil.entered(files[n.name]), IPRoute() as ipr, \
                         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    _configure(ipr, sock, n)
+                    nsutil.configure_node(ipr, sock, n)
 
         self._in_worker(work)
         self.net.built = True  # Mininet's own bookkeeping: hosts and links exist and are configured
-        self._apply_nft([n for n in nodes if n.nft])
-
-    def _apply_nft(self, nodes: Sequence[NodePlan]) -> None:
-        procs = []
-        for n in nodes:
-            p = subprocess.Popen(["nsenter", f"--net={self.netns_file(n.name)}", "--", "nft", "-f", "-"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            procs.append((n, p))
-        failed = []
-        for n, p in procs:
-            out, _ = p.communicate((n.nft or "").encode(), timeout=30)
-            if p.returncode != 0:
-                failed.append((n, out.decode(errors="replace").strip().replace("\n", " | ")))
-        if failed:
-            n, msg = failed[0]
-            raise TunlabError(f"node {n.name} field 'nft': nft rejected the ruleset: {msg[:400]}",
-                              "check the ruleset with `nft -c -f FILE`")
+        self.apply_nft([n for n in nodes if n.nft])
 
     # ---------------------------------------------------------------------- teardown
     def teardown(self) -> list[str]:
@@ -344,39 +326,4 @@ class MininetBackend(Backend):
         return {**super().removers(ledger), "mn-link": inside_hosts, "tun": inside_hosts}
 
 
-def _configure(ipr: Any, sock: socket.socket, n: NodePlan) -> None:
-    """What the netns backend configures in a node, for a node whose veths Mininet made."""
-    for iface in n.ifaces:
-        idx = socket.if_nametoindex(iface.ifname)
-        ip, plen = iface.addr.split("/")
-        ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
-        nsutil.tx_checksum_off(sock, iface.ifname)
-        ipr.link("set", index=idx, state="up")
-    tun = socket.if_nametoindex(n.overlay_dev)
-    ipr.link("set", index=tun, mtu=n.mtu, state="up")
-    ipr.addr("add", index=tun, address=n.overlay_ip, prefixlen=n.overlay_prefixlen)
-    for r in n.routes:
-        dst, _, plen_s = r.dst.partition("/")
-        kw: dict[str, Any] = {"dst": dst, "dst_len": int(plen_s or 32), "type": ROUTE_TYPES[r.type]}
-        if r.type == "unicast":
-            kw["oif"] = tun
-        ipr.route("add", **kw)
 
-
-def time_lab(topology: Any, backend: str = "mininet") -> dict[str, Any]:
-    """Bring ``topology`` up on ``backend`` and down again; seconds for each, and the bring-up phases.
-
-    For benchmarks (bench/lab_bench.py): "up" lasts until every relay is ready (and TCP peers
-    connected), "down" is the whole ledger replay."""
-    from tunlab.lab import Lab
-
-    t0 = time.perf_counter()
-    lab = Lab(topology, backend=backend).__enter__()
-    up = time.perf_counter() - t0
-    phases = dict(lab.backend.timings)
-    t1 = time.perf_counter()
-    lab.close()
-    down = time.perf_counter() - t1
-    if lab.teardown_errors:
-        raise TunlabError(f"teardown problems: {'; '.join(lab.teardown_errors)}")
-    return {"up": up, "down": down, "phases": phases}

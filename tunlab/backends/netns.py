@@ -20,9 +20,9 @@ from tunlab import names
 from tunlab.backends import nsutil
 from tunlab.backends.base import Backend
 from tunlab.errors import TunlabError
-from tunlab.ledger import Entry, Ledger, Remover
 from tunlab.backends.mininet_tc import LinkShaping, parse_link_options, require_netem_for
-from tunlab.plan import LabPlan, NodePlan
+from tunlab.ledger import Entry, Ledger, Remover
+from tunlab.plan import LabPlan
 
 T = TypeVar("T")
 
@@ -37,7 +37,6 @@ QUIET = (
     ("net.ipv4.conf.all.accept_redirects", "0"),
     ("net.ipv4.conf.default.accept_redirects", "0"),
 )
-ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
 
 
 class NetnsBackend(Backend):
@@ -104,10 +103,10 @@ class NetnsBackend(Backend):
             for n in nodes:
                 with nsutil.entered(nsutil.netns_path(n.netns)), IPRoute() as ipr, \
                         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    _configure(ipr, sock, n)
+                    nsutil.configure_node(ipr, sock, n)
 
         self._in_worker(work)
-        self._apply_nft([n for n in nodes if n.nft])
+        self.apply_nft([n for n in nodes if n.nft])
         self._apply_shaping()
 
     def _apply_shaping(self) -> None:
@@ -130,22 +129,6 @@ class NetnsBackend(Backend):
             if p.returncode != 0:
                 raise TunlabError(f"link {name} field 'shaping': tc refused the rate limit: "
                                   f"{out.decode(errors='replace').strip()[:300]}")
-
-    def _apply_nft(self, nodes: Sequence[NodePlan]) -> None:
-        procs = []
-        for n in nodes:
-            p = subprocess.Popen(["nsenter", f"--net={self.netns_file(n.name)}", "--", "nft", "-f", "-"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            procs.append((n, p))
-        failed = []
-        for n, p in procs:
-            out, _ = p.communicate((n.nft or "").encode(), timeout=30)
-            if p.returncode != 0:
-                failed.append((n, out.decode(errors="replace").strip().replace("\n", " | ")))
-        if failed:
-            n, msg = failed[0]
-            raise TunlabError(f"node {n.name} field 'nft': nft rejected the ruleset: {msg[:400]}",
-                              "check the ruleset with `nft -c -f FILE`")
 
     def teardown(self) -> list[str]:
         try:
@@ -192,20 +175,3 @@ def _link_shaping(plan: LabPlan) -> dict[str, LinkShaping]:
         out[lk.name] = shaped
     return out
 
-
-def _configure(ipr: IPRoute, sock: socket.socket, n: NodePlan) -> None:
-    for iface in n.ifaces:
-        idx = socket.if_nametoindex(iface.ifname)
-        ip, plen = iface.addr.split("/")
-        ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
-        nsutil.tx_checksum_off(sock, iface.ifname)
-        ipr.link("set", index=idx, state="up")
-    tun = socket.if_nametoindex(n.overlay_dev)
-    ipr.link("set", index=tun, mtu=n.mtu, state="up")
-    ipr.addr("add", index=tun, address=n.overlay_ip, prefixlen=n.overlay_prefixlen)
-    for r in n.routes:
-        dst, _, plen_s = r.dst.partition("/")
-        kw: dict[str, Any] = {"dst": dst, "dst_len": int(plen_s or 32), "type": ROUTE_TYPES[r.type]}
-        if r.type == "unicast":
-            kw["oif"] = tun
-        ipr.route("add", **kw)

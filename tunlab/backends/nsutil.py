@@ -17,6 +17,10 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunlab.plan import NodePlan
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -145,3 +149,25 @@ def create_persistent_tun(name: str) -> None:
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     finally:
         os.close(fd)
+
+
+ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
+
+def configure_node(ipr: Any, sock: socket.socket, n: NodePlan) -> None:
+    """Addresses, links up (tx checksum offload off), the TUN (MTU, address, up) and routes of one node,
+    from inside its namespace; both backends configure nodes with this."""
+    for iface in n.ifaces:
+        idx = socket.if_nametoindex(iface.ifname)
+        ip, plen = iface.addr.split("/")
+        ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
+        tx_checksum_off(sock, iface.ifname)
+        ipr.link("set", index=idx, state="up")
+    tun = socket.if_nametoindex(n.overlay_dev)
+    ipr.link("set", index=tun, mtu=n.mtu, state="up")
+    ipr.addr("add", index=tun, address=n.overlay_ip, prefixlen=n.overlay_prefixlen)
+    for r in n.routes:
+        dst, _, plen_s = r.dst.partition("/")
+        kw: dict[str, Any] = {"dst": dst, "dst_len": int(plen_s or 32), "type": ROUTE_TYPES[r.type]}
+        if r.type == "unicast":
+            kw["oif"] = tun
+        ipr.route("add", **kw)
