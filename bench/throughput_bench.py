@@ -182,7 +182,7 @@ def pair(lb: Lab) -> tuple[str, str, str, str]:
 def start_fast(lb: Lab, ns: str, dev: str, addr: str, listen: str, peers: list[str], routes: list[str],
                datapath: str) -> subprocess.Popen[bytes]:
     r, w = os.pipe()
-    argv = [PY, "-m", "tunlab.relay.fast_cli", "--dev", dev, "--addr", addr, "--listen", listen,
+    argv = [PY, "-m", "tunlab", "relay", "--dev", dev, "--addr", addr, "--listen", listen,
             "--datapath", datapath, "--ready-fd", str(w)]
     for p in peers:
         argv += ["--peer", p]

@@ -21,14 +21,14 @@ PORT = 47320
 
 
 class FastProc:
-    """``python -m tunlab.relay.fast_cli`` (the ``tunlab relay`` command line) in a namespace."""
+    """``tunlab relay`` (``--datapath auto`` by default) in a namespace."""
 
     def __init__(self, lab: NetLab, ns: str, tag: str, *args: str) -> None:
         self.ns, self.tag = ns, tag
         self.control = str(lab.tmp / f"{tag}.sock")
         self.log = lab.tmp / f"{tag}.log"
         r, w = os.pipe()
-        argv = ["ip", "netns", "exec", ns, PY, "-m", "tunlab.relay.fast_cli", *args, "--ready-fd", str(w),
+        argv = ["ip", "netns", "exec", ns, PY, "-m", "tunlab", "relay", *args, "--ready-fd", str(w),
                 "--control", self.control, "--log-level", "info"]
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,

@@ -127,7 +127,7 @@ def test_udp_both_ways_and_counters(devs: dict[str, FakeDev]) -> None:
         ca, cb = a.counters(), b.counters()
     assert ca["dev"] == {"rx_packets": 1, "rx_bytes": 1472, "tx_packets": 1, "tx_bytes": 100}
     assert ca["peers"]["b"] == {"rx_packets": 1, "rx_bytes": 100, "tx_packets": 1, "tx_bytes": 1472,
-                                "connected": True}
+                                "connected": True, "datapath": "simple"}
     assert cb["peers"]["a"]["tx_packets"] == 1 and cb["drops"] == {}
 
 

@@ -19,9 +19,11 @@ RELAY_HELP = """TUN/TAP <-> UDP/TCP relay; TunConnector's command line works unc
 \b
 The relay links one TUN (L3, default) or TAP (--tap) device with its peers.
 UDP (default): one packet per datagram, no header (socat's
-TUN + UDP-DATAGRAM format). TCP (--transport tcp): each packet is sent as
-a 2-byte big-endian length and the packet (simpletun / TunConnector
-framing), one write per frame, TCP_NODELAY; a client retries with
+TUN + UDP-DATAGRAM format); between two tunlab relays, whole GSO
+packets cut into chunks (see Datapath below). TCP (--transport tcp):
+each packet is sent as a 2-byte big-endian length and the packet
+(simpletun / TunConnector framing), one write per frame,
+TCP_NODELAY; a client retries with
 backoff until the server is up and reconnects after a drop; a server
 keeps accepting after its peer leaves (a new connection from the peer
 replaces the old one).
@@ -64,6 +66,23 @@ Native options (the lab uses these; not mixable with -m/-i/-o/-r/-p/-n/-s/-c):
 Only peers get in: other sources, malformed packets (empty, over the
 MTU, not IPv4/IPv6 on a TUN) and bad TCP lengths (0, or larger than any
 packet: that connection is closed) are dropped and counted by reason.
+
+\b
+Datapath (--datapath; over TCP, auto means simple):
+  auto    (default) says hello to each peer (a 44-byte IPv4 packet
+          with a wrong header checksum, which a plain peer's kernel
+          drops): 'gso' toward tunlab relays that answer, 'plain'
+          toward the others (socat, TunConnector-style peers). The
+          choice is logged at info level and shown in the ready line
+          and the counters ("datapath").
+  plain   one packet per datagram (socat's format), batched with UDP
+          GSO/GRO; no hellos. Works with any peer.
+  gso     whole TSO/GSO super-packets (up to 64 KiB) as MTU-size
+          chunks; tunlab relays only (docs/fastpath.md).
+  simple  the reference loop: one packet per read and per datagram.
+--vnf hook: a hook sees one packet at a time, so auto/gso mean plain.
+
+\b
 MTU default: 1500 minus IP+UDP headers (1472 over IPv4, 1452 over IPv6;
 TCP: 1472; TAP: 14 less). Peers with MTU 1500 (simpletun, TunConnector,
 socat): pass --mtu 1500 on both ends or lower theirs.
@@ -110,7 +129,8 @@ disappears with it.
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="nothing per packet above debug")
 @click.option("--log-file", default=None, metavar="PATH")
-@click.option("--datapath", default="simple", show_default=True, metavar="NAME", help="packet loop implementation")
+@click.option("--datapath", default="auto", show_default=True, metavar="NAME",
+              help="auto|plain|gso|simple: how packets are moved (see above)")
 @click.option("--print-config", is_flag=True, help="print the resulting configuration as JSON and exit")
 def relay_cmd(**kw: Any) -> None:
     ctx = click.get_current_context()
@@ -159,7 +179,8 @@ def summary(counters: dict[str, Any], labels: list[str]) -> str:
     lines = []
     for label, c in parts.items():
         d = c["dev"]
-        peers = "; ".join(f"peer {n} rx {p['rx_packets']}/{p['rx_bytes']}B tx {p['tx_packets']}/{p['tx_bytes']}B"
+        peers = "; ".join(f"peer {n}{' (' + p['datapath'] + ')' if p.get('datapath') else ''} "
+                          f"rx {p['rx_packets']}/{p['rx_bytes']}B tx {p['tx_packets']}/{p['tx_bytes']}B"
                           for n, p in c["peers"].items())
         drops = ", ".join(f"{k}={v}" for k, v in c["drops"].items()) or "none"
         lines.append(f"tunlab relay {label}: dev rx {d['rx_packets']}/{d['rx_bytes']}B "

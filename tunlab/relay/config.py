@@ -319,7 +319,7 @@ class RelayOptions:
     route: tuple[str, ...] = ()
     vnf: str | None = None
     hook: str | None = None
-    datapath: str = "simple"
+    datapath: str = "auto"
     explicit: frozenset[str] = frozenset()  # option names the user gave (the rest are defaults)
 
 

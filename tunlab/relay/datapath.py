@@ -122,6 +122,11 @@ class Datapath:
     def on_device(self, events: int) -> None:  # pragma: no cover - per transport
         raise NotImplementedError
 
+    def info(self) -> dict[str, Any]:
+        """The counters' ``datapath`` section: what was asked for and what each peer gets."""
+        return {"requested": self.relay.config.datapath, "datapath": "simple",
+                "peers": {name: {"datapath": "simple"} for name in self.table.peers}}
+
     def device_error(self, exc: OSError) -> None:
         name = self.relay.device.name if self.relay.device else "?"
         if exc.errno == 77:  # EBADFD: the interface was deleted under us
@@ -412,12 +417,20 @@ class TcpDatapath(Datapath):
 
 DATAPATHS: dict[str, str] = {
     "simple": "tunlab.relay.datapath",
+    # the batched, offloaded UDP datapath (docs/fastpath.md); imported only when chosen
+    "auto": "tunlab.relay.fast",
+    "plain": "tunlab.relay.fast",
+    "gso": "tunlab.relay.fast",
 }
+
+#: the datapath ``auto`` stands for where its module has nothing for the transport (TCP)
+AUTO_FALLBACK = "simple"
 
 
 def datapath_class(name: str, transport: str) -> type[Datapath]:
     """The datapath class for ``--datapath NAME``; other modules register theirs in DATAPATHS (lazily
-    imported: the module must define ``UdpDatapath``/``TcpDatapath`` for the transports it supports)."""
+    imported: the module must define ``UdpDatapath``/``TcpDatapath`` for the transports it supports).
+    ``auto`` is the fast datapath over UDP and the simple one over TCP."""
     import importlib
 
     from tunlab.errors import TunlabError
@@ -425,8 +438,12 @@ def datapath_class(name: str, transport: str) -> type[Datapath]:
     mod_name = DATAPATHS.get(name)
     if mod_name is None:
         raise TunlabError(f"--datapath: unknown datapath {name!r}", f"known: {', '.join(sorted(DATAPATHS))}")
+    attr = "TcpDatapath" if transport == "tcp" else "UdpDatapath"
+    if name == "auto" and transport == "tcp":
+        mod_name = DATAPATHS[AUTO_FALLBACK]
     mod = importlib.import_module(mod_name)
-    cls = getattr(mod, "TcpDatapath" if transport == "tcp" else "UdpDatapath", None)
+    cls = getattr(mod, attr, None)
     if cls is None:
-        raise TunlabError(f"--datapath {name} does not support --transport {transport}")
+        raise TunlabError(f"--datapath {name} does not support --transport {transport}",
+                          "use --datapath auto or simple")
     return cls  # type: ignore[no-any-return]

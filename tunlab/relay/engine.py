@@ -78,8 +78,10 @@ class Relay:
             self.close()
             raise
         self.opened = True
-        log.info("relay %s ready: %s device %s mtu %d, %s, listening on %s", cfg.label or cfg.dev,
-                 "TAP" if cfg.tap else "TUN", self.device.name, self.mtu, cfg.transport,
+        used = self.datapath.info().get("datapath", cfg.datapath)
+        log.info("relay %s ready: %s device %s mtu %d, %s, datapath %s, listening on %s",
+                 cfg.label or cfg.dev, "TAP" if cfg.tap else "TUN", self.device.name, self.mtu, cfg.transport,
+                 used if used == cfg.datapath else f"{used} (asked for {cfg.datapath})",
                  ", ".join(self.transport.bound()) or "-")
 
     def run(self, *, ready_fd: int | None = None, control: str | None = None, stats_file: str | None = None,
@@ -125,18 +127,30 @@ class Relay:
         return ipaddress.ip_address(self.config.addr.split("/")[0]).packed
 
     def ready_info(self) -> dict[str, Any]:
-        return {"dev": self.device.name if self.device else self.config.dev,
-                "listen": self.transport.bound() if self.transport else [], "mtu": self.mtu}
+        out: dict[str, Any] = {"dev": self.device.name if self.device else self.config.dev,
+                               "listen": self.transport.bound() if self.transport else [], "mtu": self.mtu}
+        if self.datapath is not None:
+            info = self.datapath.info()
+            out["datapath"] = {"requested": info.get("requested", self.config.datapath),
+                               "peers": info.get("peers", {})}
+        return out
 
     def counters(self) -> dict[str, Any]:
-        """``{"dev": {...}, "peers": {NAME: {...}}, "drops": {REASON: N}}`` (docs/ARCHITECTURE.md)."""
+        """``{"dev": {...}, "peers": {NAME: {...}}, "drops": {REASON: N}, "datapath": {...}}``
+        (docs/ARCHITECTURE.md); each peer also says which datapath it gets."""
         t = self.transport
-        return {
+        out: dict[str, Any] = {
             "dev": self.stats.dev(),
             "peers": {name: p.stats(t.connected(p) if t is not None else False)
                       for name, p in self.table.peers.items()},
             "drops": dict(sorted(dict(self.stats.drops).items())),
         }
+        if self.datapath is not None:
+            info = self.datapath.info()
+            out["datapath"] = info
+            for name, p in out["peers"].items():
+                p["datapath"] = info.get("peers", {}).get(name, {}).get("datapath", "?")
+        return out
 
 
 def group_counters(relays: Sequence[Relay]) -> dict[str, Any]:
@@ -213,6 +227,7 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
                 "listen": [a for i in infos for a in i["listen"]],
                 "mtu": infos[0]["mtu"] if one else [i["mtu"] for i in infos],
                 "control": control,
+                "datapath": infos[0].get("datapath") if one else [i.get("datapath") for i in infos],
             })
             ready_fd = None
         loop.run()

@@ -13,8 +13,9 @@ The receive side takes chunks, plain packets and hellos at any time; only what i
 depends on the negotiated datapath. A hello is an IPv4 packet with a wrong header checksum: a plain
 peer such as socat writes it into its TUN and its kernel drops it.
 
-``FastRelay`` is the engine's ``Relay`` with a ``datapath`` section in its counters; ``register()``
-makes the names known to ``tunlab.relay.datapath.datapath_class``.
+``tunlab.relay.datapath.DATAPATHS`` maps ``auto``, ``plain`` and ``gso`` to this module (imported only
+when one of them is used); the engine's counters carry :meth:`UdpDatapath.info` as their ``datapath``
+section.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from typing import Any
 
 from . import encap, fast_io
-from .datapath import DATAPATHS, Datapath
+from .datapath import Datapath
 from .device import IFF_VNET_HDR
 from .engine import Relay
 from .fast_pumps import BATCH, RxPump, TxPump
@@ -46,12 +47,6 @@ GSO_MAX_SIZE = 64900
 #: the device's queue toward us (TUN default 500): with offload off, one TSO burst of the kernel is
 #: 45 packets in it, and a relay that was not scheduled for a moment must not lose them
 TXQLEN = 4096
-
-
-def register() -> None:
-    """Make ``--datapath auto|plain|gso`` resolvable by the engine (idempotent)."""
-    for name in MODES:
-        DATAPATHS.setdefault(name, __name__)
 
 
 class PeerState:
@@ -257,30 +252,6 @@ class UdpDatapath(Datapath):
             "datagrams_rx": rx.datagrams, "udp_receives": rx.receives, "whole_streams_rx": rx.whole, "segments_merged_rx": rx.merged,
             "partial_streams": len(rx.reasm.partials),
         }
-
-
-class FastRelay(Relay):
-    """The engine's relay; its counters carry a ``datapath`` section when a fast datapath runs."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        register()
-        super().__init__(*args, **kwargs)
-
-    def counters(self) -> dict[str, Any]:
-        out = super().counters()
-        dp = self.datapath
-        if isinstance(dp, UdpDatapath):
-            info = dp.info()
-            out["datapath"] = info
-            for name, p in out["peers"].items():
-                p["datapath"] = info["peers"].get(name, {}).get("datapath", "plain")
-        return out
-
-    def ready_info(self) -> dict[str, Any]:
-        out = super().ready_info()
-        if isinstance(self.datapath, UdpDatapath):
-            out["datapath"] = self.datapath.info()["peers"]
-        return out
 
 
 def _tune_device(name: str, **attrs: int) -> None:
