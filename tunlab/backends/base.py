@@ -88,6 +88,7 @@ class Backend(ABC):
         self.relays: dict[str, RelayProcess] = {}
         self.timings: dict[str, float] = {}
         self._fork_server: Any = None
+        self._fork_reaper: Any = None  # the fork server that started the relays, reaped at teardown
 
     # ------------------------------------------------------------------ what a backend implements
     @abstractmethod
@@ -168,6 +169,7 @@ class Backend(ABC):
         pending: dict[int, NodePlan] = {}
         sel = selectors.DefaultSelector()
         server, self._fork_server = self._fork_server or self._start_fork_server(), None
+        self._fork_reaper = server
         # forked relays are recorded in one fsync'd batch (a crash before it: they carry TUNLAB_RUN=<id>)
         forked: list[dict[str, Any]] = []
         try:
@@ -230,17 +232,24 @@ class Backend(ABC):
             return None
         from tunlab.backends.relayfork import RelayForkServer
 
-        server = RelayForkServer(self.env())
+        server = RelayForkServer(self.env(), os.path.join(self.plan.run_dir, "relayfork.log"))
         self.ledger.append({"op": "proc", "role": "relay-fork-server", "pid": server.proc.pid,
                             "start": proc_start_time(server.proc.pid)})
         return server
 
     def teardown(self) -> list[str]:
         """Remove everything the ledger records, newest first; one line per problem."""
-        if self._fork_server is not None:
+        if self._fork_server is not None:  # started, but bring-up failed before the relays
             self._fork_server.close()
+            self._fork_reaper = self._fork_reaper or self._fork_server
             self._fork_server = None
-        return replay(self.ledger, self.removers(self.ledger))
+        try:
+            return replay(self.ledger, self.removers(self.ledger))
+        finally:
+            # the fork server exits once its relays are gone (the replay stopped them): reap it
+            reaper, self._fork_reaper = self._fork_reaper, None
+            if reaper is not None:
+                reaper.reap()
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """TCP hops: wait until every relay reports every peer connected (UDP needs no handshake)."""

@@ -6,8 +6,9 @@ module once per bring-up (``python -m tunlab.backends.relayfork``), sends it one
 SOCK_SEQPACKET socket -- the relay's command-line arguments (the contract's flags, unchanged), the node's
 namespace file and, as SCM_RIGHTS, the ``--ready-fd`` pipe and the output file -- and gets the child's pid
 back. The child enters the namespace, starts a new session and runs ``tunlab relay ARGS`` in-process (the
-same click command as the ``tunlab relay`` executable). The server exits when the lab closes its socket;
-the relays carry on (their parent becomes init).
+same click command as the ``tunlab relay`` executable). Once the lab has closed its socket the server stays
+as the relays' parent, reaping them, and exits when the last one has; SIGTERM (teardown, ``tunlab clean``)
+makes it stop its relays first. It is recorded in the run's ledger like the relays.
 """
 
 from __future__ import annotations
@@ -65,19 +66,65 @@ def serve(sock: socket.socket) -> None:
     import tunlab.relay.engine  # noqa: F401
     import tunlab.relay.loop  # noqa: F401
 
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    # Children are reaped by the kernel while this server lives, so it stays until they have all exited:
+    # relays whose parent had exited would be re-parented to init, and an init that does not reap (as in
+    # some containers and VMs) would keep every stopped relay as a zombie.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    children: list[int] = []
+
+    def on_term(signum: int, frame: object) -> None:
+        _stop_children(children)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     sock.send(b'{"ready": true}')
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, REQUEST_MAX, 2)
         if not msg:
-            return
+            break
         req = json.loads(msg)
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os._exit(_child(req, fds[0], fds[1], sock))
+        children.append(pid)
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid, "start": _start_time(pid)}).encode())
+    sock.close()
+    try:
+        os.wait()  # with SIGCHLD ignored: returns ECHILD once every child has exited
+    except ChildProcessError:
+        pass
+
+
+def _stop_children(children: list[int], timeout: float = 2.5) -> None:
+    """SIGTERM our relays (they are this run's, recorded in its ledger), give them ``timeout`` to exit
+    (they are reaped as they go), then SIGKILL what is left."""
+    import time
+
+    def alive() -> list[int]:
+        out = []
+        for pid in children:
+            try:
+                os.kill(pid, 0)
+                out.append(pid)
+            except ProcessLookupError:
+                pass
+        return out
+
+    for pid in alive():
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _start_time(pid: int) -> int | None:
@@ -92,14 +139,19 @@ def _start_time(pid: int) -> int | None:
 class RelayForkServer:
     """The lab's side: start the server (it imports the relay meanwhile), ``spawn`` relays, ``close``."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log_path: str | None = None) -> None:
         import subprocess
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunlab.backends.relayfork", str(theirs.fileno())],
-                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        # the server outlives the lab's process (`tunlab up`): it must not hold the caller's stdout/stderr
+        log = open(log_path or os.devnull, "ab")
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tunlab.backends.relayfork", str(theirs.fileno())],
+                                         pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log, start_new_session=True)
+        finally:
+            log.close()
         theirs.close()
         self._hello = False
 
@@ -125,9 +177,14 @@ class RelayForkServer:
         return int(data["pid"]), data.get("start")
 
     def close(self) -> None:
+        """No more relays to start. The server lives on as their parent until they have all exited."""
+        self.sock.close()
+
+    def reap(self, timeout: float = 5.0) -> None:
+        """After the relays were stopped: wait for the server to exit (SIGKILL it after ``timeout``)."""
         self.sock.close()
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=timeout)
         except Exception:  # noqa: BLE001
             self.proc.kill()
             self.proc.wait()
