@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tunlab.console import make_console
 from tunlab.errors import TunlabError
 from tunlab.ledger import Ledger, list_runs
 from tunlab.model import Endpoint, Topology, Vnf
@@ -21,7 +22,7 @@ _param_opt = click.option("-p", "--param", "params", multiple=True, metavar="NAM
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    return make_console(soft_wrap=False)
 
 
 def _load(ref: str, params: tuple[str, ...]) -> Topology:

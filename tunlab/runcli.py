@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
+from tunlab.console import make_console
 from tunlab.privileges import require_linux_netns, require_root
 
 
@@ -38,7 +38,7 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
     from tunlab.traffic.runner import run_scenario
 
     loaded = require_scenarios(list(scenarios))  # every file checked before any lab comes up
-    console = Console(highlight=False)
+    console = make_console()
     detailed = (len(loaded) == 1 or verbose) and not quiet
     results = []
     for sc in loaded:
