@@ -4,15 +4,16 @@ fw_b to rx_b (its relay chooses the next hop by destination prefix).
     sender - classifier - fw_a - rx_a
                      \\- fw_b - rx_b
 
-Parameter: transport (udp or tcp).
+Parameters: transport (udp or tcp), datapath (auto, plain, gso, simple).
 """
 
 from tunlab.model import Endpoint, Link, Path, Topology, Vnf
 
 
-def topology(transport: str = "udp") -> Topology:
+def topology(transport: str = "udp", datapath: str = "auto") -> Topology:
     return Topology(
         name="fork",
+        datapath=datapath,
         description="one classifier VNF choosing between two branches by destination prefix",
         endpoints=(
             Endpoint("sender", "172.16.0.1"),

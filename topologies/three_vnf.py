@@ -1,7 +1,8 @@
 """The three-VNF chain: sender - vnf1 - vnf2 - vnf3 - receiver.
 
 vnf2 counts what it forwards with an nftables rule (`tunlab exec vnf2 -- nft list ruleset` shows it);
-vnf3 drops traffic for 172.16.9.0/24 with a blackhole route. Parameter: transport (udp or tcp).
+vnf3 drops traffic for 172.16.9.0/24 with a blackhole route. Parameters: transport (udp or tcp),
+datapath (auto, plain, gso or simple: the UDP relays' --datapath).
 """
 
 from tunlab.model import Route, Topology, Vnf, linear_chain
@@ -24,5 +25,5 @@ def _vnf(i: int, name: str, overlay: str) -> Vnf:
     return Vnf(name, overlay)
 
 
-def topology(transport: str = "udp") -> Topology:
-    return linear_chain(3, transport, name="three_vnf", vnf=_vnf)  # type: ignore[arg-type]
+def topology(transport: str = "udp", datapath: str = "auto") -> Topology:
+    return linear_chain(3, transport, name="three_vnf", vnf=_vnf, datapath=datapath)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ DEFAULT_UNDERLAY = "10.0.0.0/16"
 DEFAULT_PORT = 55555
 DEFAULT_MTU = 1472  # 1500 underlay minus IPv4 (20) + UDP (8)
 TRANSPORTS = ("udp", "tcp")
+DATAPATHS = ("auto", "plain", "gso", "simple")  # the relays' --datapath on UDP hops (TCP hops: simple)
 ROUTE_TYPES = ("unicast", "blackhole", "unreachable", "prohibit")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 
@@ -290,6 +291,7 @@ class Topology:
     overlay_net: str = DEFAULT_OVERLAY
     mtu: int = DEFAULT_MTU
     description: str = ""
+    datapath: str = "auto"
     source: str | None = field(default=None, compare=False)
     _link_index: dict[frozenset[str], Link] = field(default_factory=dict, init=False, repr=False, compare=False)
     _route_table: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -372,6 +374,9 @@ def _validate(topo: Topology) -> None:
                     "add a sender and a receiver")
     if not isinstance(topo.mtu, int) or isinstance(topo.mtu, bool) or not 576 <= topo.mtu <= 65000:
         raise _fail("topology", "mtu", f"{topo.mtu!r} is not a usable overlay MTU", "use 576-65000 (1472 fits UDP over 1500)")
+    if topo.datapath not in DATAPATHS:
+        raise _fail("topology", "datapath", f"{topo.datapath!r} is not a relay datapath",
+                    f"use one of {', '.join(DATAPATHS)}; auto means gso between tunlab relays")
     overlay = _ipv4_net("topology", "overlay_net", topo.overlay_net)
     _check_lab_range("topology", "overlay_net", overlay)
 
@@ -516,7 +521,7 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
                  port: int = DEFAULT_PORT, overlay_net: str = DEFAULT_OVERLAY,
                  underlay_net: str = DEFAULT_UNDERLAY, mtu: int = DEFAULT_MTU,
                  vnf: Callable[[int, str, str], Vnf] | None = None,
-                 shaping: dict[str, dict[str, Any]] | None = None) -> Topology:
+                 shaping: dict[str, dict[str, Any]] | None = None, datapath: str = "auto") -> Topology:
     """sender - vnf1 - ... - vnfN - receiver, one /30 per link carved from ``underlay_net``.
 
     ``shaping`` maps link names ("vnf1-vnf2") to link options such as ``{"bw": 10}`` (Mbit/s).
@@ -548,7 +553,7 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
         raise TopologyError(f"no link named {', '.join(unknown)}", field="linear_chain field 'shaping'",
                             hint=f"links are {', '.join(lk.name for lk in links)}")
     return Topology(name or f"linear{n_vnfs}", eps, tuple(vnfs), tuple(links), (Path(tuple(order)),),
-                    overlay_net=overlay_net, mtu=mtu,
+                    overlay_net=overlay_net, mtu=mtu, datapath=datapath,
                     description=f"sender, {n_vnfs} kernel VNF(s) in a line, receiver ({transport})")
 
 

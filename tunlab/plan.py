@@ -152,6 +152,8 @@ def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], 
     """The relay command line of one node (docs/ARCHITECTURE.md, relay contract), --ready-fd excepted."""
     transport = links[0].transport if links else "udp"
     args = ["--dev", dev, "--attach", "--transport", transport]
+    if transport == "udp" or topo.datapath == "simple":  # TCP hops: the simple datapath (auto = simple)
+        args += ["--datapath", topo.datapath]
     listens: list[LinkEnd] = []
     for lk in links:
         me, other = (lk.a, lk.b) if lk.a.node == node.name else (lk.b, lk.a)

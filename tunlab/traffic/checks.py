@@ -434,6 +434,8 @@ def _link_hint(chain: Chain, caps: Captures, step: Step) -> str:
         return " (outer IP fragments on this link: the TUN MTU leaves no room for the encapsulation)"
     if "stream-error" in kinds:
         return " (the relay's TCP stream on this link does not de-frame)"
+    if "chunk-error" in kinds:
+        return " (the relay's gso chunks on this link do not reassemble)"
     return ""
 
 
@@ -505,11 +507,11 @@ def _reply_check(chain: Chain, caps: Captures, probe: Probe, t0: float | None
 
 def check_links(chain: Chain, caps: Captures, links: Sequence[LinkInfo] | None = None) -> list[CheckResult]:
     """One check per underlay link (all of the chain's, or ``links``): no bare inner packet, no outer
-    fragment, a TCP stream that de-frames."""
+    fragment, a TCP stream that de-frames, gso chunks that reassemble."""
     out = []
     for link in chain.links if links is None else links:
         sightings = caps.sightings(chain, link)
-        bad = [s for s in sightings if s.kind in ("bare", "fragment", "stream-error")]
+        bad = [s for s in sightings if s.kind in ("bare", "fragment", "stream-error", "chunk-error")]
         encap = sum(1 for s in sightings if s.kind == "encap")
         name = f"link {link.name}"
         if not bad:
@@ -518,7 +520,8 @@ def check_links(chain: Chain, caps: Captures, links: Sequence[LinkInfo] | None =
         first = bad[0]
         what = {"bare": "an inner packet travels bare (not encapsulated)",
                 "fragment": "outer packets are fragmented",
-                "stream-error": "the relay TCP stream does not de-frame"}[first.kind]
+                "stream-error": "the relay TCP stream does not de-frame",
+                "chunk-error": "the relay's gso chunks do not reassemble"}[first.kind]
         out.append(CheckResult(name, False, f"{what} on {link.name} ({link.a.node}-{link.b.node}): "
                                f"{first.outer}; {len(bad)} such packet(s)", hop=link.name,
                                nearest=[s.inner for s in bad if s.inner][:MAX_NEAREST]))

@@ -1,11 +1,18 @@
 """Decode what was captured on an underlay link: which packets are relay encapsulation, which are bare.
 
-Pure (no root, no scapy): a capture is a list of :class:`Frame` (raw L3 bytes plus a kernel timestamp);
+Pure (no root; scapy only to cut GSO super-packets, via tunlab.relay.scapy_encap): a capture is a list of :class:`Frame` (raw L3 bytes plus a kernel timestamp);
 :func:`decode_link` turns the frames seen on one link into :class:`Sighting` objects:
 
 - ``encap``: an outer IPv4/UDP datagram between the link's two relay endpoints (one inner packet per
   datagram), or one frame of the relay's TCP stream (2-byte big-endian length + packet), reassembled per
-  direction from the captured segments, whatever the segment boundaries;
+  direction from the captured segments, whatever the segment boundaries. The fast datapath
+  (docs/fastpath.md) is decoded too: a UDP GSO send captured whole (several datagrams glued in one
+  frame) is cut back into its datagrams, and ``gso`` chunks are reassembled per sender into streams,
+  each cut into the packets the receiving kernel makes of it (outer ``UDP gso ...``);
+- ``hello``: the fast datapath's negotiation datagram (an IPv4 header with a deliberately wrong checksum):
+  neither an inner packet nor bare;
+- ``chunk-error``: ``gso`` chunks that do not reassemble (malformed, duplicated, or a stream never
+  completed in the capture);
 - ``bare``: an IP packet whose source or destination is an overlay address, i.e. an inner packet that
   left a relay without encapsulation;
 - ``fragment``: an outer IP fragment (the TUN MTU leaves no room for the encapsulation);
@@ -153,6 +160,7 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
 
     out: list[Sighting] = []
     streams: dict[tuple[str, int, str, int], _Stream] = {}
+    chunks = _ChunkDecoder()
     for fr in frames:
         ip = parse_ipv4(fr.data)
         if ip is None:
@@ -174,16 +182,101 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
         sport, dport = ports
         src, dst = f"{ip.src}:{sport}", f"{ip.dst}:{dport}"
         if ip.proto == 17 and transport == "udp":
-            outer = f"UDP {src} > {dst}"
-            out.append(Sighting(fr.ts, "encap", src, dst, outer, ip.payload[8:], ends[0].node, ends[1].node))
+            out.extend(chunks.datagram(fr.ts, (ip.src, sport), src, dst, ip.payload[8:], ends))
         elif ip.proto == 6 and transport == "tcp":
             _add_segment(streams, ip, sport, dport, ends, fr.ts)
         else:
             out.append(Sighting(fr.ts, "other", src, dst, f"proto={ip.proto} {src} > {dst}", None))
     for stream in streams.values():
         out.extend(_deframe_stream(stream, deframe or relay_deframe))
+    out.extend(chunks.leftovers())
     out.sort(key=lambda s: s.ts)
     return out
+
+
+def split_datagrams(payload: bytes) -> list[bytes]:
+    """The datagrams of one captured UDP payload: more than one when a UDP GSO send was captured before
+    the kernel cut it (a veth with transmit checksum offload, the sender itself)."""
+    if not payload:
+        return [payload]
+    first = payload[0]
+    if first >> 4 == 4 and len(payload) >= 20 and int.from_bytes(payload[2:4], "big") == len(payload):
+        return [payload]  # one plain IPv4 packet: the common case, no scapy needed
+    if first >> 4 == 6 and len(payload) >= 40 and int.from_bytes(payload[4:6], "big") + 40 == len(payload):
+        return [payload]
+    from tunlab.relay.encap import MAGIC
+
+    if first != MAGIC[0] and first >> 4 not in (4, 6):
+        return [payload]
+    from tunlab.relay.scapy_encap import split_glued
+
+    return split_glued(payload)
+
+
+def stream_inner(stream: bytes) -> list[bytes]:
+    """The inner packets of one ``gso`` stream (virtio-net header + packet), as the receiving kernel
+    makes them: a GSO super-packet is cut into segments, a partial checksum is completed."""
+    from tunlab.relay import encap
+
+    vnet = encap.parse_vnet(stream)
+    if vnet is None:
+        return []
+    if vnet.flags & encap.VNET_F_NEEDS_CSUM == 0 and vnet.gso_type & 0x7F == encap.GSO_NONE:
+        return [bytes(stream[encap.VNET_LEN:])]
+    from tunlab.relay.scapy_encap import stream_packets
+
+    return [bytes(p) for p in stream_packets(stream)]
+
+
+class _ChunkDecoder:
+    """Per link: datagrams -> sightings; ``gso`` chunks reassembled per sender (ip, port)."""
+
+    def __init__(self) -> None:
+        from tunlab.relay.encap import Reassembler
+
+        self.drops: dict[str, int] = {}
+        self.reasm = Reassembler(max_streams=1024, remember=4096, drops=self.drops)
+        self.last: dict[tuple[str, int], tuple[float, str, str]] = {}
+
+    def datagram(self, ts: float, source: tuple[str, int], src: str, dst: str, payload: bytes,
+                 ends: tuple[RelayEnd, RelayEnd]) -> list[Sighting]:
+        from tunlab.relay.encap import HDR_LEN, classify
+
+        out = []
+        pieces = split_datagrams(payload)
+        for piece in pieces:
+            kind = classify(piece)
+            if kind == "chunk":
+                before = dict(self.drops)
+                self.last[source] = (ts, src, dst)
+                stream = self.reasm.add(source, piece)
+                for reason, n in self.drops.items():
+                    if n > before.get(reason, 0):
+                        out.append(Sighting(ts, "chunk-error", src, dst,
+                                            f"UDP gso {src} > {dst}: {reason.replace('_', ' ')}", None))
+                if stream is None:
+                    continue
+                count = piece[9] if len(piece) >= HDR_LEN else 1
+                outer = f"UDP gso {src} > {dst}" + (f" ({count} chunks)" if count > 1 else "")
+                out.extend(Sighting(ts, "encap", src, dst, outer, inner, ends[0].node, ends[1].node)
+                           for inner in stream_inner(stream))
+            elif kind == "hello":
+                out.append(Sighting(ts, "hello", src, dst, f"UDP {src} > {dst} tunlab hello", None))
+            else:
+                outer = f"UDP {src} > {dst}" + (f" ({len(pieces)} in one GSO send)" if len(pieces) > 1 else "")
+                out.append(Sighting(ts, "encap", src, dst, outer, piece, ends[0].node, ends[1].node))
+        return out
+
+    def leftovers(self) -> list[Sighting]:
+        """Streams still incomplete at the end of the capture."""
+        out = []
+        for key, part in self.reasm.partials.items():
+            source = key[0]
+            ts, src, dst = self.last.get(source, (0.0, "?", "?"))  # type: ignore[call-overload]
+            got = part.count - part.missing
+            out.append(Sighting(ts, "chunk-error", src, dst, f"UDP gso {src} > {dst}: a stream of {part.count} "
+                                f"chunks is incomplete in the capture ({got} seen)", None))
+        return out
 
 
 def _add_segment(streams: dict[tuple[str, int, str, int], _Stream], ip: _Ip, sport: int, dport: int,

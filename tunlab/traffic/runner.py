@@ -86,26 +86,37 @@ def capture_points(lab: Any, chains: list[Chain], probes: list[PlannedProbe]) ->
 
 
 def wait_connected(lab: Any, chains: list[Chain], timeout: float) -> None:
-    """Poll the relays until every TCP link of the chains is connected (UDP links need nothing)."""
-    tcp = [lk for ch in chains for lk in ch.links if lk.transport == "tcp"]
-    if not tcp or not hasattr(lab, "relay_counters"):
+    """Poll the relays until every TCP link of the chains is connected and every UDP link has settled its
+    datapath (``--datapath auto``: the hello answered, or given up on), so probes cross as they will stay."""
+    links = {lk.name: lk for ch in chains for lk in ch.links}.values()
+    if not links or not hasattr(lab, "relay_counters"):
         return
     deadline = time.monotonic() + timeout
     while True:
         counters = lab.relay_counters()
-        down = [lk for lk in tcp if not _connected(counters, lk.a.node, lk.b.node)
-                or not _connected(counters, lk.b.node, lk.a.node)]
+        down = []
+        for lk in links:
+            ok = _connected if lk.transport == "tcp" else _settled
+            if not (ok(counters, lk.a.node, lk.b.node) and ok(counters, lk.b.node, lk.a.node)):
+                down.append(lk)
         if not down:
             return
         if time.monotonic() > deadline:
-            raise TunlabError(f"relay TCP connection not up after {timeout:.0f} s on link(s) "
-                              f"{', '.join(lk.name for lk in down)}")
+            what = "TCP connection not up" if down[0].transport == "tcp" else "datapath not negotiated"
+            raise TunlabError(f"relay {what} after {timeout:.0f} s on link(s) {', '.join(lk.name for lk in down)}")
         time.sleep(0.02)  # polling interval of a readiness check with a deadline
 
 
 def _connected(counters: dict[str, Any], node: str, peer: str) -> bool:
     peers = (counters.get(node) or {}).get("peers") or {}
     return bool((peers.get(peer) or {}).get("connected"))
+
+
+def _settled(counters: dict[str, Any], node: str, peer: str) -> bool:
+    """The relay of ``node`` knows which datapath ``peer`` gets (no hello still waiting for its answer)."""
+    datapath = (counters.get(node) or {}).get("datapath") or {}
+    state = ((datapath.get("peers") or {}).get(peer) or {}).get("negotiation")
+    return state != "probing"
 
 
 def _arrived(planned: list[PlannedProbe], chains: dict[tuple[str, ...], Chain]) -> Callable[
