@@ -64,6 +64,7 @@ def serve(sock: socket.socket) -> None:
     import tunlab.cli  # noqa: F401  (warm the imports every relay needs, once)
     import tunlab.relay.command  # noqa: F401
     import tunlab.relay.engine  # noqa: F401
+    import tunlab.relay.fast  # noqa: F401  (--datapath auto, the default over UDP)
     import tunlab.relay.loop  # noqa: F401
 
     # Children are reaped by the kernel while this server lives, so it stays until they have all exited:
