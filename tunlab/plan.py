@@ -35,6 +35,7 @@ class UnderlayLink:
     transport: Transport
     prefixlen: int
     index: int
+    datapath: str = "simple"  # the relays' --datapath on this hop (TCP hops: simple)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             name=lk.name,
             a=LinkEnd(lk.a, names.veth_name(run_id, i, "a"), str(a.ip), lk.a_port),
             b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
-            transport=lk.transport, prefixlen=a.network.prefixlen, index=i))
+            transport=lk.transport, prefixlen=a.network.prefixlen, index=i,
+            datapath=topo.datapath if lk.transport == "udp" else "simple"))
     plen = topo.overlay_prefixlen()
     longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
     ttl = 255 if longest >= LONG_CHAIN else None

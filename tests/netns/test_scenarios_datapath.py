@@ -64,6 +64,12 @@ def test_bulk_tcp_through_an_auto_chain_is_seen_once_per_segment_on_every_link(t
         # auto: every hop negotiates gso (the lab's relays are all tunlab relays)
         lab_deadline_wait(lab)
         links = lab.underlay_links
+        # the lab tuned for it: veths keep tx checksum offload (UDP GSO sends cross whole), the TUN takes
+        # GSO packets that fit one UDP GSO send and queues a burst
+        vnf1 = lab.node("vnf1")
+        assert "tx-checksumming: on" in vnf1.cmd_raises(["ethtool", "-k", links[0].b.ifname])
+        tun = vnf1.cmd_raises(["ip", "-d", "link", "show", "dev", vnf1.overlay_dev])
+        assert "gso_max_size 64900" in tun and "qlen 4096" in tun, tun
         points = [CapturePoint(lk.name, lab.node(lk.b.node).netns_file, lk.b.ifname, "udp") for lk in links]
         with Capture(points) as cap:
             rx = receiver.popen(["socat", "-u", f"TCP-LISTEN:6100,bind={receiver.overlay_ip},reuseaddr",

@@ -7,8 +7,8 @@ run's :class:`tunlab.ledger.Ledger`. It implements four steps and the removers f
    (no IPv6 on lab links), forwarding on for kernel VNFs, rp_filter and send_redirects off, lo up,
    and the node's persistent TUN device (``plan.overlay_dev``; relays open it with ``--attach``);
 2. :meth:`Backend.create_links` -- the underlay veth pairs (``plan.links``);
-3. :meth:`Backend.configure_nodes` -- addresses, MTU, link state, tx checksum offload off on veths, TUN
-   address and MTU, VNF routes and nftables rulesets;
+3. :meth:`Backend.configure_nodes` -- addresses, MTU, link state, tx checksum offload off on veths (kept on
+   UDP hops of the fast datapath: ``nsutil.gso_links``), TUN address and MTU, VNF routes and nftables rulesets;
 4. :meth:`Backend.netns_file` -- the path that enters a node (``/run/netns/NAME`` or ``/proc/PID/ns/net``).
 
 Every step appends ledger entries *before* it creates anything; :meth:`Backend.removers` maps each

@@ -278,6 +278,10 @@ class MininetBackend(Backend):
     def configure_nodes(self) -> None:
         nodes = self.plan.nodes
         files = {n.name: self.netns_file(n.name) for n in nodes}
+        # veths of fast-datapath hops keep tx checksum offload, except through OVS's userspace datapath (it
+        # reads frames from packet sockets, whole GSO sends included) and on shaped links (TCLink's own
+        # ethtool settings)
+        tx_csum = frozenset() if self.fabric == "ovs" else nsutil.gso_links(self.plan) - set(self.shaping)
 
         def work() -> None:
             from pyroute2 import IPRoute
@@ -285,7 +289,7 @@ class MininetBackend(Backend):
             for n in nodes:
                 with nsutil.entered(files[n.name]), IPRoute() as ipr, \
                         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    nsutil.configure_node(ipr, sock, n)
+                    nsutil.configure_node(ipr, sock, n, tx_csum)
 
         self._in_worker(work)
         self.net.built = True  # Mininet's own bookkeeping: hosts and links exist and are configured

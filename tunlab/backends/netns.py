@@ -98,12 +98,13 @@ class NetnsBackend(Backend):
     # ---------------------------------------------------------------------- configuration
     def configure_nodes(self) -> None:
         nodes = self.plan.nodes
+        tx_csum = nsutil.gso_links(self.plan)
 
         def work() -> None:
             for n in nodes:
                 with nsutil.entered(nsutil.netns_path(n.netns)), IPRoute() as ipr, \
                         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    nsutil.configure_node(ipr, sock, n)
+                    nsutil.configure_node(ipr, sock, n, tx_csum)
 
         self._in_worker(work)
         self.apply_nft([n for n in nodes if n.nft])
