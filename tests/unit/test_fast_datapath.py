@@ -179,9 +179,10 @@ def test_bad_input_is_counted_and_dropped() -> None:
         peer_b = b.dp.sock
         peer_b.sendto(b"\x00junk", (LO, port_a))
         peer_b.sendto(encap.pack_header(0, 1, 0, 3, 1460) + b"short", (LO, port_a))
-        wait_until(lambda: sum(a.counters()["drops"].values()) >= 3, "three drops")
+        peer_b.sendto(b"", (LO, port_a))  # an empty datagram once crashed the receive loop
+        wait_until(lambda: sum(a.counters()["drops"].values()) >= 4, "four drops")
         drops = a.counters()["drops"]
-        assert drops == {"foreign": 1, "not_ip": 1, "chunk_malformed": 1}
+        assert drops == {"foreign": 1, "not_ip": 1, "chunk_malformed": 1, "empty": 1}
         p = ipv4(64)
         b.dev.send(encap.ZERO_VNET + p)  # still relaying
         assert a.dev.recv(70000) == encap.ZERO_VNET + p

@@ -323,6 +323,9 @@ class RxPump:
                 if flags & _MSG_TRUNC:
                     drops["too_big"] = drops.get("too_big", 0) + 1
                     continue
+                if n == 0:  # an empty datagram (as the simple datapath counts it)
+                    drops["empty"] = drops.get("empty", 0) + 1
+                    continue
                 seg = n
                 if anc:
                     c = anc[0]
