@@ -69,7 +69,7 @@ def show_cmd(topology: str, params: tuple[str, ...], routes: bool) -> None:
         links.add_column(col)
     for lk in t.links:
         links.add_row(lk.name, f"{lk.a} {lk.a_addr} :{lk.a_port}", f"{lk.b} {lk.b_addr} :{lk.b_port}",
-                      lk.transport + (" (b listens)" if lk.transport == "tcp" else ""))
+                      lk.transport + (" (b listens)" if lk.transport == "tcp" else f", datapath {t.datapath}"))
     con.print(links)
     paths = Table(title="paths", title_justify="left")
     paths.add_column("#")

@@ -38,6 +38,8 @@ def test_show_prints_nodes_links_addresses_and_hops(not_root: Path, capsys: pyte
 def test_show_takes_parameters(not_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["show", "linear", "-p", "n_vnfs=12", "-p", "transport=tcp"], capsys)
     assert code == 0 and "vnf12" in out and "tcp (b listens)" in out
+    code, out, _ = run(["show", "three_vnf", "-p", "datapath=gso"], capsys)
+    assert code == 0 and "udp, datapath gso" in out
 
 
 @pytest.mark.parametrize(("args", "match"), [
