@@ -262,9 +262,8 @@ class _ChunkDecoder:
                            for inner in stream_inner(stream))
             elif kind == "hello":
                 out.append(Sighting(ts, "hello", src, dst, f"UDP {src} > {dst} tunlab hello", None))
-            else:
-                outer = f"UDP {src} > {dst}" + (f" ({len(pieces)} in one GSO send)" if len(pieces) > 1 else "")
-                out.append(Sighting(ts, "encap", src, dst, outer, piece, ends[0].node, ends[1].node))
+            else:  # one packet per datagram (whether it left in a batch of one UDP GSO send is timing)
+                out.append(Sighting(ts, "encap", src, dst, f"UDP {src} > {dst}", piece, ends[0].node, ends[1].node))
         return out
 
     def leftovers(self) -> list[Sighting]:
