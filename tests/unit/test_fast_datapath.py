@@ -224,3 +224,18 @@ def test_relay_cli_defaults_to_auto_and_reports_bad_options_in_one_line() -> Non
                          capture_output=True, text=True, timeout=60)
     err = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(err) == 1 and "nobody" in err[0], res.stderr
+
+
+def test_fast_module_is_imported_only_when_used() -> None:
+    """Start-up of the simple path (and of auto over TCP) stays lean: the fast datapath is not imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tunlab.cli, tunlab.relay.command, tunlab.relay.engine;"
+            "from tunlab.relay.datapath import datapath_class;"
+            "datapath_class('simple', 'udp'); datapath_class('auto', 'tcp');"
+            "print('tunlab.relay.fast' in sys.modules, end=' ');"
+            "datapath_class('auto', 'udp'); print('tunlab.relay.fast' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False True"
