@@ -117,6 +117,7 @@ def test_gso_between_tunlab_relays_carries_tcp_whole(netlab: NetLab) -> None:
     a, b, ra, rb = tunnel(netlab)
     wait_until(lambda: ra.datapath("b") == "gso" and rb.datapath("a") == "gso", "both ends choose gso")
     assert "datapath gso" in ra.output() + rb.output()  # the choice is logged
+    assert ra.ready["datapath"]["requested"] == "auto" and "b" in ra.ready["datapath"]["peers"]  # ready line
     ping(a, "10.2.0.2")
     send_file(netlab, a, b, "10.2.0.2")
     before = tcp_counters(a)

@@ -239,3 +239,17 @@ def test_fast_module_is_imported_only_when_used() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False True"
+
+
+def test_auto_over_tcp_runs_the_simple_datapath_and_says_so() -> None:
+    from tunlab.relay.datapath import TcpDatapath
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cfg = RelayConfig(dev="ft", transport="tcp", listen=(LO, 0), peers=(PeerSpec("p", LO),), datapath="auto")
+    with Relay(cfg, device=Device.from_fd(theirs.detach(), "ft")) as relay:
+        assert type(relay.datapath) is TcpDatapath
+        c = relay.counters()
+        assert c["datapath"] == {"requested": "auto", "datapath": "simple", "peers": {"p": {"datapath": "simple"}}}
+        assert c["peers"]["p"]["datapath"] == "simple"
+        assert relay.ready_info()["datapath"] == {"requested": "auto", "peers": {"p": {"datapath": "simple"}}}
+    ours.close()
