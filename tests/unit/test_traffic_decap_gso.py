@@ -95,3 +95,23 @@ def test_missing_and_duplicate_chunks_fail_the_link_check() -> None:
     [res] = check_links(chain, twice)
     assert not res.passed and "chunk duplicate" in res.message
     assert len([s for s in twice.sightings(chain, chain.links[0]) if s.kind == "encap"]) == 4
+
+
+def test_checksums_left_to_offload_are_completed() -> None:
+    from scapy.layers.inet6 import IPv6
+
+    from tunlab.traffic.decap import complete_checksum
+
+    for pkt in (IP(src="172.16.0.2", dst="172.16.0.1") / TCP(sport=6000, dport=4000, flags="SA") / Raw(b"x" * 33),
+                IP(src="172.16.0.2", dst="172.16.0.1") / UDP(sport=53, dport=4000) / Raw(b"y" * 20),
+                IPv6(src="fd00::2", dst="fd00::1") / TCP(sport=1, dport=2) / Raw(b"z" * 7)):
+        good = bytes(pkt)
+        l4 = 20 if IP in pkt else 40
+        at = l4 + (16 if TCP in pkt else 6)
+        partial = good[:at] + b"\x12\x34" + good[at + 2:]  # what a packet left to checksum offload carries
+        assert complete_checksum(partial) == good
+    frag = bytes(IP(src="1.1.1.1", dst="2.2.2.2", flags="MF") / UDP() / Raw(b"q" * 10))
+    assert complete_checksum(frag[:26] + b"\x00\x01" + frag[28:]) == frag[:26] + b"\x00\x01" + frag[28:]
+    glued = bytes(IP(src="1.1.1.1", dst="2.2.2.2") / UDP(sport=1, dport=2) / Raw(b"w" * 30))
+    glued = glued[:24] + (10).to_bytes(2, "big") + glued[26:]  # UDP length of one segment: a GSO send
+    assert complete_checksum(glued) == glued
