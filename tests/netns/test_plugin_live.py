@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Generator
 from pathlib import Path
@@ -70,8 +71,11 @@ def test_leak_check_finds_namespaces_and_tagged_processes() -> None:
     ours, bystander = f"tl-{run_id}-a", f"tl-{run_id}x-b"   # the bystander only contains the id in a longer word
     _ip("netns", "add", ours)
     _ip("netns", "add", bystander)
-    proc = subprocess.Popen(["sleep", "60"], env={**os.environ, "TUNLAB_RUN": run_id})
+    # the child must have exec'd (its /proc environ is the tagged one) before the check: wait for its line
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                            env={**os.environ, "TUNLAB_RUN": run_id}, stdout=subprocess.PIPE)
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
         rec = leaks.Recorded(run_id=run_id)
         found = leaks.leftovers(rec)
         assert found == [f"namespace {ours}", f"process {proc.pid}"]
