@@ -45,17 +45,6 @@ T = TypeVar("T")
 LINKS_ENV = "TUNLAB_MININET_LINKS"
 SWITCH_ENV = "TUNLAB_MININET_SWITCH"
 HOST_STARTERS = 8  # Mininet host shells started in parallel
-# the same quiet sysctls as the netns backend, set before any interface exists
-QUIET = (
-    ("net.ipv6.conf.all.disable_ipv6", "1"),
-    ("net.ipv6.conf.default.disable_ipv6", "1"),
-    ("net.ipv4.conf.all.rp_filter", "0"),
-    ("net.ipv4.conf.default.rp_filter", "0"),
-    ("net.ipv4.conf.all.send_redirects", "0"),
-    ("net.ipv4.conf.default.send_redirects", "0"),
-    ("net.ipv4.conf.all.accept_redirects", "0"),
-    ("net.ipv4.conf.default.accept_redirects", "0"),
-)
 
 # Say how to install Mininet before a lab reserves anything (the lab looks the backend up first).
 require_mininet(probe_import=False)
@@ -178,7 +167,7 @@ class MininetBackend(Backend):
         def work() -> None:
             for n in self.plan.nodes:
                 with nsutil.entered(files[n.name]):
-                    for key, value in QUIET:
+                    for key, value in nsutil.QUIET:
                         nsutil.write_sysctl(key, value)
                     nsutil.write_sysctl("net.ipv4.ip_forward", "1" if n.forward else "0")
                     ttl = getattr(n, "default_ttl", None)

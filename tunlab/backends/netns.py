@@ -19,24 +19,17 @@ from pyroute2 import IPRoute
 from tunlab import names
 from tunlab.backends import nsutil
 from tunlab.backends.base import Backend
+from tunlab.backends.mininet_tc import (
+    LinkShaping,
+    parse_link_options,
+    require_netem_for,
+)
 from tunlab.errors import TunlabError
-from tunlab.backends.mininet_tc import LinkShaping, parse_link_options, require_netem_for
 from tunlab.ledger import Entry, Ledger, Remover
 from tunlab.plan import LabPlan
 
 T = TypeVar("T")
 
-# sysctls of every lab namespace, before any interface exists (so "default" applies to all of them)
-QUIET = (
-    ("net.ipv6.conf.all.disable_ipv6", "1"),
-    ("net.ipv6.conf.default.disable_ipv6", "1"),
-    ("net.ipv4.conf.all.rp_filter", "0"),
-    ("net.ipv4.conf.default.rp_filter", "0"),
-    ("net.ipv4.conf.all.send_redirects", "0"),
-    ("net.ipv4.conf.default.send_redirects", "0"),
-    ("net.ipv4.conf.all.accept_redirects", "0"),
-    ("net.ipv4.conf.default.accept_redirects", "0"),
-)
 
 
 class NetnsBackend(Backend):
@@ -64,7 +57,7 @@ class NetnsBackend(Backend):
         def work() -> None:
             for n in nodes:
                 with nsutil.create_named(n.netns):
-                    for key, value in QUIET:
+                    for key, value in nsutil.QUIET:
                         nsutil.write_sysctl(key, value)
                     nsutil.write_sysctl("net.ipv4.ip_forward", "1" if n.forward else "0")
                     if n.default_ttl:

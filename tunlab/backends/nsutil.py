@@ -151,6 +151,17 @@ def create_persistent_tun(name: str) -> None:
         os.close(fd)
 
 
+# sysctls of every lab namespace, before any interface exists (so "default" applies to all of them)
+QUIET = (
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+    ("net.ipv4.conf.all.send_redirects", "0"),
+    ("net.ipv4.conf.default.send_redirects", "0"),
+    ("net.ipv4.conf.all.accept_redirects", "0"),
+    ("net.ipv4.conf.default.accept_redirects", "0"),
+)
 ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
 # what a relay does to a TUN it creates itself (tunlab.relay.fast); the lab's TUNs are persistent and
 # attached (--attach: used as they are), so the backend sets the same: a queue long enough for a burst of
