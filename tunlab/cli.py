@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -51,7 +52,13 @@ def cli() -> None:
     """tunlab: network-namespace labs for VNF chains, and the TUN relay that links them."""
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so a lab being built or checked is torn down by its context manager."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)  # the relay installs its own handlers when it runs
     try:
         rv = cli.main(args=argv, prog_name="tunlab", standalone_mode=False)
     except TunlabError as exc:
