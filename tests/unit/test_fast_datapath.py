@@ -202,10 +202,13 @@ def test_chunks_out_of_order_are_reassembled() -> None:
 def test_datapath_names_resolve_lazily() -> None:
     from tunlab.errors import TunlabError
     from tunlab.relay.datapath import TcpDatapath, datapath_class
+    from tunlab.relay.datapath import UdpDatapath as SimpleUdp
 
     assert datapath_class("gso", "udp") is UdpDatapath
     assert datapath_class("auto", "udp") is UdpDatapath
     assert datapath_class("auto", "tcp") is TcpDatapath  # auto over TCP: the simple datapath
+    assert datapath_class("auto", "udp", tap=True) is SimpleUdp  # auto on TAP: no hellos into L2 peers
+    assert datapath_class("gso", "udp", tap=True) is UdpDatapath  # forced: still the fast one
     with pytest.raises(TunlabError, match="does not support --transport tcp"):
         datapath_class("gso", "tcp")
     with pytest.raises(TunlabError, match="unknown datapath 'fast'"):

@@ -68,7 +68,7 @@ MTU, not IPv4/IPv6 on a TUN) and bad TCP lengths (0, or larger than any
 packet: that connection is closed) are dropped and counted by reason.
 
 \b
-Datapath (--datapath; over TCP, auto means simple):
+Datapath (--datapath; over TCP and on --tap, auto means simple):
   auto    (default) says hello to each peer (a 44-byte IPv4 packet
           with a wrong header checksum, which a plain peer's kernel
           drops): 'gso' toward tunlab relays that answer, 'plain'

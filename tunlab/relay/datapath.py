@@ -427,10 +427,13 @@ DATAPATHS: dict[str, str] = {
 AUTO_FALLBACK = "simple"
 
 
-def datapath_class(name: str, transport: str) -> type[Datapath]:
+def datapath_class(name: str, transport: str, *, tap: bool = False) -> type[Datapath]:
     """The datapath class for ``--datapath NAME``; other modules register theirs in DATAPATHS (lazily
     imported: the module must define ``UdpDatapath``/``TcpDatapath`` for the transports it supports).
-    ``auto`` is the fast datapath over UDP and the simple one over TCP."""
+    ``auto`` is the fast datapath over UDP and the simple one over TCP and on TAP devices: a TAP peer
+    that is not a tunlab relay would write the negotiation hello into its device as an Ethernet frame
+    with a multicast destination, and a bridge behind it would flood it (``--datapath gso`` still
+    forces the fast datapath between two tunlab TAP relays)."""
     import importlib
 
     from tunlab.errors import TunlabError
@@ -439,7 +442,7 @@ def datapath_class(name: str, transport: str) -> type[Datapath]:
     if mod_name is None:
         raise TunlabError(f"--datapath: unknown datapath {name!r}", f"known: {', '.join(sorted(DATAPATHS))}")
     attr = "TcpDatapath" if transport == "tcp" else "UdpDatapath"
-    if name == "auto" and transport == "tcp":
+    if name == "auto" and (transport == "tcp" or tap):
         mod_name = DATAPATHS[AUTO_FALLBACK]
     mod = importlib.import_module(mod_name)
     cls = getattr(mod, attr, None)

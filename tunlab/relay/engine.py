@@ -58,7 +58,7 @@ class Relay:
             return
         cfg = self.config
         try:
-            dp_cls = datapath_class(cfg.datapath, cfg.transport)
+            dp_cls = datapath_class(cfg.datapath, cfg.transport, tap=cfg.tap)
             if self.hook is None and cfg.hook:
                 from .hook import load_hook
 
