@@ -13,62 +13,28 @@ import subprocess
 from typing import Any
 
 import pytest
-from relay_helpers import PY, ROOT, NetLab, netlab, nsexec, ping, read_line, sh, two_nodes, wait_until  # noqa: F401
+from relay_helpers import NetLab, RelayProc, netlab, nsexec, ping, read_line, sh, two_nodes, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
 PORT = 47320
 
 
-class FastProc:
-    """``tunlab relay`` (``--datapath auto`` by default) in a namespace."""
-
-    def __init__(self, lab: NetLab, ns: str, tag: str, *args: str) -> None:
-        self.ns, self.tag = ns, tag
-        self.control = str(lab.tmp / f"{tag}.sock")
-        self.log = lab.tmp / f"{tag}.log"
-        r, w = os.pipe()
-        argv = ["ip", "netns", "exec", ns, PY, "-m", "tunlab", "relay", *args, "--ready-fd", str(w),
-                "--control", self.control, "--log-level", "info"]
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                         cwd=str(ROOT), env={**os.environ, "TUNLAB_RUN": lab.prefix})
-        os.close(w)
-        try:
-            line = read_line(r, 20.0)
-        finally:
-            os.close(r)
-        lab.relays.append(self)  # type: ignore[arg-type]  # NetLab.cleanup stops it
-        self.ready: dict[str, Any] = json.loads(line) if line else {}
-        assert self.ready.get("ready"), f"{tag} not ready: {line!r}\n{self.output()}"
-
-    def counters(self) -> dict[str, Any]:
-        from tunlab.relay import query_stats
-
-        return query_stats(self.control)
+class FastProc(RelayProc):
+    """``tunlab relay`` (``--datapath auto`` by default) in a namespace, with its peers' datapaths."""
 
     def datapath(self, peer: str) -> str:
         return str(self.counters()["datapath"]["peers"][peer]["datapath"])
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def fast(lab: NetLab, ns: str, tag: str, addr: str, listen: str, peers: list[str], *extra: str) -> FastProc:
     args = ["--dev", lab.ifname(tag), "--addr", addr, "--listen", listen]
     for p in peers:
         args += ["--peer", p]
-    return FastProc(lab, ns, tag, *args, *extra)
+    rp = FastProc(lab, ns, tag, [*args, *extra], wait=False)
+    lab.relays.append(rp)  # NetLab.cleanup stops it
+    assert rp.ready.get("ready"), f"{tag} not ready: {rp.ready}\n{rp.output()}"
+    return rp
 
 
 def tunnel(lab: NetLab, mode_a: str = "auto", mode_b: str = "auto") -> tuple[str, str, FastProc, FastProc]:
