@@ -26,7 +26,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 UNDER_A, UNDER_B = "10.201.0.1", "10.201.0.2"
-PATHS = ["veth", "vxlan", "socat", "tunlab-udp", "tunlab-tcp"]
+PATHS = ["veth", "vxlan", "socat", "tunlab-udp", "tunlab-udp-simple", "tunlab-tcp"]
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -99,7 +99,7 @@ class Bench:
             sh("ip", "-n", ns, "link", "set", dev, "mtu", "1472")  # same MTU as the relay: no fragmentation
         return "10.203.0.2"
 
-    def _relays(self, transport: str, port: int, net: str, dev: str) -> str:
+    def _relays(self, transport: str, port: int, net: str, dev: str, datapath: str = "auto") -> str:
         args_a = ["--listen", f"{UNDER_A}:{port}"]
         args_b = ["--listen", f"{UNDER_B}:{port}", "--peer", f"a={UNDER_A}:{port}"]
         if transport == "udp":
@@ -110,7 +110,8 @@ class Bench:
         for ns, ip, extra in ((self.a, net + ".1", args_a), (self.b, net + ".2", args_b)):
             r, w = os.pipe()
             self.spawn(nsx(ns, PY, "-m", "tunlab", "relay", "--transport", transport, "--dev", dev,
-                           "--addr", ip + "/24", "--ready-fd", str(w), *extra), pass_fds=(w,))
+                           "--addr", ip + "/24", "--datapath", datapath, "--ready-fd", str(w), *extra),
+                       pass_fds=(w,))
             os.close(w)
             line = read_line(r, 10.0)
             os.close(r)
@@ -123,6 +124,9 @@ class Bench:
 
     def tunlab_udp(self) -> str:
         return self._relays("udp", 41000, "10.204.0", self.p + "u")
+
+    def tunlab_udp_simple(self) -> str:  # one packet per syscall: the per-packet reference
+        return self._relays("udp", 43000, "10.206.0", self.p + "n", "simple")
 
     def tunlab_tcp(self) -> str:
         return self._relays("tcp", 42000, "10.205.0", self.p + "t")
