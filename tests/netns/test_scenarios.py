@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -10,12 +9,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from tunlab.model import Vnf, linear_chain
 from tunlab.scenario import load_scenario
 from tunlab.traffic.checks import ScenarioResult
-from tunlab.traffic.report import render
+from tunlab.traffic.report import render_text
 from tunlab.traffic.runner import run_scenario
 
 pytestmark = pytest.mark.netns
@@ -24,9 +22,7 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 def report(result: ScenarioResult) -> str:
-    buf = io.StringIO()
-    render(result, Console(file=buf, width=160, no_color=True))
-    return buf.getvalue()
+    return render_text(result, 160)
 
 
 @pytest.mark.parametrize("name", ["three_vnf", "tunconnector_pair", "firewall", "tcp_chain"])

@@ -5,7 +5,6 @@ plain (every hop checked, the counters say which datapath ran), and a bulk TCP t
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 from dataclasses import replace
 
 import pytest
-from rich.console import Console
 
 from tunlab.lab import Lab
 from tunlab.model import load_topology
@@ -21,7 +19,7 @@ from tunlab.scenario import Tcp, load_scenario
 from tunlab.traffic.capture import Capture, CapturePoint
 from tunlab.traffic.checks import ScenarioResult
 from tunlab.traffic.decap import RelayEnd, decode_link
-from tunlab.traffic.report import render
+from tunlab.traffic.report import render_text
 from tunlab.traffic.runner import run_scenario
 
 pytestmark = pytest.mark.netns
@@ -30,9 +28,7 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 def report(result: ScenarioResult) -> str:
-    buf = io.StringIO()
-    render(result, Console(file=buf, width=160, no_color=True))
-    return buf.getvalue()
+    return render_text(result, 160)
 
 
 @pytest.mark.parametrize("datapath", ["gso", "plain"])

@@ -38,15 +38,9 @@ class ChecksFailed(AssertionError):
 
 def render_text(result: Any, width: int = 120) -> str:
     """A scenario result as plain text (the same report ``tunlab run`` prints)."""
-    import io
+    from tunlab.traffic.report import render_text as _render_text
 
-    from rich.console import Console
-
-    from tunlab.traffic.report import render
-
-    buf = io.StringIO()
-    render(result, Console(file=buf, width=width, no_color=True, highlight=False, emoji=False))
-    return buf.getvalue().rstrip()
+    return _render_text(result, width)
 
 
 class LabChecks:

@@ -184,6 +184,15 @@ def summary_line(results: Iterable[ScenarioResult]) -> Text:
     return Text(f"{ok} of {len(results)} scenarios passed", style=style)
 
 
+def render_text(result: ScenarioResult, width: int = 120, *, tables: str = "some") -> str:
+    """The report ``tunlab run`` prints, as plain text (no colours)."""
+    import io
+
+    buf = io.StringIO()
+    render(result, Console(file=buf, width=width, no_color=True, highlight=False, emoji=False), tables=tables)
+    return buf.getvalue().rstrip()
+
+
 def write_text(result: ScenarioResult, path: str | Path) -> None:
     """The same report as plain text (no colours), for the result folder."""
     with open(path, "w", encoding="utf-8") as f:
