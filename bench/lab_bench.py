@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tunlab.lab import Lab  # noqa: E402
-from tunlab.model import linear_chain  # noqa: E402
-from tunlab.names import new_run_id  # noqa: E402
+from tunlab.lab.lab import Lab  # noqa: E402
+from tunlab.model.topology import linear_chain  # noqa: E402
+from tunlab.model.names import new_run_id  # noqa: E402
 
 
 def bench_tunlab(n_vnfs: int, spawn: str, backend: str = "netns") -> dict[str, Any]:
@@ -35,7 +35,7 @@ def bench_tunlab(n_vnfs: int, spawn: str, backend: str = "netns") -> dict[str, A
     t0 = time.perf_counter()
     lab = Lab(linear_chain(n_vnfs), backend=backend).__enter__()
     up = time.perf_counter() - t0
-    phases = dict(lab.backend.timings)
+    phases = dict(lab.timings)
     t1 = time.perf_counter()
     lab.close()
     down = time.perf_counter() - t1
@@ -45,12 +45,12 @@ def bench_tunlab(n_vnfs: int, spawn: str, backend: str = "netns") -> dict[str, A
 
 
 def bench_mininet(n_hosts: int) -> dict[str, Any]:
-    from tunlab.backends.mininet_support import import_mininet
+    from tunlab.lab.backends.mininet.support import import_mininet
 
     import_mininet()
     from mininet.log import setLogLevel
 
-    from tunlab.backends.mininet_nodes import LabHost, NsBridge, QuietMininet
+    from tunlab.lab.backends.mininet.nodes import LabHost, NsBridge, QuietMininet
 
     setLogLevel("error")
     tag = "m" + new_run_id()

@@ -19,8 +19,7 @@ import argparse
 import re
 import sys
 
-from tunlab.backends.mininet_support import import_mininet
-from tunlab.errors import TunlabError
+from tunlab import TunlabError
 
 
 def build_topo(prefix: str, n: int):  # type: ignore[no-untyped-def]
@@ -44,12 +43,10 @@ def main() -> int:
     ap.add_argument("--cli", action="store_true", help="open Mininet's CLI while the chain runs")
     args = ap.parse_args()
 
-    import_mininet()  # one line saying how to install Mininet when it is missing
-    from mininet.log import setLogLevel
+    from tunlab import NsBridge, add_relay_chain  # NsBridge: one line saying how to install Mininet if missing
+    from tunlab import QuietMininet as Mininet
 
-    from tunlab.backends.mininet_nodes import NsBridge
-    from tunlab.backends.mininet_nodes import QuietMininet as Mininet
-    from tunlab.mininet_api import add_relay_chain
+    from mininet.log import setLogLevel
 
     setLogLevel("warning")
     net = Mininet(topo=build_topo(args.prefix, args.hosts), switch=NsBridge, controller=None)

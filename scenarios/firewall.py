@@ -4,8 +4,7 @@ The drop checks prove each blocked packet reaches vnf2 (in through its TUN) and 
 other flows must cross the whole chain and be answered.
 """
 
-from tunlab.model import Vnf, linear_chain
-from tunlab.scenario import Ping, Tcp, Udp
+from tunlab import Ping, Tcp, Udp, Vnf, linear_chain
 
 FIREWALL = """
 table inet tunlab_fw {

@@ -4,7 +4,7 @@ The underlay captures are reassembled per connection and de-framed with the rela
 every inner packet is checked on every link whatever the TCP segment boundaries.
 """
 
-from tunlab.scenario import Ping, Tcp, Udp
+from tunlab import Ping, Tcp, Udp
 
 topology = "linear"
 params = {"n_vnfs": 3, "transport": "tcp"}

@@ -4,7 +4,7 @@ Pings (small and of the full overlay MTU), a UDP datagram and TCP segments cross
 arrive intact with its TTL lowered once per VNF, be encapsulated once on every link, and be answered.
 """
 
-from tunlab.scenario import Ping, Tcp, Udp
+from tunlab import Ping, Tcp, Udp
 
 topology = "three_vnf"
 params = {"transport": "udp"}

@@ -4,8 +4,7 @@ TunConnector's addresses (client 192.168.0.2, server 192.168.1.2, port 55555): o
 whose relays speak UDP and one whose relays speak TCP (the server listens, the client connects), in one lab.
 """
 
-from tunlab.model import Endpoint, Link, Path, Topology
-from tunlab.scenario import Ping
+from tunlab import Endpoint, Link, Path, Ping, Topology
 
 topology = Topology(
     name="tunconnector_pair",

@@ -7,7 +7,7 @@ fw_b to rx_b (its relay chooses the next hop by destination prefix).
 Parameters: transport (udp or tcp), datapath (auto, plain, gso, simple).
 """
 
-from tunlab.model import Endpoint, Link, Path, Topology, Vnf
+from tunlab import Endpoint, Link, Path, Topology, Vnf
 
 
 def topology(transport: str = "udp", datapath: str = "auto") -> Topology:

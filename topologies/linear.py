@@ -3,7 +3,7 @@
 Parameters: n_vnfs (default 3), transport (udp or tcp), datapath (auto, plain, gso, simple).  `tunlab show linear -p n_vnfs=10`
 """
 
-from tunlab.model import Topology, linear_chain
+from tunlab import Topology, linear_chain
 
 
 def topology(n_vnfs: int = 3, transport: str = "udp", datapath: str = "auto") -> Topology:

@@ -5,7 +5,7 @@ vnf3 drops traffic for 172.16.9.0/24 with a blackhole route. Parameters: transpo
 datapath (auto, plain, gso or simple: the UDP relays' --datapath).
 """
 
-from tunlab.model import Route, Topology, Vnf, linear_chain
+from tunlab import Route, Topology, Vnf, linear_chain
 
 COUNT_FORWARDED = """
 table inet tunlab {

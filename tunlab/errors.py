@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any, NoReturn
+
 
 class TunlabError(Exception):
     """An error with a message a person can act on.
@@ -35,3 +38,26 @@ class DescriptionError(TunlabError):
         super().__init__(f"{where}: {message}" if where else message, hint)
         self.source = source
         self.field = field
+
+
+def run_command(command: Any, argv: list[str] | None, prog_name: str) -> NoReturn:
+    """Run a click command the way every tunlab entry point does: a :class:`TunlabError` becomes one line
+    ``tunlab: ...`` on stderr and its exit code, never a traceback; Ctrl-C exits 130.
+
+    Used by the ``tunlab`` command and by the relay's own entry (:func:`tunlab.relay.command.main`)."""
+    import click
+
+    try:
+        rv = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except TunlabError as exc:
+        click.echo(f"tunlab: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tunlab: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tunlab.ledger import tagged_pids
+from tunlab.lab.ledger import tagged_pids
 
 pytestmark = pytest.mark.netns
 
@@ -35,7 +35,7 @@ def test_sigterm_during_a_run_tears_the_lab_down(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     scenario = tmp_path / "slow.py"
     # a long settle keeps the lab up long enough to be signalled while it runs
-    scenario.write_text('from tunlab.scenario import Ping\ntopology = "three_vnf"\ntraffic = [Ping()]\n'
+    scenario.write_text('from tunlab.model.scenario import Ping\ntopology = "three_vnf"\ntraffic = [Ping()]\n'
                         "settle = 30\ntimeout = 40\n")
     env = {**os.environ, "TUNLAB_RUN_ROOT": str(runs)}
     proc = subprocess.Popen([sys.executable, "-m", "tunlab", "run", str(scenario)], cwd=tmp_path, env=env,

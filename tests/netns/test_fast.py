@@ -159,7 +159,7 @@ def test_capture_of_the_gso_hop_shows_every_inner_packet(netlab: NetLab) -> None
     from scapy.layers.inet import ICMP, TCP
     from scapy.utils import rdpcap
 
-    from tunlab.relay.scapy_encap import inner_packets
+    from tunlab.relay.fast.scapy_encap import inner_packets
 
     a, b, ra, rb = tunnel(netlab)
     wait_until(lambda: ra.datapath("b") == "gso" and rb.datapath("a") == "gso", "both ends choose gso")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tunlab.lab import Lab
-from tunlab.ledger import tagged_pids
-from tunlab.model import linear_chain
-from tunlab.topofile import load_topology
+from tunlab.lab.lab import Lab
+from tunlab.lab.ledger import tagged_pids
+from tunlab.model.topology import linear_chain
+from tunlab.model.topofile import load_topology
 
 pytestmark = pytest.mark.netns
 
@@ -91,7 +91,7 @@ def test_fork_classifier_sends_each_prefix_its_own_way() -> None:
 
 
 def test_hook_vnf_in_a_chain(tmp_path: Path) -> None:
-    from tunlab.model import Vnf
+    from tunlab.model.topology import Vnf
 
     hooks = tmp_path / "hooks.py"
     hooks.write_text("SEEN = []\n\ndef passthrough(packet):\n    return packet\n")
@@ -131,7 +131,7 @@ def test_killed_relay_is_absent_from_counters_and_teardown_still_clean() -> None
 def test_hook_given_as_a_function_in_a_topology_file(tmp_path: Path) -> None:
     topo_file = tmp_path / "hooked.py"
     topo_file.write_text(
-        "from tunlab.model import Vnf, linear_chain\n\n"
+        "from tunlab.model.topology import Vnf, linear_chain\n\n"
         "def drop_big(packet):\n"
         "    return None if len(packet) > 500 else packet\n\n"
         "def topology():\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tunlab.ledger import tagged_pids
+from tunlab.lab.ledger import tagged_pids
 
 pytestmark = pytest.mark.netns
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tunlab.errors import TunlabError
-from tunlab.lab import Lab
-from tunlab.ledger import Ledger, tagged_pids
-from tunlab.model import Vnf, linear_chain
+from tunlab.lab.lab import Lab
+from tunlab.lab.ledger import Ledger, tagged_pids
+from tunlab.model.topology import Vnf, linear_chain
 
 pytestmark = pytest.mark.netns
 
@@ -66,8 +66,8 @@ def test_two_labs_at_once_do_not_collide() -> None:
 
 RUNNER = """
 import sys, time
-from tunlab.lab import Lab
-from tunlab.model import linear_chain
+from tunlab.lab.lab import Lab
+from tunlab.model.topology import linear_chain
 lab = Lab(linear_chain(3)).__enter__()
 print(lab.run_id, flush=True)
 time.sleep(600)

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from tunlab.backends.mininet_tc import netem_available
+from tunlab.lab.backends.netem import netem_available
 from tunlab.errors import TunlabError
-from tunlab.lab import Lab
-from tunlab.model import linear_chain
+from tunlab.lab.lab import Lab
+from tunlab.model.topology import linear_chain
 
 pytestmark = pytest.mark.netns
 

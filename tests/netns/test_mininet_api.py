@@ -25,12 +25,12 @@ pytestmark = [pytest.mark.netns, pytest.mark.mininet]
 @contextmanager
 def mininet_net(shape: str, n: int) -> Iterator[Any]:
     """A started Mininet network of this test: hosts m6<tag>h1..hn, on one bridge or in a line."""
-    from tunlab.backends.mininet_support import import_mininet
+    from tunlab.lab.backends.mininet.support import import_mininet
 
     import_mininet()
     from mininet.link import TCLink
 
-    from tunlab.backends.mininet_nodes import LabHost, NsBridge, QuietMininet
+    from tunlab.lab.backends.mininet.nodes import LabHost, NsBridge, QuietMininet
 
     tag = uuid.uuid4().hex[:4]
     net = QuietMininet(topo=None, controller=None, host=LabHost, switch=NsBridge, link=TCLink, build=False,
@@ -75,7 +75,7 @@ def _ping(host: Any, dst: str, count: int = 2, wait: int = 2) -> tuple[int, list
 
 
 def test_udp_chain_on_a_bridge_carries_pings_through_a_kernel_vnf() -> None:
-    from tunlab.mininet_api import add_relay_chain
+    from tunlab.lab.backends.mininet.api import add_relay_chain
 
     with mininet_net("switch", 3) as net:
         h1, h2, h3 = net.hosts
@@ -101,7 +101,7 @@ def test_udp_chain_on_a_bridge_carries_pings_through_a_kernel_vnf() -> None:
 
 
 def test_tcp_chain_over_direct_links_obeys_a_vnf_firewall() -> None:
-    from tunlab.mininet_api import add_relay_chain
+    from tunlab.lab.backends.mininet.api import add_relay_chain
 
     with mininet_net("line", 4) as net:
         h1, h2, h3, h4 = net.hosts
@@ -124,8 +124,8 @@ def test_tcp_chain_over_direct_links_obeys_a_vnf_firewall() -> None:
 
 
 def test_a_host_without_an_address_is_refused_before_anything_starts() -> None:
-    from tunlab.ledger import list_runs
-    from tunlab.mininet_api import add_relay_chain
+    from tunlab.lab.ledger import list_runs
+    from tunlab.lab.backends.mininet.api import add_relay_chain
 
     with mininet_net("switch", 2) as net:
         h1, h2 = net.hosts
@@ -158,10 +158,10 @@ def _environ(pid: int) -> str:
 
 CRASHING_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
-    from tunlab.backends.mininet_support import import_mininet
+    from tunlab.lab.backends.mininet.support import import_mininet
     import_mininet()
-    from tunlab.backends.mininet_nodes import LabHost, QuietMininet
-    from tunlab.mininet_api import add_relay_chain
+    from tunlab.lab.backends.mininet.nodes import LabHost, QuietMininet
+    from tunlab.lab.backends.mininet.api import add_relay_chain
     net = QuietMininet(topo=None, controller=None, host=LabHost, build=False)
     a = net.addHost(sys.argv[1] + "a", ip="10.68.0.1/24")
     b = net.addHost(sys.argv[1] + "b", ip="10.68.0.2/24")
@@ -175,7 +175,7 @@ CRASHING_SCRIPT = textwrap.dedent("""
 
 
 def test_relays_of_a_crashed_script_are_removed_by_their_ledger(tmp_path: Path) -> None:
-    from tunlab import ledger
+    from tunlab.lab import ledger
 
     script = tmp_path / "crash.py"
     script.write_text(CRASHING_SCRIPT)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tunlab.errors import TunlabError
-from tunlab.lab import Lab
-from tunlab.ledger import Ledger, list_runs, run_root, tagged_pids
-from tunlab.model import linear_chain
+from tunlab.lab.lab import Lab
+from tunlab.lab.ledger import Ledger, list_runs, run_root, tagged_pids
+from tunlab.model.topology import linear_chain
 
 pytestmark = [pytest.mark.netns, pytest.mark.mininet]
 
@@ -110,8 +110,8 @@ def test_nodes_are_mininet_hosts_and_the_lab_api_works_the_same() -> None:
 
 RUNNER = """
 import sys
-from tunlab.lab import Lab
-from tunlab.model import linear_chain
+from tunlab.lab.lab import Lab
+from tunlab.model.topology import linear_chain
 lab = Lab(linear_chain(1, "tcp"), backend="mininet").__enter__()
 print(lab.run_id, flush=True)
 sys.stdin.read()
@@ -177,7 +177,7 @@ def test_rate_limit_is_applied_by_mininet(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_netem_options_are_refused_before_anything_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tunlab.backends.mininet_tc import netem_available
+    from tunlab.lab.backends.netem import netem_available
 
     if netem_available():
         pytest.skip("this kernel has netem: delay works here")
@@ -195,7 +195,7 @@ def test_netem_options_are_refused_before_anything_exists(monkeypatch: pytest.Mo
 
 
 def test_netem_probe_agrees_with_the_kernel_config() -> None:
-    from tunlab.backends.mininet_tc import _probe_kernel_config, _probe_with_tc
+    from tunlab.lab.backends.netem import _probe_kernel_config, _probe_with_tc
 
     config = _probe_kernel_config()
     if config is None:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tunlab.model import Vnf, linear_chain
-from tunlab.scenario import load_scenario
-from tunlab.traffic.checks import ScenarioResult
-from tunlab.traffic.report import render
-from tunlab.traffic.runner import run_scenario
+from tunlab.model.topology import Vnf, linear_chain
+from tunlab.model.scenario import load_scenario
+from tunlab.verdict.checks import ScenarioResult
+from tunlab.verdict.report import render
+from tunlab.run.runner import run_scenario
 
 pytestmark = [pytest.mark.netns, pytest.mark.mininet]
 
@@ -53,7 +53,7 @@ def verdicts(result: ScenarioResult) -> list[Any]:
 
 def assert_gone(result: ScenarioResult) -> None:
     """The run left no Mininet host shell, relay or run directory behind."""
-    from tunlab.ledger import run_root, tagged_pids
+    from tunlab.lab.ledger import run_root, tagged_pids
 
     assert result.run_id and not (run_root() / result.run_id).exists()
     assert tagged_pids(result.run_id) == []  # host shells carry the run's tag too
@@ -109,7 +109,7 @@ def test_links_through_switches_give_the_same_verdicts(fabric: str, tmp_path: Pa
     """TUNLAB_MININET_SWITCH: every link through a switch (a Linux bridge, or Open vSwitch's userspace
     datapath run privately in the switch's namespace): the chain and its report do not change."""
     if fabric == "ovs":
-        from tunlab.backends.mininet_nodes import ovs_unavailable_reason
+        from tunlab.lab.backends.mininet.nodes import ovs_unavailable_reason
 
         if ovs_unavailable_reason():
             pytest.skip(str(ovs_unavailable_reason()))

@@ -10,11 +10,11 @@ import pytest
 
 # imported once here: in-process inner runs drop the modules they import, and scapy is slow to import
 import scapy.layers.inet  # noqa: F401
-import tunlab.lab  # noqa: F401
-import tunlab.scenario  # noqa: F401
-import tunlab.topofile  # noqa: F401
-import tunlab.traffic.runner  # noqa: F401
-from tunlab.ledger import run_root
+import tunlab.lab.lab  # noqa: F401
+import tunlab.model.scenario  # noqa: F401
+import tunlab.model.topofile  # noqa: F401
+import tunlab.run.runner  # noqa: F401
+from tunlab.lab.ledger import run_root
 from tunlab.testing import leaks
 from tunlab.testing.options import safe_name
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.netns
 HEADER = """
 import pytest
 from pathlib import Path
-from tunlab.scenario import Ping, Udp
+from tunlab.model.scenario import Ping, Udp
 
 pytestmark = pytest.mark.netns
 SMALL = pytest.mark.tunlab_topology("linear", params={"n_vnfs": 1})
@@ -201,7 +201,7 @@ def test_passes(tunlab_lab):
 
 def test_indirect_parameters_and_factory(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_param=HEADER + """
-from tunlab.model import linear_chain
+from tunlab.model.topology import linear_chain
 
 @pytest.mark.parametrize("tunlab_lab", [linear_chain(0), lambda: linear_chain(1, "tcp")], indirect=True)
 def test_each(tunlab_lab):
@@ -247,10 +247,10 @@ def test_wrong_expectation(tunlab_checks):
 def test_scenario_files_run_as_tests(pytester: pytest.Pytester) -> None:
     scenarios = pytester.mkdir("scenarios")
     (scenarios / "small_ok.py").write_text(
-        "from tunlab.scenario import Ping, Udp\ntopology = 'linear'\nparams = {'n_vnfs': 1}\n"
+        "from tunlab.model.scenario import Ping, Udp\ntopology = 'linear'\nparams = {'n_vnfs': 1}\n"
         "traffic = [Ping(), Udp(5000)]\n")
     (scenarios / "small_wrong.py").write_text(
-        "from tunlab.scenario import Udp\ntopology = 'linear'\nparams = {'n_vnfs': 1}\n"
+        "from tunlab.model.scenario import Udp\ntopology = 'linear'\nparams = {'n_vnfs': 1}\n"
         "traffic = [Udp(5000, expect='dropped at vnf1')]\n")
     result = run(pytester, "-m", "netns", "scenarios", "--junitxml=junit.xml")
     result.assert_outcomes(passed=1, failed=1)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tunlab.errors import TunlabError
-from tunlab.ledger import proc_start_time
-from tunlab.testing import captures, gating, leaks
+from tunlab.lab.ledger import proc_start_time
+from tunlab.testing import gating, leaks, pcaps
 
 pytestmark = pytest.mark.netns
 
@@ -49,13 +49,13 @@ def test_capture_is_ready_before_traffic_and_flushed_on_stop(netns: str, tmp_pat
     from scapy.layers.inet import ICMP
     from scapy.utils import rdpcap
 
-    caps = captures.start([("lo", _popen_in(netns), "lo", tmp_path / "pcaps" / "lo.pcap")])
+    caps = pcaps.start([("lo", _popen_in(netns), "lo", tmp_path / "pcaps" / "lo.pcap")])
     try:
         # no wait between start() and sending: start() returned only once tcpdump listens
         subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "3", "-i", "0.01", "-W", "1", "127.0.0.1"],
                        check=True, capture_output=True)
     finally:
-        captures.stop(caps)
+        pcaps.stop(caps)
     assert all(c.proc.returncode is not None for c in caps)
     echoes = [p for p in rdpcap(str(tmp_path / "pcaps" / "lo.pcap")) if p.haslayer(ICMP)]
     assert [p[ICMP].type for p in echoes].count(8) == 3  # every request, none lost to a late start
@@ -63,7 +63,7 @@ def test_capture_is_ready_before_traffic_and_flushed_on_stop(netns: str, tmp_pat
 
 def test_capture_on_missing_interface_fails_naming_it(netns: str, tmp_path: Path) -> None:
     with pytest.raises(TunlabError, match=r"capture on link-x \(tcpdump -i nosuchdev\) did not start: .*No such dev"):
-        captures.start([("link-x", _popen_in(netns), "nosuchdev", tmp_path / "x.pcap")])
+        pcaps.start([("link-x", _popen_in(netns), "nosuchdev", tmp_path / "x.pcap")])
 
 
 def test_leak_check_finds_namespaces_and_tagged_processes() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tunlab.model import Vnf, linear_chain
-from tunlab.scenario import load_scenario
-from tunlab.traffic.checks import ScenarioResult
-from tunlab.traffic.report import render_text
-from tunlab.traffic.runner import run_scenario
+from tunlab.model.topology import Vnf, linear_chain
+from tunlab.model.scenario import load_scenario
+from tunlab.verdict.checks import ScenarioResult
+from tunlab.verdict.report import render_text
+from tunlab.run.runner import run_scenario
 
 pytestmark = pytest.mark.netns
 
@@ -132,7 +132,7 @@ def test_keep_leaves_the_lab_up_and_the_results_until_tunlab_down(tmp_path: Path
 
 def test_cli_runs_several_scenarios_one_line_each_and_fails_on_one(tmp_path: Path) -> None:
     bad = tmp_path / "dropper.py"
-    bad.write_text("from tunlab.model import Vnf, linear_chain\nfrom tunlab.scenario import Ping\n"
+    bad.write_text("from tunlab.model.topology import Vnf, linear_chain\nfrom tunlab.model.scenario import Ping\n"
                    "def _v(i, n, o):\n"
                    "    return Vnf(n, o, kind='hook', hook='tunlab.traffic.faults:drop_all')\n"
                    "topology = linear_chain(1, 'udp', name='dropper', vnf=_v)\ntraffic = [Ping()]\n")

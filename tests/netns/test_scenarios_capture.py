@@ -14,7 +14,7 @@ from scapy.utils import RawPcapReader
 from tunlab.errors import TunlabError
 from tunlab.traffic.capture import Capture, CapturePoint
 from tunlab.traffic.inject import Injector
-from tunlab.traffic.nsenter import in_netns
+from tunlab.system.netns import in_netns
 
 pytestmark = pytest.mark.netns
 

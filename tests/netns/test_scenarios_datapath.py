@@ -13,14 +13,14 @@ from dataclasses import replace
 
 import pytest
 
-from tunlab.lab import Lab
+from tunlab.lab.lab import Lab
 from tunlab.model import load_topology
-from tunlab.scenario import Tcp, load_scenario
+from tunlab.model.scenario import Tcp, load_scenario
 from tunlab.traffic.capture import Capture, CapturePoint
-from tunlab.traffic.checks import ScenarioResult
+from tunlab.verdict.checks import ScenarioResult
 from tunlab.traffic.decap import RelayEnd, decode_link
-from tunlab.traffic.report import render_text
-from tunlab.traffic.runner import run_scenario
+from tunlab.verdict.report import render_text
+from tunlab.run.runner import run_scenario
 
 pytestmark = pytest.mark.netns
 

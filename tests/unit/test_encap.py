@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunlab.relay import encap
+from tunlab.relay.fast import encap
 
 CSIZE = 1460
 

@@ -8,8 +8,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from tunlab.relay import encap
-from tunlab.relay.scapy_encap import (TunlabChunk, TunlabHello, VirtioNetHdr, bind_ports, decode_datagram,
+from tunlab.relay.fast import encap
+from tunlab.relay.fast.scapy_encap import (TunlabChunk, TunlabHello, VirtioNetHdr, bind_ports, decode_datagram,
                                       inner_packets, stream_packets)
 
 PORT = 47911
@@ -104,7 +104,7 @@ def test_a_tun_capture_of_a_super_packet_is_cut_to_the_mtu() -> None:
     data = bytes(random.Random(3).getrandbits(8) for _ in range(4000))
     big = IP(src="10.2.0.1", dst="10.2.0.2", id=5) / TCP(sport=1, dport=2, seq=10, flags="PA") / Raw(data)
     small = IP(dst="10.2.0.2") / ICMP()
-    from tunlab.relay.scapy_encap import cut_to_mtu
+    from tunlab.relay.fast.scapy_encap import cut_to_mtu
 
     out = cut_to_mtu([IP(bytes(big)), IP(bytes(small))], 1472)
     assert [len(p) for p in out[:-1]] == [1472, 1472, 1176] and out[-1].haslayer(ICMP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from tunlab.traffic.expect import Mask, bad_checksums, decode, summary
+from tunlab.verdict.masks import Mask, bad_checksums, decode, summary
 
 
 def probe() -> IP:

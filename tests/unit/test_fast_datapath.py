@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from tunlab.relay import PeerSpec, Relay, RelayConfig, encap
+from tunlab.relay import PeerSpec, Relay, RelayConfig
+from tunlab.relay.fast import encap
 from tunlab.relay.device import Device
-from tunlab.relay.fast import UdpDatapath
+from tunlab.relay.fast.datapath import UdpDatapath
 from tunlab.relay.loop import Loop
 
 LO = "127.0.0.1"
@@ -237,8 +238,8 @@ def test_fast_module_is_imported_only_when_used() -> None:
     code = ("import sys, tunlab.cli, tunlab.relay.command, tunlab.relay.engine;"
             "from tunlab.relay.datapath import datapath_class;"
             "datapath_class('simple', 'udp'); datapath_class('auto', 'tcp');"
-            "print('tunlab.relay.fast' in sys.modules, end=' ');"
-            "datapath_class('auto', 'udp'); print('tunlab.relay.fast' in sys.modules)")
+            "print('tunlab.relay.fast.datapath' in sys.modules, end=' ');"
+            "datapath_class('auto', 'udp'); print('tunlab.relay.fast.datapath' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False True"

@@ -1,4 +1,4 @@
-"""Receive-side coalescing of plain TCP segments into one GSO packet (tunlab/relay/fast_gro.py)."""
+"""Receive-side coalescing of plain TCP segments into one GSO packet (tunlab/relay/fast/gro.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
-from tunlab.relay import encap
-from tunlab.relay.fast_gro import ACK, BatchViews, merge_run, super_header, whole_batch
-from tunlab.relay.scapy_encap import stream_packets
+from tunlab.relay.fast import encap
+from tunlab.relay.fast.gro import ACK, BatchViews, merge_run, super_header, whole_batch
+from tunlab.relay.fast.scapy_encap import stream_packets
 
 MSS = 1408
 

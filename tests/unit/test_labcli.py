@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from tunlab.cli import main
-from tunlab.ledger import Ledger
+from tunlab.lab.ledger import Ledger
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

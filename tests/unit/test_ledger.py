@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tunlab.ledger import (
+from tunlab.lab.ledger import (
     Entry, Ledger, list_runs, proc_start_time, process_alive, replay, stop_processes,
 )
 
@@ -93,7 +93,7 @@ def test_open_refuses_what_is_not_a_run(tmp_path: Path, bad: str) -> None:
 
 
 def test_netns_removers_refuse_what_does_not_carry_the_run_id(tmp_path: Path) -> None:
-    from tunlab.backends.netns import NetnsBackend
+    from tunlab.lab.backends.netns import NetnsBackend
 
     led = Ledger.create({}, root=tmp_path)
     led.append({"op": "netns", "name": "someone-elses-namespace"},

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from tunlab.backends.mininet import LINKS_ENV, SWITCH_ENV, fabric_mode, link_shaping
-from tunlab.backends.mininet_tc import LinkOptionError, NetemUnavailable
+from tunlab.lab.backends.mininet.backend import LINKS_ENV, SWITCH_ENV, fabric_mode, link_shaping
+from tunlab.model.shaping import LinkOptionError, NetemUnavailable
 from tunlab.errors import TunlabError
-from tunlab.model import linear_chain
-from tunlab.plan import build_plan
+from tunlab.model.topology import linear_chain
+from tunlab.model.plan import build_plan
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def test_no_options_means_no_shaping() -> None:
 
 
 def test_options_from_the_environment_and_the_model_merge(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tunlab.backends.mininet_tc.netem_available", lambda: False)
+    monkeypatch.setattr("tunlab.lab.backends.netem.netem_available", lambda: False)
     env = {LINKS_ENV: json.dumps({"vnf1-receiver": {"bw": 20}, "sender-vnf1": {"use_tbf": True}})}
     model = [ShapedLink("sender-vnf1", {"bw": 5})]
     shaped = link_shaping(plan_links(), model, env=env)
@@ -50,10 +50,10 @@ def test_bad_environment_options_are_one_line(text: str, words: str) -> None:
 
 
 def test_delay_without_netem_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tunlab.backends.mininet_tc.netem_available", lambda: False)
+    monkeypatch.setattr("tunlab.lab.backends.netem.netem_available", lambda: False)
     with pytest.raises(NetemUnavailable, match="link 'vnf1-receiver': delay need\\(s\\) netem"):
         link_shaping(plan_links(), linear_chain(1).links, env={LINKS_ENV: '{"vnf1-receiver": {"delay": "5ms"}}'})
-    monkeypatch.setattr("tunlab.backends.mininet_tc.netem_available", lambda: True)
+    monkeypatch.setattr("tunlab.lab.backends.netem.netem_available", lambda: True)
     shaped = link_shaping(plan_links(), linear_chain(1).links, env={LINKS_ENV: '{"vnf1-receiver": {"delay": 5}}'})
     assert shaped["vnf1-receiver"].delay == "5ms"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tunlab.mininet_api import ChainError, plan_chain
+from tunlab.lab.backends.mininet.api import ChainError, plan_chain
 from tunlab.relay.command import configs_from_args
 
 

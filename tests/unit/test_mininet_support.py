@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 import tunlab
-from tunlab.backends import mininet_support
-from tunlab.backends.mininet_support import INSTALL_HINT, MininetMissing, import_mininet
+from tunlab.lab.backends.mininet import support as mininet_support
+from tunlab.lab.backends.mininet.support import INSTALL_HINT, MininetMissing, import_mininet
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 DEBIAN_MININET = Path(DIST_PACKAGES) / "mininet"
 # modules that import mininet at import time; everything else in tunlab must not
-MININET_ONLY = {"tunlab.backends.mininet_nodes"}
+MININET_ONLY = {"tunlab.lab.backends.mininet.nodes"}
 
 
 @pytest.mark.skipif(not DEBIAN_MININET.is_dir(), reason="Debian's mininet package is not installed")

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tunlab.errors import DescriptionError
-from tunlab.model import Endpoint, Link, Path, Route, Topology, Vnf, linear_chain
+from tunlab.model.topology import Endpoint, Link, Path, Route, Topology, Vnf, linear_chain
 
 
 def two_hop(**over: object) -> dict[str, object]:

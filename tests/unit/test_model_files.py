@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tunlab.errors import DescriptionError
-from tunlab.model import Topology
-from tunlab.topofile import load_topology, parse_params
+from tunlab.model.topology import Topology
+from tunlab.model.topofile import load_topology, parse_params
 
 
 @pytest.mark.parametrize("name", ["linear", "three_vnf", "fork"])
@@ -40,7 +40,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_mistake_inside_a_file_names_the_file_node_and_field(tmp_path: Path) -> None:
-    p = write(tmp_path, "from tunlab.model import *\n"
+    p = write(tmp_path, "from tunlab.model.topology import *\n"
                         "topology = linear_chain(2, vnf=lambda i, n, a: Vnf(n, a, nft=''))\n")
     with pytest.raises(DescriptionError) as info:
         load_topology(str(p))
@@ -48,7 +48,7 @@ def test_a_mistake_inside_a_file_names_the_file_node_and_field(tmp_path: Path) -
 
 
 def test_a_mistake_in_a_topology_function_names_the_file(tmp_path: Path) -> None:
-    p = write(tmp_path, "from tunlab.model import *\n"
+    p = write(tmp_path, "from tunlab.model.topology import *\n"
                         "def topology(n=1):\n    return linear_chain(2, 'quic')\n")
     with pytest.raises(DescriptionError, match=rf"^{p}, link 'sender-vnf1' field 'transport': 'quic'"):
         load_topology(str(p))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunlab.model import Link, TopologyError, linear_chain
+from tunlab.model.topology import Link, TopologyError, linear_chain
 
 
 def test_rate_limit_is_kept_and_hashable() -> None:

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunlab import names
+from tunlab.model import names
 from tunlab.errors import TunlabError
-from tunlab.ledger import Ledger
-from tunlab.model import linear_chain
-from tunlab.plan import build_plan, collapse_routes
-from tunlab.topofile import load_topology
+from tunlab.lab.ledger import Ledger
+from tunlab.model.topology import linear_chain
+from tunlab.model.plan import build_plan, collapse_routes
+from tunlab.model.topofile import load_topology
 
 
 def test_run_ids_are_short_and_well_formed() -> None:

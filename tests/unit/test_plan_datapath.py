@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tunlab.backends.nsutil import gso_links
+from tunlab.lab.backends.nsutil import gso_links
 from tunlab.model import TopologyError, load_topology
-from tunlab.plan import build_plan
+from tunlab.model.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 

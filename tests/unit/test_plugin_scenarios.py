@@ -6,14 +6,14 @@ import pytest
 
 # imported once here: in-process inner runs drop the modules they import, and scapy is slow to import
 import scapy.layers.inet  # noqa: F401
-import tunlab.scenario  # noqa: F401
-import tunlab.topofile  # noqa: F401
-import tunlab.traffic.checks  # noqa: F401
+import tunlab.model.scenario  # noqa: F401
+import tunlab.model.topofile  # noqa: F401
+import tunlab.verdict.checks  # noqa: F401
 from tunlab.testing import gating
 
 OK = """
 '''Two pings across the three-VNF chain.'''
-from tunlab.scenario import Ping
+from tunlab.model.scenario import Ping
 
 topology = "three_vnf"
 traffic = [Ping(), Ping(size="mtu")]
@@ -45,7 +45,7 @@ def test_scenario_files_are_items_marked_netns(project: pytest.Pytester) -> None
 
 def test_broken_scenario_is_a_one_line_collection_error(project: pytest.Pytester) -> None:
     (project.path / "scenarios" / "typo.py").write_text(
-        "from tunlab.scenario import Ping\ntopology = 'three_vnf'\ntrafic = [Ping()]\n")
+        "from tunlab.model.scenario import Ping\ntopology = 'three_vnf'\ntrafic = [Ping()]\n")
     result = run(project, "scenarios")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*ERROR collecting scenarios/typo.py*",

@@ -8,9 +8,10 @@ import xml.etree.ElementTree as ET
 from rich.console import Console
 from test_traffic_checks import chain, icmp_probe, sent_and_reply, simulate
 
-from tunlab.traffic.checks import Expect, Probe, ScenarioResult, check_flow, check_links
+from tunlab.model.flows import Expect, Probe
+from tunlab.verdict.checks import ScenarioResult, check_flow, check_links
 from tunlab.traffic.decap import Frame
-from tunlab.traffic.report import flow_line, junit_xml, render, summary_line, verdict_line, write_text
+from tunlab.verdict.report import flow_line, junit_xml, render, summary_line, verdict_line, write_text
 
 
 def text_of(result: ScenarioResult, **kw: str) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tunlab import cli, privileges
+from tunlab import cli
+from tunlab.system import privileges
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,7 @@ def test_bad_scenario_file_is_one_line_naming_file_and_field(
     monkeypatch.setattr(privileges.os, "geteuid", lambda: 0)
     good = ROOT / "scenarios" / "three_vnf.py"
     bad = tmp_path / "bad.py"
-    bad.write_text('from tunlab.scenario import Ping\ntopology = "three_vnf"\ntraffic = [Ping(size=5)]\n')
+    bad.write_text('from tunlab.model.scenario import Ping\ntopology = "three_vnf"\ntraffic = [Ping(size=5)]\n')
     code, _, err = run(["run", str(good), str(bad)], capsys)  # the good one must not start: files load first
     assert code == 2
     assert err.strip().count("\n") == 0 and f"{bad}, traffic[0].size" in err and "'mtu'" in err

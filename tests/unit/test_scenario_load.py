@@ -8,11 +8,11 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from tunlab.errors import DescriptionError
-from tunlab.scenario import Ping, Tcp, Udp, build_probes, chain_nodes, load_scenario, parse_expect
-from tunlab.traffic.checks import Expect
+from tunlab.model.scenario import Ping, Tcp, Udp, build_probes, chain_nodes, load_scenario, parse_expect
+from tunlab.model.flows import Expect
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "from tunlab.scenario import Ping, Udp, Tcp\n"
+HEAD = "from tunlab.model.scenario import Ping, Udp, Tcp\n"
 
 
 def write(tmp_path: Path, body: str, name: str = "sc.py") -> Path:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from tunlab.traffic.checks import Captures, Chain, Expect, LinkInfo, Probe, check_flow, check_links, identity
+from tunlab.model.flows import Expect, Probe
+from tunlab.verdict.checks import Captures, Chain, LinkInfo, check_flow, check_links, identity
 from tunlab.traffic.decap import Frame, RelayEnd
 
 NODES = ("sender", "vnf1", "vnf2", "receiver")
@@ -247,7 +248,7 @@ def test_chain_rejects_links_that_do_not_join_consecutive_nodes() -> None:
 
 
 def test_tcp_replies_syn_ack_rst_ack_and_bare_rst() -> None:
-    from tunlab.traffic.checks import reply_matcher
+    from tunlab.verdict.checks import reply_matcher
 
     syn = IP(src="10.77.0.1", dst="10.77.0.2") / TCP(sport=4000, dport=80, flags="S", seq=100)
     data = IP(src="10.77.0.1", dst="10.77.0.2") / TCP(sport=4000, dport=80, flags="PA", seq=100, ack=7) / b"abc"

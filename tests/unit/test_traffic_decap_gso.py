@@ -7,10 +7,10 @@ import random
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
-from tunlab.relay import encap
-from tunlab.traffic.checks import Captures, Chain, LinkInfo, check_links
+from tunlab.relay.fast import encap
+from tunlab.verdict.checks import Captures, Chain, LinkInfo, check_links
 from tunlab.traffic.decap import Frame, RelayEnd, decode_link
-from tunlab.traffic.expect import bad_checksums
+from tunlab.verdict.masks import bad_checksums
 
 PORT = 55555
 A = RelayEnd("a", "10.0.0.1", PORT)

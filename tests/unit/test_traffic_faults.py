@@ -6,7 +6,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from tunlab.traffic import faults
-from tunlab.traffic.expect import Mask, bad_checksums
+from tunlab.verdict.masks import Mask, bad_checksums
 
 
 @pytest.mark.parametrize("l4", [ICMP(id=1, seq=1), UDP(sport=5, dport=6), TCP(sport=5, dport=6, flags="PA")])

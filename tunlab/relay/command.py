@@ -211,3 +211,10 @@ def stats_cmd(path: str, compact: bool, timeout: float) -> None:
 
     reply = query_stats(path, timeout=timeout)
     click.echo(json.dumps(reply, separators=(",", ":")) if compact else json.dumps(reply, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``tunlab relay ARGS`` without the ``tunlab`` group (the lab's relay fork server runs this)."""
+    from tunlab.errors import run_command
+
+    run_command(relay_cmd, argv, "tunlab relay")

@@ -49,7 +49,7 @@ def check_ifname(name: str, option: str = "--dev") -> str:
     """Return ``name`` if it is a safe Linux interface name, else raise ConfigError."""
     if not isinstance(name, str) or not _IFNAME_RE.match(name) or name in (".", ".."):
         raise ConfigError(option, f"{name!r} is not a usable interface name",
-                          f"1 to {IFNAME_MAX} characters from A-Z a-z 0-9 _ . -")
+                          f"1 to {IFNAME_MAX} characters (at most {IFNAME_MAX}) from A-Z a-z 0-9 _ . -")
     return name
 
 

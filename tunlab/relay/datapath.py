@@ -418,9 +418,9 @@ class TcpDatapath(Datapath):
 DATAPATHS: dict[str, str] = {
     "simple": "tunlab.relay.datapath",
     # the batched, offloaded UDP datapath (docs/fastpath.md); imported only when chosen
-    "auto": "tunlab.relay.fast",
-    "plain": "tunlab.relay.fast",
-    "gso": "tunlab.relay.fast",
+    "auto": "tunlab.relay.fast.datapath",
+    "plain": "tunlab.relay.fast.datapath",
+    "gso": "tunlab.relay.fast.datapath",
 }
 
 #: the datapath ``auto`` stands for where its module has nothing for the transport (TCP)

@@ -19,6 +19,7 @@ from .config import check_ifname
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
 TUNGETIFF = 0x800454D2
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
@@ -107,6 +108,16 @@ def open_device(name: str, *, tap: bool = False, attach: bool = False, extra_fla
         raise _setiff_error(exc, name, tap, attach) from None
     real = struct.unpack("16sH22x", res)[0].rstrip(b"\0").decode()
     return Device(fd, real, tap=tap, created=not attach, flags=flags)
+
+
+def create_persistent(name: str, *, tap: bool = False) -> None:
+    """A persistent TUN (or TAP) device without packet-info header in this thread's namespace, left closed:
+    a relay started with ``--attach`` opens it (the lab makes its nodes' devices this way)."""
+    dev = open_device(name, tap=tap)
+    try:
+        fcntl.ioctl(dev.fd, TUNSETPERSIST, 1)
+    finally:
+        dev.close()
 
 
 def _setiff_error(exc: OSError, name: str, tap: bool, attach: bool) -> TunlabError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tunlab.privileges import chown_to_invoking_user, make_user_dir
+from tunlab.system.privileges import chown_to_invoking_user, make_user_dir
 from tunlab.testing.options import Settings, safe_name
 
 SETTINGS_KEY = pytest.StashKey[Settings]()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tunlab.privileges import make_user_dir
+from tunlab.system.privileges import make_user_dir
 from tunlab.testing import artefacts
 from tunlab.testing.labs import LabFactory, TopologySpec
 from tunlab.testing.options import safe_name
@@ -130,7 +130,7 @@ def tunlab_checks(request: pytest.FixtureRequest, tunlab_lab: Any,
                   tunlab_artefacts: Path) -> Generator[Any, None, None]:
     """Scenario checks on ``tunlab_lab``: ``flows([Ping(), Udp(5000)])``, ``scenario(path)``, and
     ``capture()`` / ``send()`` / ``expect()`` / ``expect_none()``; failures raise with EXPECTED/RECEIVED."""
-    from tunlab.testing.checks import LabChecks
+    from tunlab.testing.labchecks import LabChecks
 
     checks = LabChecks(tunlab_lab, tunlab_artefacts, request.node.name)
     yield checks

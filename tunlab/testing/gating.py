@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 
-from tunlab.privileges import is_root
+from tunlab.system.privileges import is_root
 
 _PROBE = "import ctypes,os; os._exit(0 if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0 else 1)"
 

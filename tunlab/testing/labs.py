@@ -9,37 +9,28 @@ returns what leaked, as text for a loud teardown error.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunlab.errors import TunlabError
-from tunlab.testing import captures, leaks
+from tunlab.testing import leaks, pcaps
 
 TopologySpec = Any  # a tunlab.model.Topology, a callable returning one, or a name/path under topologies/
 
 
 def resolve_topology(spec: TopologySpec, params: dict[str, Any] | None = None) -> Any:
     """Turn what a test gave (a Topology, a function returning one, or a name/path) into a Topology."""
-    if isinstance(spec, (str, Path)):
-        from tunlab.model import load_topology
+    from tunlab.model.topofile import resolve_topology as resolve
 
-        return load_topology(str(spec), params)
-    if params:
-        raise TunlabError("tunlab_topology(params=...) only applies to a topology given by name or path",
-                          "call your topology function with its arguments instead")
-    if callable(spec) and not hasattr(spec, "nodes"):
-        return spec()
-    return spec
+    return resolve(spec, params, source="tunlab_topology")
 
 
 @dataclass
 class _Running:
     lab: Any
     recorded: leaks.Recorded
-    captures: list[captures.Capture] = field(default_factory=list)
+    captures: list[pcaps.LinkPcap] = field(default_factory=list)
 
 
 def _recorded(lab: Any) -> leaks.Recorded:
@@ -55,29 +46,6 @@ def _recorded(lab: Any) -> leaks.Recorded:
             start = entry.get("start")
             rec.pids[entry["pid"]] = start if isinstance(start, int) else None
     return rec
-
-
-def wait_tcp_connected(lab: Any, timeout: float = 10.0) -> None:
-    """Poll the relays until both ends of every TCP underlay link report their peer connected: a relay is
-    ready when it listens, but a test's first packet over TCP needs the connection made."""
-    tcp = [lk for lk in lab.underlay_links if lk.transport == "tcp"]
-    if not tcp:
-        return
-    deadline = time.monotonic() + timeout
-    while True:
-        counters = lab.relay_counters()
-        down = [lk.name for lk in tcp
-                if not (_connected(counters, lk.a.node, lk.b.node) and _connected(counters, lk.b.node, lk.a.node))]
-        if not down:
-            return
-        if time.monotonic() > deadline:
-            raise TunlabError(f"relay TCP connection not up after {timeout:.0f} s on link(s) {', '.join(down)}")
-        time.sleep(0.01)  # the poll interval of a readiness check with a deadline
-
-
-def _connected(counters: dict[str, Any], node: str, peer: str) -> bool:
-    peers = (counters.get(node) or {}).get("peers") or {}
-    return bool((peers.get(peer) or {}).get("connected"))
 
 
 def _refresh(running: _Running) -> leaks.Recorded:
@@ -104,7 +72,7 @@ class LabFactory:
     def __call__(self, topology: TopologySpec, *, params: dict[str, Any] | None = None,
                  capture: bool | None = None, **lab_kwargs: Any) -> Any:
         """Build a lab from ``topology`` (``params`` for a topology given by name), wait until it is up."""
-        from tunlab.lab import Lab  # the lab (pyroute2, relays) is imported only when a test builds one
+        from tunlab.lab.lab import Lab  # the lab (pyroute2, relays) is imported only when a test builds one
 
         lab_kwargs.setdefault("backend", self.backend)
         lab_kwargs.setdefault("results_dir", self.results_dir)
@@ -112,9 +80,8 @@ class LabFactory:
         lab.__enter__()  # a lab that fails to come up tears itself down and raises
         running = _Running(lab, _recorded(lab))
         self._running.append(running)
-        wait_tcp_connected(lab)
         if self.capture if capture is None else capture:
-            running.captures = captures.start(self._capture_targets(lab))
+            running.captures = pcaps.start(self._capture_targets(lab))
         return lab
 
     def _capture_targets(self, lab: Any) -> list[tuple[str, Callable[..., Any], str, Path]]:
@@ -128,7 +95,7 @@ class LabFactory:
     def snapshot(self) -> None:
         """Copy every running lab's relay logs and counters into the results folder now (at a failure, while
         the lab is still up); teardown copies the final ones over them."""
-        from tunlab.lab import keep_results
+        from tunlab.lab.lab import keep_results
 
         for running in self._running:
             try:
@@ -141,7 +108,7 @@ class LabFactory:
         problems: list[str] = []
         while self._running:
             running = self._running.pop()
-            captures.stop(running.captures)
+            pcaps.stop(running.captures)
             running.recorded = _refresh(running)
             try:
                 running.lab.__exit__(None, None, None)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunlab.ledger import process_alive, tagged_pids
+from tunlab.lab.ledger import process_alive, tagged_pids
 
 NETNS_DIR = Path("/run/netns")
 SYS_NET = Path("/sys/class/net")

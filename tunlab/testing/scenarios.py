@@ -29,7 +29,7 @@ def _runner(scenario: Any) -> Any:
     def run_scenario_test(tunlab_lab_factory: Any, tunlab_artefacts: Path) -> None:
         """Build the scenario's lab (pcaps of every link, relay logs, leak check: the lab fixtures) and run
         the scenario's checks on it (the same runner steps as ``tunlab run``)."""
-        from tunlab.testing.checks import LabChecks
+        from tunlab.testing.labchecks import LabChecks
 
         lab = tunlab_lab_factory(scenario.topology)
         LabChecks(lab, tunlab_artefacts, scenario.name).scenario(scenario)
@@ -47,7 +47,7 @@ class ScenarioItem(pytest.Function):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         """A failed check shows the scenario report (hop tables, EXPECTED/RECEIVED), not Python frames."""
-        from tunlab.testing.checks import ChecksFailed
+        from tunlab.testing.labchecks import ChecksFailed
 
         if isinstance(excinfo.value, ChecksFailed):
             return str(excinfo.value)
@@ -70,7 +70,7 @@ class ScenarioFile(pytest.Module):
             return self.path
 
     def collect(self) -> list[pytest.Item]:
-        from tunlab.scenario import load_scenario
+        from tunlab.model.scenario import load_scenario
 
         try:
             scenario = load_scenario(self._shown_path())

@@ -1,6 +1,11 @@
-"""Traffic: scapy probes sent from inside the lab's namespaces, captures on every link, checks and reports.
+"""Traffic: packets into and out of a running lab's namespaces.
 
-Modules: expect (masks), decap (underlay decoding), checks (per-hop checks), capture (sniffers in
-namespaces), inject (sending), report (rich output, JUnit XML). Import the submodule you need: each
-pulls in scapy layers only as it needs them.
+- :mod:`.inject`: a raw socket in the sender's namespace, so probes leave through its TUN and relay;
+- :mod:`.capture`: AF_PACKET sniffers opened inside namespaces (``Capture``, ``CapturePoint``), bound
+  before anything is sent;
+- :mod:`.decap`: what an underlay frame carries (UDP datagrams, TCP streams cut with the relay's own
+  de-framer, the fast datapath's chunks): the place a new encapsulation is taught to the checks;
+- :mod:`.faults`: relay hooks that break a chain on purpose (negative tests).
+
+Knows namespaces by their file (``/run/netns/NAME``, ``/proc/PID/ns/net``), not labs.
 """

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tunlab.errors import TunlabError
 from tunlab.traffic.decap import Frame, complete_checksum
-from tunlab.traffic.nsenter import entered
+from tunlab.system.netns import entered
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263

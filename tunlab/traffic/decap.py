@@ -1,6 +1,6 @@
 """Decode what was captured on an underlay link: which packets are relay encapsulation, which are bare.
 
-Pure (no root; scapy only to cut GSO super-packets, via tunlab.relay.scapy_encap): a capture is a list of :class:`Frame` (raw L3 bytes plus a kernel timestamp);
+Pure (no root; scapy only to cut GSO super-packets, via tunlab.relay.fast.scapy_encap): a capture is a list of :class:`Frame` (raw L3 bytes plus a kernel timestamp);
 :func:`decode_link` turns the frames seen on one link into :class:`Sighting` objects:
 
 - ``encap``: an outer IPv4/UDP datagram between the link's two relay endpoints (one inner packet per
@@ -247,11 +247,11 @@ def split_datagrams(payload: bytes) -> list[bytes]:
         return [payload]  # one plain IPv4 packet: the common case, no scapy needed
     if first >> 4 == 6 and len(payload) >= 40 and int.from_bytes(payload[4:6], "big") + 40 == len(payload):
         return [payload]
-    from tunlab.relay.encap import MAGIC
+    from tunlab.relay.fast.encap import MAGIC
 
     if first != MAGIC[0] and first >> 4 not in (4, 6):
         return [payload]
-    from tunlab.relay.scapy_encap import split_glued
+    from tunlab.relay.fast.scapy_encap import split_glued
 
     return split_glued(payload)
 
@@ -259,14 +259,14 @@ def split_datagrams(payload: bytes) -> list[bytes]:
 def stream_inner(stream: bytes) -> list[bytes]:
     """The inner packets of one ``gso`` stream (virtio-net header + packet), as the receiving kernel
     makes them: a GSO super-packet is cut into segments, a partial checksum is completed."""
-    from tunlab.relay import encap
+    from tunlab.relay.fast import encap
 
     vnet = encap.parse_vnet(stream)
     if vnet is None:
         return []
     if vnet.flags & encap.VNET_F_NEEDS_CSUM == 0 and vnet.gso_type & 0x7F == encap.GSO_NONE:
         return [bytes(stream[encap.VNET_LEN:])]
-    from tunlab.relay.scapy_encap import stream_packets
+    from tunlab.relay.fast.scapy_encap import stream_packets
 
     return [bytes(p) for p in stream_packets(stream)]
 
@@ -275,7 +275,7 @@ class _ChunkDecoder:
     """Per link: datagrams -> sightings; ``gso`` chunks reassembled per sender (ip, port)."""
 
     def __init__(self) -> None:
-        from tunlab.relay.encap import Reassembler
+        from tunlab.relay.fast.encap import Reassembler
 
         self.drops: dict[str, int] = {}
         self.reasm = Reassembler(max_streams=1024, remember=4096, drops=self.drops)
@@ -283,7 +283,7 @@ class _ChunkDecoder:
 
     def datagram(self, ts: float, source: tuple[str, int], src: str, dst: str, payload: bytes,
                  ends: tuple[RelayEnd, RelayEnd]) -> list[Sighting]:
-        from tunlab.relay.encap import HDR_LEN, classify
+        from tunlab.relay.fast.encap import HDR_LEN, classify
 
         out = []
         pieces = split_datagrams(payload)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from tunlab.errors import TunlabError
-from tunlab.traffic.nsenter import socket_in
+from tunlab.system.netns import socket_in
 
 
 class Injector:

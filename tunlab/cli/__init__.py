@@ -1,0 +1,61 @@
+"""The ``tunlab`` command. Subcommands live in their own modules and are imported on use."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+
+import click
+
+from tunlab.errors import run_command
+
+# name -> "module:attribute" of a click.Command; imported only when that command runs
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "relay": ("tunlab.relay.command:relay_cmd", "TUN/TAP <-> UDP/TCP relay (TunConnector compatible)"),
+    "relay-stats": ("tunlab.relay.command:stats_cmd", "print a running relay's counters"),
+    "show": ("tunlab.cli.lab:show_cmd", "print a topology's nodes, links, addresses and hops"),
+    "up": ("tunlab.cli.lab:up_cmd", "bring a lab up and leave it running"),
+    "down": ("tunlab.cli.lab:down_cmd", "take a running lab down"),
+    "ls": ("tunlab.cli.lab:ls_cmd", "list runs"),
+    "exec": ("tunlab.cli.lab:exec_cmd", "run a command inside a node of a running lab"),
+    "clean": ("tunlab.cli.lab:clean_cmd", "remove what dead tunlab runs left behind (by ownership)"),
+    "run": ("tunlab.cli.run:run_cmd", "run scenarios: build the lab, send packets, check every hop"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        spec = _COMMANDS.get(name)
+        if spec is None:
+            return None
+        mod_name, attr = spec[0].split(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:  # a part not built yet, or a missing extra
+            raise click.ClickException(f"the '{name}' command is unavailable: {exc}") from exc
+        cmd = getattr(mod, attr)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tunlab")
+def cli() -> None:
+    """tunlab: network-namespace labs for VNF chains, and the TUN relay that links them."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so a lab being built or checked is torn down by its context manager."""
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)  # the relay installs its own handlers when it runs
+    run_command(cli, argv, "tunlab")

@@ -1,0 +1,251 @@
+"""`tunlab show / up / down / ls / exec / clean`: thin commands over tunlab.lab.lab and tunlab.lab.ledger."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tunlab.cli.console import make_console
+from tunlab.errors import TunlabError
+from tunlab.lab.ledger import Ledger, list_runs
+from tunlab.model.topology import Endpoint, Topology, Vnf
+from tunlab.system.privileges import require_root
+
+_param_opt = click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+                          help="argument of the topology function (repeatable), e.g. -p n_vnfs=10")
+
+
+def _console() -> Console:
+    return make_console(soft_wrap=False)
+
+
+def _load(ref: str, params: tuple[str, ...]) -> Topology:
+    from tunlab.model.topofile import load_topology, parse_params
+
+    return load_topology(ref, parse_params(params))
+
+
+# ---------------------------------------------------------------------------------------------- show
+
+
+def _vnf_does(n: Endpoint | Vnf) -> str:
+    if isinstance(n, Endpoint):
+        return "endpoint"
+    if n.kind == "hook":
+        return f"hook {n.hook if isinstance(n.hook, str) else getattr(n.hook, '__name__', n.hook)}"
+    parts = ["kernel"]
+    if n.nft:
+        parts.append("nftables")
+    parts += [f"route {r.dst} {r.type}" for r in n.routes]
+    return ", ".join(parts)
+
+
+@click.command("show")
+@click.argument("topology")
+@_param_opt
+@click.option("--routes", is_flag=True, help="also print every relay's routes (prefix -> next hop)")
+def show_cmd(topology: str, params: tuple[str, ...], routes: bool) -> None:
+    """Print TOPOLOGY's nodes, links, addresses and hops (no root needed).
+
+    TOPOLOGY: a topology file, or the name of one in topologies/ (linear, three_vnf, fork)."""
+    t = _load(topology, params)
+    con = _console()
+    con.print(f"[bold]{t.name}[/bold]  ({t.source or 'python'})" + (f": {t.description}" if t.description else ""))
+    con.print(f"overlay {t.overlay_net}, TUN MTU {t.mtu}")
+    nodes = Table(title="nodes", title_justify="left")
+    for col in ("node", "role", "overlay", "does"):
+        nodes.add_column(col)
+    for n in t.nodes:
+        nodes.add_row(n.name, "endpoint" if isinstance(n, Endpoint) else "vnf", n.overlay, _vnf_does(n))
+    con.print(nodes)
+    links = Table(title="links (underlay veth + relay hop)", title_justify="left")
+    for col in ("link", "a end", "b end", "transport"):
+        links.add_column(col)
+    for lk in t.links:
+        links.add_row(lk.name, f"{lk.a} {lk.a_addr} :{lk.a_port}", f"{lk.b} {lk.b_addr} :{lk.b_port}",
+                      lk.transport + (" (b listens)" if lk.transport == "tcp" else f", datapath {t.datapath}"))
+    con.print(links)
+    paths = Table(title="paths", title_justify="left")
+    paths.add_column("#")
+    paths.add_column("hops")
+    paths.add_column("extra destination prefixes")
+    for i, p in enumerate(t.paths):
+        paths.add_row(str(i), " -> ".join(p.nodes), ", ".join(p.prefixes))
+    con.print(paths)
+    if routes:
+        from tunlab.model.plan import collapse_routes
+
+        rt = Table(title="relay routes", title_justify="left")
+        rt.add_column("node")
+        rt.add_column("prefix -> next hop")
+        for n in t.nodes:
+            rt.add_row(n.name, ", ".join(f"{p} -> {peer}" for p, peer in collapse_routes(t.routes_for(n.name))))
+        con.print(rt)
+
+
+# ---------------------------------------------------------------------------------------------- up / down
+
+
+@click.command("up")
+@click.argument("topology")
+@_param_opt
+@click.option("--backend", default="netns", show_default=True, type=click.Choice(["netns", "mininet"]))
+@click.option("--results", "results", default=None, metavar="DIR",
+              help="copy relay logs and counters here when the lab goes down")
+def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | None) -> None:
+    """Bring TOPOLOGY up and leave it running (take it down with `tunlab down`)."""
+    require_root("tunlab up")
+    from tunlab.lab.lab import Lab
+
+    t = _load(topology, params)
+    t0 = time.perf_counter()
+    lab = Lab(t, backend=backend, results_dir=os.path.abspath(results) if results else None)
+    lab.__enter__()
+    lab.detach()
+    con = _console()
+    con.print(f"lab [bold]{lab.run_id}[/bold] ({t.name}, {len(t.nodes)} nodes) is up in "
+              f"{time.perf_counter() - t0:.2f} s; files in {lab.run_dir}")
+    table = Table()
+    for col in ("node", "namespace", "overlay"):
+        table.add_column(col)
+    for name, node in lab.nodes.items():
+        table.add_row(name, os.path.basename(node.netns_file), f"{node.overlay_dev} {node.overlay_ip}")
+    con.print(table)
+    first = next(iter(lab.nodes))
+    con.print(f"try: sudo tunlab exec {first} -- ip addr    |    done: sudo tunlab down {lab.run_id}")
+
+
+def _pick_run(run_id: str | None, states: tuple[str, ...], what: str) -> Ledger:
+    if run_id:
+        return Ledger.open(run_id)
+    runs = [r for r in list_runs() if r.state() in states]
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise TunlabError(f"no lab is {' or '.join(states)}", "see `tunlab ls`")
+    raise TunlabError(f"{len(runs)} labs are {' or '.join(states)} ({', '.join(r.run_id for r in runs)})",
+                      f"say which: tunlab {what} --run ID" if what == "exec" else f"say which: tunlab {what} ID")
+
+
+@click.command("down")
+@click.argument("run_id", required=False)
+@click.option("--force", is_flag=True, help="also take down a lab whose owning process still runs")
+def down_cmd(run_id: str | None, force: bool) -> None:
+    """Take down a lab brought up by `tunlab up` (the only one, or RUN_ID)."""
+    require_root("tunlab down")
+    led = _pick_run(run_id, ("up",), "down")
+    state = led.state()
+    if state == "running" and not force:
+        owner = (led.meta().get("owner") or {}).get("pid")
+        raise TunlabError(f"run {led.run_id} belongs to process {owner}, which still runs",
+                          "it takes its lab down itself; use --force to take it down anyway")
+    _teardown_and_report(led)
+
+
+def _teardown_and_report(led: Ledger) -> None:
+    from tunlab.lab.lab import teardown_run
+
+    t0 = time.perf_counter()
+    n = len(led.entries())
+    errors = teardown_run(led)
+    for e in errors:
+        click.echo(f"tunlab: {e}", err=True)
+    if errors:
+        raise TunlabError(f"run {led.run_id}: {len(errors)} problem(s) while removing it",
+                          f"its ledger stays in {led.dir}; retry with: sudo tunlab clean {led.run_id}")
+    click.echo(f"run {led.run_id}: removed {n} recorded object(s) in {time.perf_counter() - t0:.2f} s")
+
+
+# ---------------------------------------------------------------------------------------------- ls
+
+
+def _age(created: Any) -> str:
+    if not isinstance(created, (int, float)):
+        return "?"
+    s = int(time.time() - created)
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+
+
+@click.command("ls")
+def ls_cmd() -> None:
+    """List tunlab runs on this machine (running, up, or dead and waiting for `tunlab clean`)."""
+    runs = list_runs()
+    con = _console()
+    if not runs:
+        con.print("no tunlab runs")
+        return
+    table = Table()
+    for col in ("run", "state", "backend", "topology", "nodes", "age", "owner"):
+        table.add_column(col)
+    for r in runs:
+        m = r.meta()
+        owner = (m.get("owner") or {}).get("pid")
+        table.add_row(r.run_id, r.state(), str(m.get("backend", "?")), str(m.get("topology", "?")),
+                      str(len(m.get("nodes") or {})), _age(m.get("created")), str(owner or "-"))
+    con.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- exec
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--run", "run_id", default=None, metavar="ID", help="which lab, when more than one runs")
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec_cmd(run_id: str | None, node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND (default: a shell) inside NODE of the running lab: tunlab exec NODE -- CMD ARGS."""
+    require_root("tunlab exec")
+    led = _pick_run(run_id, ("up", "running"), "exec")
+    nodes = led.meta().get("nodes") or {}
+    info = nodes.get(node)
+    if not isinstance(info, dict):
+        raise TunlabError(f"run {led.run_id} has no node '{node}'", f"nodes: {', '.join(nodes) or 'none'}")
+    nsfile = str(info.get("netns_file") or f"/run/netns/{info.get('netns')}")
+    if not os.path.exists(nsfile):
+        raise TunlabError(f"node '{node}' of run {led.run_id} has no namespace any more ({nsfile})")
+    argv = list(command[1:] if command[:1] == ("--",) else command) or [os.environ.get("SHELL") or "/bin/sh"]
+    nsenter = shutil.which("nsenter") or "nsenter"
+    os.execv(nsenter, [nsenter, f"--net={nsfile}", "--", *argv])
+
+
+# ---------------------------------------------------------------------------------------------- clean
+
+
+@click.command("clean")
+@click.argument("run_ids", nargs=-1)
+@click.option("--dry-run", "-n", is_flag=True, help="only say what would be removed")
+def clean_cmd(run_ids: tuple[str, ...], dry_run: bool) -> None:
+    """Remove what dead tunlab runs recorded (all dead runs, or RUN_IDS) and nothing else.
+
+    A run is dead when the process that owned it is gone. Labs kept by `tunlab up` are not dead: take
+    them down with `tunlab down`."""
+    require_root("tunlab clean")
+    runs = [Ledger.open(r) for r in run_ids] if run_ids else list_runs()
+    problems = 0
+    cleaned = 0
+    for led in runs:
+        state = led.state()
+        if state != "dead":
+            if run_ids:
+                hint = "tunlab down" if state == "up" else "its owner takes it down"
+                click.echo(f"run {led.run_id} is {state}: left alone ({hint})")
+            continue
+        if dry_run:
+            click.echo(f"run {led.run_id}: would remove {len(led.entries())} recorded object(s)")
+            continue
+        try:
+            _teardown_and_report(led)
+            cleaned += 1
+        except TunlabError as exc:
+            click.echo(f"tunlab: {exc}", err=True)
+            problems += 1
+    if not dry_run and not cleaned and not problems:
+        click.echo("nothing to clean")
+    if problems:
+        raise TunlabError(f"{problems} run(s) could not be cleaned completely")

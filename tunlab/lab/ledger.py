@@ -1,0 +1,286 @@
+"""The run directory and its ownership ledger.
+
+``/run/tunlab/<run_id>/`` (``$TUNLAB_RUN_ROOT`` overrides the root) holds:
+
+- ``meta.json``: owner pid and start time, state, backend, topology, nodes (rewritten atomically);
+- ``ledger.jsonl``: one JSON object per created thing, appended and fsync'd *before* it is created:
+  ``{"op": "netns", "name": ...}``, ``{"op": "link", "netns": ..., "ifname": ...}``,
+  ``{"op": "proc", "node": ..., "pid": ..., "start": ...}``, ``{"op": "file", "path": ...}``...;
+- relay logs, control sockets and counters.
+
+:func:`replay` undoes the entries in reverse order, whatever happened, with removers a backend supplies;
+consecutive entries of one kind go to their remover together (so 100 relays are stopped at once).
+A run is *dead* when its owner process is gone (pid absent or started at another time) and it was not
+handed over to ``tunlab up``; ``tunlab clean`` replays dead runs only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunlab.errors import TunlabError
+from tunlab.model.names import is_run_id, new_run_id
+from tunlab.system.procs import proc_start_time, process_alive
+
+Entry = dict[str, Any]
+Remover = Callable[[Sequence[Entry]], None]
+
+DEFAULT_ROOT = "/run/tunlab"
+ENV_TAG = "TUNLAB_RUN"
+
+
+def run_root() -> Path:
+    return Path(os.environ.get("TUNLAB_RUN_ROOT") or DEFAULT_ROOT)
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def tagged_pids(run_id: str) -> list[int]:
+    """Processes whose environment holds exactly TUNLAB_RUN=<run_id> (relays and node.popen children)."""
+    tag = f"{ENV_TAG}={run_id}".encode()
+    me = os.getpid()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if tag in env.split(b"\0"):
+            out.append(int(d))
+    return out
+
+
+def stop_processes(targets: Iterable[tuple[int, int | None]], timeout: float = 3.0) -> list[int]:
+    """SIGTERM every (pid, start) still alive, wait for all together, SIGKILL what is left.
+
+    A pid whose start time differs is someone else's process and is never signalled. Returns the pids
+    that had to be killed."""
+    live = [(pid, start) for pid, start in targets if process_alive(pid, start)]
+    for pid, _ in live:
+        _signal(pid, signal.SIGTERM)
+    left = _wait_gone(live, timeout)
+    for pid, _ in left:
+        _signal(pid, signal.SIGKILL)
+    _wait_gone(left, timeout)
+    return [pid for pid, _ in left]
+
+
+def _wait_gone(procs: list[tuple[int, int | None]], timeout: float) -> list[tuple[int, int | None]]:
+    """Poll until every process has exited (reaping our own children); return those still alive."""
+    deadline = time.monotonic() + timeout
+    while procs:
+        procs = [(pid, st) for pid, st in procs if not _reaped(pid) and process_alive(pid, st)]
+        if not procs or time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+    return procs
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` if it is our exited child; True when it is gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------- ledger
+
+
+@dataclass
+class Ledger:
+    dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.dir.name
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.dir / "ledger.jsonl"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "meta.json"
+
+    # -- creation and opening
+    @classmethod
+    def create(cls, meta: Mapping[str, Any], root: Path | None = None, run_id: str | None = None) -> Ledger:
+        """Reserve a fresh run id (its directory) and write meta.json with this process as owner."""
+        root = root or run_root()
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            rid = run_id or new_run_id()
+            if _netns_leftovers(rid):
+                if run_id:
+                    raise TunlabError(f"run id {rid} still has namespaces in /run/netns")
+                continue
+            try:
+                (root / rid).mkdir(mode=0o755)
+            except FileExistsError:
+                if run_id:
+                    raise TunlabError(f"run {rid} already exists in {root}") from None
+                continue
+            led = cls(root / rid)
+            pid = os.getpid()
+            led.write_meta({**meta, "run_id": rid, "state": "starting", "created": time.time(),
+                            "owner": {"pid": pid, "start": proc_start_time(pid)}})
+            led.ledger_path.touch()
+            return led
+        raise TunlabError(f"could not find a free run id in {root}")
+
+    @classmethod
+    def open(cls, run_id: str, root: Path | None = None) -> Ledger:
+        root = root or run_root()
+        if not is_run_id(run_id) or not (root / run_id).is_dir():
+            raise TunlabError(f"there is no run '{run_id}' in {root}", "see `tunlab ls`")
+        return cls(root / run_id)
+
+    # -- entries
+    def append(self, *entries: Entry) -> None:
+        """Record ``entries`` durably; call it before creating what they describe."""
+        if not entries:
+            return
+        data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries).encode()
+        fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[Entry]:
+        """Recorded entries in order; a torn last line (crash while writing) is ignored."""
+        try:
+            text = self.ledger_path.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(e, dict) and isinstance(e.get("op"), str):
+                out.append(e)
+        return out
+
+    # -- meta
+    def meta(self) -> dict[str, Any]:
+        try:
+            m = json.loads(self.meta_path.read_text())
+            return m if isinstance(m, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        os.replace(tmp, self.meta_path)
+
+    def update_meta(self, **changes: Any) -> dict[str, Any]:
+        m = {**self.meta(), **changes}
+        self.write_meta(m)
+        return m
+
+    def state(self) -> str:
+        """``up`` (handed to `tunlab up`), ``running`` (owner alive) or ``dead``."""
+        m = self.meta()
+        if m.get("state") == "up":
+            return "up"
+        owner = m.get("owner") or {}
+        pid = owner.get("pid")
+        if isinstance(pid, int) and process_alive(pid, owner.get("start")):
+            return "running"
+        return "dead"
+
+    def remove_dir(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _netns_leftovers(run_id: str) -> bool:
+    try:
+        return any(n.startswith(f"tl-{run_id}-") for n in os.listdir("/run/netns"))
+    except OSError:
+        return False
+
+
+def list_runs(root: Path | None = None) -> list[Ledger]:
+    root = root or run_root()
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [Ledger(root / n) for n in names if is_run_id(n) and (root / n).is_dir()]
+
+
+# ------------------------------------------------------------------------------------------- replay
+
+
+def replay(ledger: Ledger, removers: Mapping[str, Remover]) -> list[str]:
+    """Undo the ledger's entries in reverse order; return one line per failure (it carries on)."""
+    errors: list[str] = []
+    groups: list[list[Entry]] = []
+    for e in reversed(ledger.entries()):
+        if groups and groups[-1][0]["op"] == e["op"]:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    for group in groups:
+        op = group[0]["op"]
+        remover = removers.get(op)
+        if remover is None:
+            errors.append(f"run {ledger.run_id}: no remover for '{op}' entries ({len(group)} left)")
+            continue
+        try:
+            remover(group)
+        except Exception as exc:  # keep going: the rest must still be removed
+            errors.append(f"run {ledger.run_id}: removing {op} {_label(group[0])}...: {exc}")
+    return errors
+
+
+def _label(e: Entry) -> str:
+    return str(e.get("name") or e.get("ifname") or e.get("pid") or e.get("path") or "")
+
+
+def remove_processes(run_id: str) -> Remover:
+    """Remover for ``proc`` entries: stop them all (by pid + start time), then any process still tagged
+    with this run (started but killed before it was recorded)."""
+
+    def remover(entries: Sequence[Entry]) -> None:
+        targets = [(int(e["pid"]), e.get("start")) for e in entries if isinstance(e.get("pid"), int)]
+        stop_processes(targets)
+        stop_processes([(pid, proc_start_time(pid)) for pid in tagged_pids(run_id)])
+
+    return remover
+
+
+def remove_files(entries: Sequence[Entry]) -> None:
+    for e in entries:
+        p = Path(str(e.get("path", "")))
+        if not p.is_absolute():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

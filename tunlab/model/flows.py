@@ -1,0 +1,136 @@
+"""Flows and expectations: what a scenario sends (``Ping``, ``Udp``, ``Tcp``) and what it expects of each
+packet (``Expect``); a planned packet with its expectation is a ``Probe``.
+
+Pure data: no root, and scapy only when a field name in ``ignore=`` is checked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from tunlab.errors import DescriptionError
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet
+
+__all__ = ["Flow", "Ping", "Udp", "Tcp", "Expect", "Probe", "parse_expect", "ignore_field"]
+
+Size = int | Literal["mtu"] | None
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a probe should do: be delivered (optionally with a reply) or be dropped at a node."""
+
+    delivered: bool = True
+    dropped_at: str | None = None
+    reply: bool = False
+
+    def describe(self) -> str:
+        if not self.delivered:
+            return f"dropped at {self.dropped_at}"
+        return "delivered, reply" if self.reply else "delivered"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A packet sent from the chain's sender, and what the scenario expects of it."""
+
+    name: str
+    packet: bytes
+    expect: Expect = Expect()
+    ignore: tuple[tuple[type[Packet], str], ...] = ()  # do-not-care fields for every comparison
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flow:
+    """Fields every kind of flow has. Use Ping, Udp or Tcp."""
+
+    count: int = 1
+    expect: str | Expect | None = None  # None: the scenario's default
+    src: str | None = None
+    dst: str | None = None      # node name or overlay address
+    ttl: int = 64
+    ignore: tuple[str, ...] = ()
+    name: str | None = None
+    size: Size = None
+    payload: bytes = b""
+
+    kind = "flow"
+    default_expect = "delivered"
+    header_len = 20
+
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class Ping(Flow):
+    size: Size = 84
+    kind = "icmp"
+    default_expect = "reply"
+    header_len = 28
+
+    def label(self) -> str:
+        return self.name or f"ping {self.size}"
+
+
+@dataclass(frozen=True)
+class Udp(Flow):
+    dport: int = 5001
+    sport: int | None = None
+    kind = "udp"
+    header_len = 28
+
+    def label(self) -> str:
+        return self.name or f"udp {self.dport}" + (f" {self.size}" if self.size else "")
+
+
+@dataclass(frozen=True)
+class Tcp(Flow):
+    dport: int = 80
+    flags: str = "S"
+    sport: int | None = None
+    kind = "tcp"
+    default_expect = "reply"
+    header_len = 40
+
+    def label(self) -> str:
+        return self.name or f"tcp {self.dport} [{self.flags}]" + (f" {self.size}" if self.size else "")
+
+
+_DROP_RE = re.compile(r"^dropped\s+at\s+([a-z][a-z0-9_]*)$")
+
+
+def parse_expect(value: Any, *, default: str, source: str, where: str) -> Expect:
+    """``"delivered"``, ``"reply"`` or ``"dropped at NODE"`` (or an Expect) -> Expect."""
+    if value is None:
+        value = default
+    if isinstance(value, Expect):
+        return value
+    if isinstance(value, str):
+        text = " ".join(value.strip().lower().split())
+        if text == "delivered":
+            return Expect()
+        if text in ("reply", "replies", "delivered+reply", "delivered, reply"):
+            return Expect(reply=True)
+        m = _DROP_RE.match(text)
+        if m:
+            return Expect(delivered=False, dropped_at=m.group(1))
+    raise DescriptionError(f"{value!r} is not an expectation", source=source, field=where,
+                           hint="use 'delivered', 'reply' or 'dropped at NODE'")
+
+
+def ignore_field(item: str, src: str, where: str) -> tuple[Any, str]:
+    """``"IP.ttl"`` -> (scapy layer class, field name), checked."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+
+    layers = {"IP": IP, "ICMP": ICMP, "UDP": UDP, "TCP": TCP}
+    layer, _, name = item.partition(".")
+    cls = layers.get(layer)
+    if cls is None or name not in {f.name for f in cls.fields_desc}:
+        raise DescriptionError(f"{item!r} is not a field", source=src, field=where,
+                               hint=f"write Layer.field with Layer one of {', '.join(layers)}, e.g. 'IP.tos'")
+    return cls, name

@@ -1,0 +1,214 @@
+"""From a validated description and a run id to concrete names, addresses and relay command lines.
+
+Pure (no root): what a backend creates and what each relay is started with is decided here, so it can be
+printed (`tunlab show`) and unit-tested.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from tunlab.model import names
+from tunlab.model.topology import Endpoint, Route, Topology, Transport, Vnf, hook_spec
+
+
+# Paths with this many VNFs or more get ip_default_ttl 255 in every node: replies start at 64 otherwise
+# and expire on the way back.
+LONG_CHAIN = 48
+
+
+class LinkEnd(NamedTuple):
+    node: str
+    ifname: str
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UnderlayLink:
+    name: str
+    a: LinkEnd
+    b: LinkEnd
+    transport: Transport
+    prefixlen: int
+    index: int
+    datapath: str = "simple"  # the relays' --datapath on this hop (TCP hops: simple)
+
+
+@dataclass(frozen=True)
+class Iface:
+    ifname: str
+    addr: str  # with prefix length
+    link: UnderlayLink
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    role: str  # "endpoint" | "vnf"
+    netns: str
+    overlay_dev: str
+    overlay_ip: str
+    overlay_prefixlen: int
+    mtu: int
+    forward: bool
+    default_ttl: int | None  # net.ipv4.ip_default_ttl when a path is too long for Linux's 64
+    nft: str | None
+    routes: tuple[Route, ...]
+    ifaces: tuple[Iface, ...]
+    relay_args: tuple[str, ...]  # after `tunlab relay`, without --ready-fd
+    control: str
+    stats_file: str
+    log_file: str
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    run_id: str
+    run_dir: str
+    topology: Topology
+    nodes: tuple[NodePlan, ...]
+    links: tuple[UnderlayLink, ...]
+
+    def node(self, name: str) -> NodePlan:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+
+def collapse_routes(routes: dict[str, str]) -> list[tuple[str, str]]:
+    """prefix -> peer, merged per peer into the fewest prefixes covering exactly the same addresses."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for prefix, peer in routes.items():
+        net = ipaddress.IPv4Network(prefix)
+        spans.setdefault(peer, []).append((int(net.network_address), int(net.broadcast_address)))
+    out: list[tuple[int, int, str]] = []
+    for peer, ranges in spans.items():
+        ranges.sort()
+        merged: list[list[int]] = []
+        for lo, hi in ranges:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        for lo, hi in merged:
+            out += [(start, plen, peer) for start, plen in _cidrs(lo, hi)]
+    out.sort()
+    return [(f"{ipaddress.IPv4Address(start)}/{plen}", peer) for start, plen, peer in out]
+
+
+def _cidrs(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The aligned blocks that cover [lo, hi] exactly, as (start, prefix length)."""
+    blocks = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 32
+        while size > hi - lo + 1:
+            size >>= 1
+        blocks.append((lo, 33 - size.bit_length()))
+        lo += size
+    return blocks
+
+
+def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
+    run_dir = str(run_dir)
+    links = []
+    for i, lk in enumerate(topo.links):
+        a = ipaddress.IPv4Interface(lk.a_addr)
+        b = ipaddress.IPv4Interface(lk.b_addr)
+        links.append(UnderlayLink(
+            name=lk.name,
+            a=LinkEnd(lk.a, names.veth_name(run_id, i, "a"), str(a.ip), lk.a_port),
+            b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
+            transport=lk.transport, prefixlen=a.network.prefixlen, index=i,
+            datapath=topo.datapath if lk.transport == "udp" else "simple"))
+    plen = topo.overlay_prefixlen()
+    longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
+    ttl = 255 if longest >= LONG_CHAIN else None
+    tun = names.tun_name(run_id)
+    nodes = []
+    for n in topo.nodes:
+        mine = [lk for lk in links if n.name in (lk.a.node, lk.b.node)]
+        ifaces = tuple(
+            Iface(end.ifname, f"{end.ip}/{lk.prefixlen}", lk)
+            for lk in mine for end in (lk.a, lk.b) if end.node == n.name)
+        base = f"{run_dir}/{n.name}"
+        args = relay_args(topo, n, mine, tun, control=f"{base}.ctl", stats_file=f"{base}.stats.json",
+                          log_file=f"{base}.log")
+        is_vnf = isinstance(n, Vnf)
+        nodes.append(NodePlan(
+            name=n.name, role="vnf" if is_vnf else "endpoint", netns=names.netns_name(run_id, n.name),
+            overlay_dev=tun, overlay_ip=n.overlay, overlay_prefixlen=plen, mtu=topo.mtu,
+            forward=is_vnf and n.kind == "kernel", default_ttl=ttl,
+            nft=n.nft if is_vnf else None, routes=n.routes if is_vnf else (),
+            ifaces=ifaces, relay_args=args,
+            control=f"{base}.ctl", stats_file=f"{base}.stats.json", log_file=f"{base}.log"))
+    return LabPlan(run_id, run_dir, topo, tuple(nodes), tuple(links))
+
+
+@dataclass(frozen=True)
+class RelayHop:
+    """One neighbour of a relay, as its command line needs it.
+
+    UDP: both ends bind their address and port and send to each other. TCP: the ``listens`` end (a link's
+    ``b``) listens and accepts the peer by address; the other end connects to it."""
+
+    peer: str
+    my_ip: str
+    my_port: int
+    peer_ip: str
+    peer_port: int
+    transport: str
+    listens: bool = True
+
+
+def relay_argv(*, device: Sequence[str], transport: str, hops: Sequence[RelayHop], routes: dict[str, str],
+               hook: str | None, control: str, stats_file: str, log_file: str, datapath: str | None = None,
+               extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The one relay command line builder (docs/ARCHITECTURE.md, relay contract), ``--ready-fd`` excepted:
+    the lab's plan and relay chains in a Mininet network of your own both build theirs here.
+
+    ``device``: ``--dev NAME --attach`` or ``--dev NAME --addr A/P [--mtu N]``; ``routes``: overlay prefix
+    -> peer name (merged per peer); ``hook``: ``--vnf hook --hook SPEC``, else ``--vnf kernel``. One socket
+    per relay: it binds the address of the hops it listens on when they share one, else 0.0.0.0."""
+    args = [*device, "--transport", transport]
+    if datapath is not None:
+        args += ["--datapath", datapath]
+    listens: list[RelayHop] = []
+    for hop in hops:
+        if transport == "udp":
+            listens.append(hop)
+            args += ["--peer", f"{hop.peer}={hop.peer_ip}:{hop.peer_port}"]
+        elif hop.listens:
+            listens.append(hop)
+            args += ["--accept", f"{hop.peer}={hop.peer_ip}"]
+        else:
+            args += ["--peer", f"{hop.peer}={hop.peer_ip}:{hop.peer_port}"]
+    if listens:
+        ips = {h.my_ip for h in listens}
+        args += ["--listen", f"{ips.pop() if len(ips) == 1 else '0.0.0.0'}:{listens[0].my_port}"]
+    for prefix, peer in collapse_routes(routes):
+        args += ["--route", f"{prefix}={peer}"]
+    args += ["--vnf", "hook", "--hook", hook] if hook is not None else ["--vnf", "kernel"]
+    args += ["--control", control, "--stats-file", stats_file, "--log-file", log_file, *extra]
+    return tuple(args)
+
+
+def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], dev: str, *,
+               control: str, stats_file: str, log_file: str) -> tuple[str, ...]:
+    """The relay command line of one node of a lab (an attached persistent TUN; the lab's datapath)."""
+    transport = links[0].transport if links else "udp"
+    hops = []
+    for lk in links:
+        me, other = (lk.a, lk.b) if lk.a.node == node.name else (lk.b, lk.a)
+        hops.append(RelayHop(other.node, me.ip, me.port, other.ip, other.port, lk.transport, listens=me is lk.b))
+    hook = hook_spec(node, topo.base_dir()) if isinstance(node, Vnf) and node.kind == "hook" else None
+    # TCP hops run the simple datapath: the relay's auto means simple there, so only "simple" is passed
+    datapath = topo.datapath if transport == "udp" or topo.datapath == "simple" else None
+    return relay_argv(device=("--dev", dev, "--attach"), transport=transport, hops=hops,
+                      routes=topo.routes_for(node.name), hook=hook, control=control, stats_file=stats_file,
+                      log_file=log_file, datapath=datapath)

@@ -1,0 +1,269 @@
+"""Run one scenario: bring its lab up, capture on every link, send the probes, check, keep the evidence.
+
+The order matters and nothing sleeps: the lab returns when every relay is ready; TCP relays are polled
+until their peers are connected; captures return when every socket is bound; probes are sent; the run
+waits until every probe that must arrive has arrived (or the scenario's timeout), then until every link
+has been silent for the scenario's ``settle`` time (so late duplicates and leaks are seen too).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunlab.errors import TunlabError
+from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root
+from tunlab.model.scenario import PlannedProbe, Scenario, build_probes
+from tunlab.traffic.capture import Capture, CapturePoint
+from tunlab.verdict.checks import (Captures, Chain, LinkInfo, ScenarioResult, check_flow, check_links, identity,
+                                   reply_matcher)
+from tunlab.traffic.decap import Frame, RelayEnd
+from tunlab.traffic.inject import Injector
+from tunlab.verdict.report import junit_xml, write_text
+
+DEFAULT_RESULTS = "tunlab-results"
+GIVE_UP_QUIET = 1.5  # s of silence on every capture point after which a missing packet counts as lost
+BeforeSend = Callable[[Any], None]
+
+
+# ------------------------------------------------------------------------------------- lab -> chain
+
+
+def chain_for(lab: Any, nodes: tuple[str, ...]) -> Chain:
+    """The :class:`Chain` of ``nodes`` in a running lab: links with their relay addresses and ports."""
+    topo = lab.topology
+    by_pair = {frozenset((lk.a.node, lk.b.node)): lk for lk in lab.underlay_links}
+    links = []
+    for x, y in zip(nodes, nodes[1:]):
+        lk = by_pair.get(frozenset((x, y)))
+        if lk is None:
+            raise TunlabError(f"the lab has no underlay link between {x} and {y}")
+        tcp = lk.transport == "tcp"
+        # TCP: b listens on its port, a connects from a port of its kernel's choosing
+        a = RelayEnd(lk.a.node, lk.a.ip, None if tcp else lk.a.port)
+        b = RelayEnd(lk.b.node, lk.b.ip, lk.b.port)
+        links.append(LinkInfo(lk.name, a, b, lk.transport))
+    kernel = frozenset(n for n in nodes[1:-1] if getattr(topo.node(n), "kind", None) == "kernel")
+    overlay = (topo.overlay_net, *(p for path in topo.paths for p in path.prefixes))
+    return Chain(tuple(nodes), tuple(links), kernel, overlay)
+
+
+def describe_chain(chain: Chain) -> str:
+    transports = sorted({lk.transport for lk in chain.links})
+    kinds = "" if not chain.kernel_vnfs else f"; kernel VNFs: {', '.join(sorted(chain.kernel_vnfs))}"
+    return f"{' > '.join(chain.nodes)} ({'/'.join(transports)}{kinds})"
+
+
+def capture_points(lab: Any, chains: list[Chain], probes: list[PlannedProbe]) -> list[CapturePoint]:
+    """Every underlay link of the chains (at its b end) and the TUNs of their endpoints and kernel VNFs."""
+    pairs = sorted({(p.probe.packet[12:16], p.probe.packet[16:20]) for p in probes})
+    import socket
+
+    terms = [f"(src host {socket.inet_ntoa(s)} and dst host {socket.inet_ntoa(d)}) or "
+             f"(src host {socket.inet_ntoa(d)} and dst host {socket.inet_ntoa(s)})" for s, d in pairs]
+    tun_bpf = "ip and (" + " or ".join(terms) + ")"
+    points: dict[str, CapturePoint] = {}
+    underlay = {lk.name: lk for lk in lab.underlay_links}
+    for chain in chains:
+        for name in chain.nodes:
+            if name in (chain.sender, chain.receiver) or name in chain.kernel_vnfs:
+                node = lab.node(name)
+                point = chain.tun_point(name)
+                points.setdefault(point, CapturePoint(point, node.netns_file, node.overlay_dev, tun_bpf))
+        for link in chain.links:
+            lk = underlay[link.name]
+            point = chain.link_point(link)
+            # everything IPv4 on an underlay matters: encapsulation, bare inner packets, ICMP errors
+            points.setdefault(point, CapturePoint(point, lab.node(lk.b.node).netns_file, lk.b.ifname, "ip"))
+    return list(points.values())
+
+
+# ------------------------------------------------------------------------------------------ waiting
+
+
+def _arrived(planned: list[PlannedProbe], chains: dict[tuple[str, ...], Chain]) -> Callable[
+        [dict[str, list[Frame]]], bool]:
+    """A predicate over live captures: has every probe that must arrive arrived (and its reply)?"""
+    wanted: list[tuple[str, bool, Callable[[bytes], bool]]] = []
+    for p in planned:
+        chain = chains[p.nodes]
+        if p.probe.expect.delivered:
+            ident = identity(p.probe.packet)
+            wanted.append((chain.tun_point(chain.receiver), False,
+                           lambda d, ident=ident: identity(d) == ident))  # type: ignore[misc]
+            if p.probe.expect.reply:
+                wanted.append((chain.tun_point(chain.sender), False, reply_matcher(p.probe.packet)))
+
+    def done(frames: dict[str, list[Frame]]) -> bool:
+        return all(any(f.outgoing == out and match(f.data) for f in frames.get(point, ()))
+                   for point, out, match in wanted)
+    return done
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, keep: bool = False,
+                 backend: str = "netns", before_send: BeforeSend | None = None,
+                 seed: int | None = None) -> ScenarioResult:
+    """Run ``sc`` end to end on a lab of its own and return what it found; never raises for a failing check.
+
+    The evidence of a failed run (or of every run with ``keep``) goes to ``results_root/<run id>/`` in the
+    layout of :func:`write_evidence`, with the lab's relay logs, final counters and ledger beside it."""
+    require_root("tunlab run")
+    from tunlab.lab.lab import Lab
+
+    started = time.monotonic()
+    root = Path(results_root)
+    result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
+    try:
+        with Lab(sc.topology, backend=backend) as lab:
+            check_scenario(sc, lab, result=result, seed=seed, before_send=before_send,
+                           evidence=lambda: root / lab.run_id, keep=keep, started=started)
+            if keep:
+                _leave_up(lab, result)
+                if result.results_dir:  # the lab stays up: its logs so far
+                    from tunlab.lab.lab import keep_results
+
+                    keep_results(lab.run_dir, Path(result.results_dir))
+            elif result.results_dir:  # at teardown the lab adds relay logs, final counters and its ledger
+                lab.results_dir = root
+    except TunlabError as exc:  # the lab did not come up (or not down): the error is the result
+        result.error = str(exc)
+    result.duration_s = time.monotonic() - started
+    if result.results_dir:
+        write_text(result, Path(result.results_dir) / "report.txt")  # with the final duration and notes
+        chown_to_invoking_user(result.results_dir)
+    return result
+
+
+def check_scenario(sc: Scenario, lab: Any, *, result: ScenarioResult | None = None, seed: int | None = None,
+                   before_send: BeforeSend | None = None, evidence: Callable[[], Path] | None = None,
+                   keep: bool = False, started: float | None = None) -> ScenarioResult:
+    """Check ``sc`` on a running ``lab`` (``tunlab run`` and the plugin's ``tunlab_checks`` both come here).
+
+    Never raises for a failing check or a broken lab: the result says what happened. When the scenario
+    failed (or ``keep``), its evidence is written by :func:`write_evidence` into the folder ``evidence()``
+    names (created only then), and ``result.results_dir`` points at it."""
+    t0 = time.monotonic() if started is None else started
+    if result is None:
+        result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
+    planned = build_probes(sc, seed=random.randrange(2**31) if seed is None else seed)
+    listening: list[Capture] = []  # the capture, once it listens (kept as evidence if a later step fails)
+    cap: Capture | None = None
+    counters: dict[str, Any] = {}
+    try:
+        cap, counters = check_on_lab(sc, lab, planned, result, before_send=before_send, started=listening)
+        if not result.passed:
+            result.notes += _relay_notes(counters)
+    except TunlabError as exc:
+        result.error = str(exc)
+        cap = listening[0] if listening else None
+    result.duration_s = time.monotonic() - t0
+    if evidence is not None and (keep or not result.passed):
+        write_evidence(result, cap, counters, evidence())
+    return result
+
+
+def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: ScenarioResult, *,
+                 before_send: BeforeSend | None = None,
+                 started: list[Capture] | None = None) -> tuple[Capture, dict[str, Any]]:
+    """Capture on every point of the probes' chains in a running ``lab``, send, wait, check into ``result``.
+
+    Returns the (stopped) capture and the relays' counters; keeping evidence is the caller's business
+    (``run_scenario`` here, the pytest plugin's ``tunlab_checks`` fixture on a lab of its own); ``started``
+    receives the capture as soon as it listens, for evidence when a later step raises."""
+    result.run_id = lab.run_id
+    chains = {p.nodes: chain_for(lab, p.nodes) for p in planned}
+    result.chains = [describe_chain(c) for c in chains.values()]
+    # the relays of these chains are connected and their datapaths settled, so probes cross as they will stay
+    lab.wait_connected(sc.timeout, links=[lk for ch in chains.values() for lk in ch.links])
+    with Capture(capture_points(lab, list(chains.values()), planned)) as cap:
+        if started is not None:
+            started.append(cap)
+        if before_send is not None:
+            before_send(lab)
+        cap.touch()
+        _send(lab, planned)
+        if not cap.wait_for(_arrived(planned, chains), sc.timeout, quiet=max(GIVE_UP_QUIET, sc.settle)):
+            result.notes.append("not every expected packet arrived (waited until the links were silent for "
+                                f"{max(GIVE_UP_QUIET, sc.settle):g} s, at most {sc.timeout:g} s)")
+        cap.wait_quiet(sc.settle, sc.timeout)
+    caps = Captures(cap.frames())
+    result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
+    seen_links: set[str] = set()
+    for chain in chains.values():
+        fresh = [lk for lk in chain.links if lk.name not in seen_links]
+        seen_links.update(lk.name for lk in fresh)
+        result.links += check_links(chain, caps, fresh)
+    result.notes += _capture_notes(cap)
+    return cap, _counters(lab)
+
+
+def _send(lab: Any, planned: list[PlannedProbe]) -> None:
+    injectors: dict[str, Injector] = {}
+    try:
+        for p in planned:
+            if p.src not in injectors:
+                injectors[p.src] = Injector(lab.node(p.src).netns_file, p.src)
+            injectors[p.src].send(p.probe.packet)
+    finally:
+        for inj in injectors.values():
+            inj.close()
+
+
+def _counters(lab: Any) -> dict[str, Any]:
+    try:
+        return dict(lab.relay_counters())
+    except Exception as exc:  # noqa: BLE001 - a dead relay must not hide the report
+        return {"error": str(exc)}
+
+
+def _capture_notes(cap: Capture) -> list[str]:
+    return [f"capture on {name} dropped {drops} packets: treat 'missing' there with care"
+            for name, (_, drops) in sorted(cap.stats.items()) if drops]
+
+
+def _relay_notes(counters: dict[str, Any]) -> list[str]:
+    notes = []
+    for node, c in sorted(counters.items()):
+        drops = (c or {}).get("drops") if isinstance(c, dict) else None
+        if drops:
+            notes.append(f"relay {node} dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
+    return notes
+
+
+def write_evidence(result: ScenarioResult, cap: Capture | None, counters: dict[str, Any], folder: Path) -> Path:
+    """The one evidence layout of a checked scenario, from ``tunlab run`` or from the pytest plugin::
+
+        FOLDER/pcaps/<point>.pcap       every capture point (underlay links and TUNs)
+        FOLDER/counters-at-check.json   the relays' counters when the checks ran
+        FOLDER/report.txt               the per-hop report (plain text)
+        FOLDER/junit.xml                one testsuite, a testcase per check
+
+    owned by the sudo user. ``tunlab run`` adds the lab's relay logs, final counters and ledger beside them
+    when the lab comes down."""
+    folder = make_user_dir(folder)
+    result.results_dir = str(folder)
+    if cap is not None:
+        cap.write_pcaps(make_user_dir(folder / "pcaps"))
+    if counters:
+        (folder / "counters-at-check.json").write_text(json.dumps(counters, indent=2, sort_keys=True, default=str))
+    write_text(result, folder / "report.txt")
+    (folder / "junit.xml").write_bytes(junit_xml([result]))
+    chown_to_invoking_user(folder)
+    return folder
+
+
+def _leave_up(lab: Any, result: ScenarioResult) -> None:
+    detach = getattr(lab, "detach", None)
+    if callable(detach):
+        detach()
+        result.notes.append(f"the lab stays up: tunlab exec --run {lab.run_id} NODE -- CMD; "
+                            f"then tunlab down {lab.run_id}")
+    else:
+        result.notes.append("--keep: this lab cannot be left up; it was taken down")
