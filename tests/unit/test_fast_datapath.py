@@ -20,7 +20,7 @@ import pytest
 from tunlab.relay import PeerSpec, Relay, RelayConfig
 from tunlab.relay.fast import encap
 from tunlab.relay.device import Device
-from tunlab.relay.fast.datapath import UdpDatapath
+from tunlab.relay.fast.udp import FastUdpDatapath as UdpDatapath
 from tunlab.relay.loop import Loop
 
 LO = "127.0.0.1"
@@ -202,8 +202,9 @@ def test_chunks_out_of_order_are_reassembled() -> None:
 
 def test_datapath_names_resolve_lazily() -> None:
     from tunlab.errors import TunlabError
-    from tunlab.relay.datapath import TcpDatapath, datapath_class
-    from tunlab.relay.datapath import UdpDatapath as SimpleUdp
+    from tunlab.relay.datapath import datapath_class
+    from tunlab.relay.simple import SimpleTcpDatapath as TcpDatapath
+    from tunlab.relay.simple import SimpleUdpDatapath as SimpleUdp
 
     assert datapath_class("gso", "udp") is UdpDatapath
     assert datapath_class("auto", "udp") is UdpDatapath
@@ -238,15 +239,15 @@ def test_fast_module_is_imported_only_when_used() -> None:
     code = ("import sys, tunlab.cli, tunlab.relay.command, tunlab.relay.engine;"
             "from tunlab.relay.datapath import datapath_class;"
             "datapath_class('simple', 'udp'); datapath_class('auto', 'tcp');"
-            "print('tunlab.relay.fast.datapath' in sys.modules, end=' ');"
-            "datapath_class('auto', 'udp'); print('tunlab.relay.fast.datapath' in sys.modules)")
+            "print('tunlab.relay.fast.udp' in sys.modules, end=' ');"
+            "datapath_class('auto', 'udp'); print('tunlab.relay.fast.udp' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False True"
 
 
 def test_auto_over_tcp_runs_the_simple_datapath_and_says_so() -> None:
-    from tunlab.relay.datapath import TcpDatapath
+    from tunlab.relay.simple import SimpleTcpDatapath as TcpDatapath
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cfg = RelayConfig(dev="ft", transport="tcp", listen=(LO, 0), peers=(PeerSpec("p", LO),), datapath="auto")

@@ -65,7 +65,7 @@ def _child(req: dict[str, Any], ready_fd: int, out_fd: int, sock: socket.socket)
 def serve(sock: socket.socket) -> None:
     import tunlab.relay.command  # noqa: F401  (warm the imports every relay needs, once)
     import tunlab.relay.engine  # noqa: F401
-    import tunlab.relay.fast.datapath  # noqa: F401  (--datapath auto, the default over UDP)
+    import tunlab.relay.fast.udp  # noqa: F401  (--datapath auto, the default over UDP)
     import tunlab.relay.loop  # noqa: F401
 
     # Children are reaped by the kernel while this server lives, so it stays until they have all exited:

@@ -20,7 +20,8 @@ from .loop import EPOLLIN, EPOLLOUT
 from .peers import Peer
 
 if TYPE_CHECKING:
-    from .datapath import Datapath, TcpDatapath, UdpDatapath
+    from .datapath import Datapath
+    from .simple import SimpleTcpDatapath, SimpleUdpDatapath
     from .engine import Relay
 
 log = logging.getLogger("tunlab.relay")
@@ -86,7 +87,7 @@ class UdpTransport:
 
     def start(self, dp: "Datapath") -> None:
         assert self.sock is not None
-        udp: UdpDatapath = dp  # type: ignore[assignment]
+        udp: SimpleUdpDatapath = dp  # type: ignore[assignment]
         self.relay.loop.add(self.sock.fileno(), EPOLLIN, udp.on_socket)
 
     def bound(self) -> list[str]:
@@ -133,7 +134,7 @@ class TcpTransport:
         self.timers: dict[str, object] = {}
         self.backoff: dict[str, float] = {}
         self.conns: set[Conn] = set()
-        self.dp: TcpDatapath | None = None
+        self.dp: SimpleTcpDatapath | None = None
         self.max_frame = frame_limit(relay.packet_limit)
         self.closing = False
 

@@ -41,7 +41,7 @@ QUIET = (
     ("net.ipv4.conf.default.accept_redirects", "0"),
 )
 ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
-# what a relay does to a TUN it creates itself (tunlab.relay.fast.datapath); the lab's TUNs are persistent and
+# what a relay does to a TUN it creates itself (tunlab.relay.fast.udp); the lab's TUNs are persistent and
 # attached (--attach: used as they are), so the backend sets the same: a queue long enough for a burst of
 # TCP segments with offload off, and GSO packets small enough for one UDP GSO send with offload on
 TUN_TXQLEN = 4096

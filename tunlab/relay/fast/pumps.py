@@ -18,7 +18,7 @@ from . import sockio as fast_io
 from .gro import PSH, BatchViews, merge_run, super_header, whole_batch
 
 if TYPE_CHECKING:
-    from .datapath import UdpDatapath
+    from .udp import FastUdpDatapath
     from ..peers import Peer
 
 _MSG_TRUNC = socket.MSG_TRUNC
@@ -30,7 +30,7 @@ PLAIN_RUN = 64      # packets per plain UDP GSO send at most
 class TxPump:
     """Device -> peers: streams become chunks (offload on) or runs of plain packets (offload off)."""
 
-    def __init__(self, dp: UdpDatapath) -> None:
+    def __init__(self, dp: FastUdpDatapath) -> None:
         self.dp = dp
         relay = dp.relay
         assert relay.device is not None
@@ -265,7 +265,7 @@ class TxPump:
 class RxPump:
     """Peers -> device: one receive per GRO batch; a whole stream goes to the device in one write."""
 
-    def __init__(self, dp: UdpDatapath) -> None:
+    def __init__(self, dp: FastUdpDatapath) -> None:
         self.dp = dp
         assert dp.relay.device is not None
         self.fd = dp.relay.device.fd

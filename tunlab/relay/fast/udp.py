@@ -13,8 +13,8 @@ The receive side takes chunks, plain packets and hellos at any time; only what i
 depends on the negotiated datapath. A hello is an IPv4 packet with a wrong header checksum: a plain
 peer such as socat writes it into its TUN and its kernel drops it.
 
-``tunlab.relay.datapath.DATAPATHS`` maps ``auto``, ``plain`` and ``gso`` to this module (imported only
-when one of them is used); the engine's counters carry :meth:`UdpDatapath.info` as their ``datapath``
+``tunlab.relay.datapath.DATAPATHS`` maps ``auto``, ``plain`` and ``gso`` to this module's class (imported only
+when one of them is used); the engine's counters carry :meth:`FastUdpDatapath.info` as their ``datapath``
 section.
 """
 
@@ -28,17 +28,17 @@ import socket
 import time
 from typing import Any
 
-from .. import datapath as simple
 from . import encap
 from . import sockio as fast_io
 from ..datapath import Datapath
+from ..simple import SimpleUdpDatapath
 from ..device import IFF_VNET_HDR
 from ..engine import Relay
 from .pumps import BATCH, RxPump, TxPump
 from ..loop import Timer
 from ..peers import Peer
 
-log = logging.getLogger("tunlab.relay.fast.datapath")
+log = logging.getLogger("tunlab.relay.fast")
 
 MODES = ("auto", "plain", "gso")
 HELLO_TRIES = 5
@@ -69,7 +69,7 @@ class PeerState:
         return {"datapath": self.datapath, "negotiation": self.state, "caps": self.caps}
 
 
-class UdpDatapath(Datapath):
+class FastUdpDatapath(Datapath):
     """``--datapath auto|plain|gso`` over UDP; see the module docstring."""
 
     device_flags = IFF_VNET_HDR
@@ -136,7 +136,7 @@ class UdpDatapath(Datapath):
         self.stats.dev_tx_bytes += n
 
     # hook output toward a peer: one plain datagram, exactly as the simple UDP datapath sends it
-    send = simple.UdpDatapath.send
+    send = SimpleUdpDatapath.send
 
     # -- negotiation ------------------------------------------------------------------------------
     def _caps(self) -> int:
