@@ -53,7 +53,7 @@ from typing import Any
 
 from tunlab.errors import DescriptionError, TunlabError
 from tunlab.model.flows import Expect, Flow, Ping, Probe, Tcp, Udp, ignore_field, parse_expect
-from tunlab.model.topofile import resolve_topology
+from tunlab.model.topofile import import_hint, resolve_topology
 from tunlab.model.topology import Topology, TopologyError
 
 __all__ = ["Ping", "Udp", "Tcp", "Flow", "Expect", "Probe", "Scenario", "PlannedProbe", "load_scenario", "parse_expect",
@@ -109,7 +109,7 @@ def _load_module(path: Path) -> Any:
         lines = [fr.lineno for fr in traceback.extract_tb(exc.__traceback__)
                  if os.path.abspath(fr.filename) == os.path.abspath(src)]
         where = f"line {lines[-1]}: " if lines else ""
-        raise DescriptionError(f"{where}{type(exc).__name__}: {exc}", source=src) from None
+        raise DescriptionError(f"{where}{type(exc).__name__}: {exc}", source=src, hint=import_hint(exc)) from None
     return module
 
 

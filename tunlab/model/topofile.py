@@ -88,7 +88,8 @@ def load_topology(ref: str | os.PathLike[str], params: dict[str, Any] | None = N
         except SyntaxError as exc:
             raise DescriptionError(f"line {exc.lineno}: {exc.msg}", source=src) from None
         except Exception as exc:  # the user's code failed: say where, in one line
-            raise DescriptionError(f"{_where(exc, src)}{type(exc).__name__}: {exc}", source=src) from None
+            raise DescriptionError(f"{_where(exc, src)}{type(exc).__name__}: {exc}", source=src,
+                                   hint=import_hint(exc)) from None
         obj = getattr(module, "topology", None)
         if obj is None:
             raise DescriptionError("defines no 'topology'", source=src,
@@ -156,6 +157,14 @@ def _restamp(topo: Topology, src: str) -> Topology:
         return replace(topo, source=src)
     except TopologyError as exc:
         raise exc.at(src) from None
+
+
+def import_hint(exc: BaseException) -> str | None:
+    """For a file written against an older tunlab whose internal modules have moved: where to import from."""
+    name = getattr(exc, "name", None) or ""
+    if isinstance(exc, ImportError) and name.startswith("tunlab"):
+        return "import from tunlab itself, e.g. from tunlab import Ping, Udp, Tcp, Topology, Vnf, linear_chain"
+    return None
 
 
 def _where(exc: BaseException, src: str) -> str:
