@@ -13,7 +13,7 @@ Packages of the same layer do not import each other (lab does not know traffic, 
 from __future__ import annotations
 
 import ast
-import shutil
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,11 +67,12 @@ def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
             stack.append(child)
 
 
-def imports_of(path: Path, name: str, modules: set[str], top: str) -> set[str]:
-    """The tunlab modules ``name`` (at ``path``) imports at run time."""
+def imports_of(path: Path, name: str, modules: set[str], top: str, source: str | None = None) -> set[str]:
+    """The tunlab modules ``name`` (at ``path``; its text, or ``source``) imports at run time."""
     is_pkg = path.name == "__init__.py"
     out: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+    text = path.read_text() if source is None else source
+    for node in _runtime_nodes(ast.parse(text, str(path))):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -93,10 +94,13 @@ def imports_of(path: Path, name: str, modules: set[str], top: str) -> set[str]:
     return out
 
 
-def graph(root: Path, top: str = "tunlab") -> dict[str, set[str]]:
+def graph(root: Path, top: str = "tunlab", planted: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """Module -> the modules it imports; ``planted`` appends text to files (relative paths), for tests."""
     files = {module_name(p, root, top): p for p in root.rglob("*.py") if "__pycache__" not in p.parts}
     names = set(files)
-    return {name: imports_of(path, name, names, top) for name, path in files.items()}
+    extra = {module_name(root / rel, root, top): text for rel, text in (planted or {}).items()}
+    return {name: imports_of(path, name, names, top, path.read_text() + "\n" + extra[name] if name in extra else None)
+            for name, path in files.items()}
 
 
 def unit_of(module: str, layers: dict[str, int]) -> str:
@@ -179,31 +183,28 @@ def layer_problems(g: dict[str, set[str]], layers: dict[str, int] = LAYERS,
 # ------------------------------------------------------------------------------------------------- tests
 
 
+@functools.lru_cache(maxsize=1)
+def tree() -> dict[str, set[str]]:
+    return graph(ROOT)
+
+
+
 def test_every_import_goes_down_a_layer() -> None:
-    problems = layer_problems(graph(ROOT))
+    problems = layer_problems(tree())
     assert not problems, "\n".join(problems)
 
 
 def test_no_import_cycle() -> None:
-    found = cycles(graph(ROOT))
+    found = cycles(tree())
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
 def test_the_walk_sees_lazy_imports_and_skips_type_checking_ones() -> None:
-    g = graph(ROOT)
+    g = tree()
     assert "tunlab.lab.lab" in g["tunlab.run.runner"]        # imported inside run_scenario()
     assert "tunlab.lab.relays" in g["tunlab.lab.lab"]
     assert "tunlab.lab.backends.base" not in g["tunlab.lab.relays"]  # TYPE_CHECKING only
     assert g["tunlab.relay.fast.pumps"] >= {"tunlab.relay.fast.encap", "tunlab.relay.fast.gro"}
-
-
-def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
-    root = tmp_path / "tunlab"
-    shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
-    for rel, text in files.items():
-        p = root / rel
-        p.write_text(p.read_text() + "\n" + text if p.exists() else text)
-    return root
 
 
 @pytest.mark.parametrize("planted, expected", [
@@ -212,18 +213,17 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"relay/config.py": "from tunlab.model import names as _n\n"}, "the relay imports nothing"),
     ({"traffic/inject.py": "from tunlab.lab.ledger import Ledger as _L\n"}, "sideways"),
 ])
-def test_a_planted_wrong_import_is_found(tmp_path: Path, planted: dict[str, str], expected: str) -> None:
-    problems = layer_problems(graph(_plant(tmp_path, planted)))
+def test_a_planted_wrong_import_is_found(planted: dict[str, str], expected: str) -> None:
+    problems = layer_problems(graph(ROOT, planted=planted))
     assert any(expected in p for p in problems), problems
 
 
-def test_a_planted_cycle_is_found(tmp_path: Path) -> None:
-    root = _plant(tmp_path, {
+def test_a_planted_cycle_is_found() -> None:
+    found = cycles(graph(ROOT, planted={
         "model/names.py": "def _x():\n    from tunlab.model import plan\n",   # plan imports names
-    })
-    found = cycles(graph(root))
+    }))
     assert ["tunlab.model.names", "tunlab.model.plan"] in found, found
 
 
 def test_no_module_is_outside_the_layers() -> None:
-    assert all(unit_of(m, LAYERS) for m in graph(ROOT))
+    assert all(unit_of(m, LAYERS) for m in tree())

@@ -63,12 +63,12 @@ def test_the_package_is_typed() -> None:
 
 
 def _imported_modules(text: str) -> set[str]:
-    return set(re.findall(r"^\s*from (tunlab[\w.]*) import", text, re.M)) | \
-        set(re.findall(r"^\s*import (tunlab[\w.]*)", text, re.M))
+    return set(re.findall(r"^\s*from (tunlab[\w.]*) import", text, re.MULTILINE)) | \
+        set(re.findall(r"^\s*import (tunlab[\w.]*)", text, re.MULTILINE))
 
 
 def test_the_readme_imports_only_public_modules() -> None:
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
     used = set().union(*(_imported_modules(b) for b in blocks))
     inline = set(re.findall(r"`from (tunlab[\w.]*) import", (REPO / "README.md").read_text()))
     assert used | inline, "the README shows no Python import"
