@@ -27,7 +27,7 @@ require_lab_machine
 # ---- Debian packages (apt-get update only when something is missing) -----------------------------
 # Keep this list in step with README.md ("What setup does").
 debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
-      socat iperf3 tcpdump ethtool nftables mininet bridge-utils)
+      socat iperf3 tcpdump ethtool nftables mininet bridge-utils graphviz)
 if [ "$with_vagrant" -eq 1 ]; then
   debs+=(vagrant)
 fi

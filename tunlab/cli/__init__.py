@@ -19,6 +19,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "ls": ("tunlab.cli.lab:ls_cmd", "list runs"),
     "exec": ("tunlab.cli.lab:exec_cmd", "run a command inside a node of a running lab"),
     "clean": ("tunlab.cli.lab:clean_cmd", "remove what dead tunlab runs left behind (by ownership)"),
+    "graph": ("tunlab.cli.graph:graph_cmd", "draw a topology or a running lab (Graphviz dot or Mermaid)"),
+    "schema": ("tunlab.cli.graph:schema_cmd", "print the JSON Schema of topology files"),
     "run": ("tunlab.cli.run:run_cmd", "run scenarios: build the lab, send packets, check every hop"),
 }
 

@@ -28,6 +28,7 @@ from tunlab.errors import TunlabError
 from tunlab.lab.ledger import Ledger
 from tunlab.lab.relays import RelaySupervisor
 from tunlab.model.topology import Topology
+from tunlab.model.graph import graph_data
 from tunlab.model.plan import LabPlan, NodePlan, UnderlayLink, build_plan
 from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root
 
@@ -128,7 +129,7 @@ class Lab:
             self._plan = plan = build_plan(t, led.run_id, led.dir)
             nodes = {n.name: {"netns": n.netns, "role": n.role, "overlay_dev": n.overlay_dev,
                               "overlay_ip": n.overlay_ip, "control": n.control} for n in plan.nodes}
-            led.update_meta(nodes=nodes)
+            led.update_meta(nodes=nodes, graph=graph_data(t))  # `tunlab graph RUN` draws it
             self._backend = backend = cls(plan, led)
             self._relays = relays = RelaySupervisor(plan, led, backend)
             self._nodes = {n.name: Node(self, n) for n in plan.nodes}

@@ -21,6 +21,7 @@ from typing import Any
 from tunlab.errors import DescriptionError
 from tunlab.model.topology import Topology, TopologyError, loading
 
+SUFFIXES = (".py", ".yaml", ".yml")
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "topologies"
 
 
@@ -32,15 +33,17 @@ def search_dirs() -> list[Path]:
 def find_topology(ref: str) -> Path:
     """The file a TOPOLOGY argument names."""
     p = Path(ref)
-    if p.suffix == ".py" or os.sep in ref:
+    if p.suffix in SUFFIXES or os.sep in ref:
         if not p.is_file():
-            raise DescriptionError("no such topology file", source=ref, hint="give a path to a .py file")
+            raise DescriptionError("no such topology file", source=ref, hint="give a path to a .py or .yaml file")
         return p
     for d in search_dirs():
-        cand = d / f"{ref}.py"
-        if cand.is_file():
-            return cand
-    known = sorted({q.stem for d in search_dirs() if d.is_dir() for q in d.glob("*.py") if q.stem != "__init__"})
+        for suffix in SUFFIXES:  # a name: the Python file first, then the YAML one
+            cand = d / f"{ref}{suffix}"
+            if cand.is_file():
+                return cand
+    known = sorted({q.stem for d in search_dirs() if d.is_dir() for q in d.iterdir()
+                    if q.suffix in SUFFIXES and q.stem != "__init__"})
     raise DescriptionError(f"no topology named '{ref}'", source=None,
                            hint=f"known: {', '.join(known) or 'none'}; or give a path to a .py file")
 
@@ -72,6 +75,10 @@ def load_topology(ref: str | os.PathLike[str], params: dict[str, Any] | None = N
     path = find_topology(os.fspath(ref))
     src = str(path)
     params = params or {}
+    if path.suffix in (".yaml", ".yml"):
+        from tunlab.model.yamlfile import load_yaml_topology
+
+        return load_yaml_topology(path, params)
     mod_name = f"tunlab_topology_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
@@ -135,7 +142,7 @@ def resolve_topology(spec: Any, params: dict[str, Any] | None = None, *,
         return spec
     if isinstance(spec, (str, os.PathLike)):
         ref = os.fspath(spec)
-        if relative_to is not None and ref.endswith(".py") and not os.path.isabs(ref):
+        if relative_to is not None and Path(ref).suffix in SUFFIXES and not os.path.isabs(ref):
             near = Path(relative_to) / ref
             if near.is_file():
                 ref = str(near)
