@@ -12,13 +12,15 @@ from tunlab.errors import run_command
 # name -> "module:attribute" of a click.Command; imported only when that command runs
 _COMMANDS: dict[str, tuple[str, str]] = {
     "relay": ("tunlab.relay.command:relay_cmd", "TUN/TAP <-> UDP/TCP relay (TunConnector compatible)"),
-    "relay-stats": ("tunlab.relay.command:stats_cmd", "print a running relay's counters"),
+    "relay-stats": ("tunlab.cli.stats:stats_cmd", "print a running relay's counters (PATH, or RUN NODE)"),
     "show": ("tunlab.cli.lab:show_cmd", "print a topology's nodes, links, addresses and hops"),
     "up": ("tunlab.cli.lab:up_cmd", "bring a lab up and leave it running"),
     "down": ("tunlab.cli.lab:down_cmd", "take a running lab down"),
     "ls": ("tunlab.cli.lab:ls_cmd", "list runs"),
     "exec": ("tunlab.cli.lab:exec_cmd", "run a command inside a node of a running lab"),
     "clean": ("tunlab.cli.lab:clean_cmd", "remove what dead tunlab runs left behind (by ownership)"),
+    "cli": ("tunlab.cli.shell:cli_cmd", "an interactive shell into a running lab (nodes, pingall, link down...)"),
+    "capture": ("tunlab.cli.capture:capture_cmd", "a live pcap of a running lab's link or TUN (to Wireshark)"),
     "graph": ("tunlab.cli.graph:graph_cmd", "draw a topology or a running lab (Graphviz dot or Mermaid)"),
     "schema": ("tunlab.cli.graph:schema_cmd", "print the JSON Schema of topology files"),
     "run": ("tunlab.cli.run:run_cmd", "run scenarios: build the lab, send packets, check every hop"),

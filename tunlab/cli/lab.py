@@ -209,9 +209,24 @@ def exec_cmd(run_id: str | None, node: str, command: tuple[str, ...]) -> None:
     nsfile = str(info.get("netns_file") or f"/run/netns/{info.get('netns')}")
     if not os.path.exists(nsfile):
         raise TunlabError(f"node '{node}' of run {led.run_id} has no namespace any more ({nsfile})")
-    argv = list(command[1:] if command[:1] == ("--",) else command) or [os.environ.get("SHELL") or "/bin/sh"]
+    argv = list(command[1:] if command[:1] == ("--",) else command) or _node_shell(led, node)
     nsenter = shutil.which("nsenter") or "nsenter"
+    os.environ["TUNLAB_NODE"] = node
+    os.environ["TUNLAB_RUN_ID"] = led.run_id
     os.execv(nsenter, [nsenter, f"--net={nsfile}", "--", *argv])
+
+
+def _node_shell(led: Ledger, node: str) -> list[str]:
+    """An interactive shell whose prompt names the node and the run (bash: after the user's own rc files)."""
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    prefix = f"[{node}@tunlab-{led.run_id}] "
+    if os.path.basename(shell) == "bash":
+        rc = led.dir / f"shellrc-{node}"
+        rc.write_text("[ -f /etc/bash.bashrc ] && . /etc/bash.bashrc\n[ -f ~/.bashrc ] && . ~/.bashrc\n"
+                      f"PS1='{prefix}'\"$PS1\"\n")
+        return [shell, "--rcfile", str(rc), "-i"]
+    os.environ["PS1"] = prefix + "$ "
+    return [shell, "-i"]
 
 
 # ---------------------------------------------------------------------------------------------- clean

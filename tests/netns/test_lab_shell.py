@@ -1,0 +1,89 @@
+"""The lab from another shell: `tunlab cli RUN` (scripted through stdin), `tunlab capture`, `tunlab relay-stats
+RUN NODE`, on a real lab."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap
+
+from tunlab import Lab, load_topology
+
+pytestmark = pytest.mark.netns
+
+
+def _tunlab(*args: str, stdin: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tunlab", *args], input=stdin, capture_output=True, text=True,
+                          timeout=120, check=check)
+
+
+def test_scripted_shell_lists_pings_and_takes_a_link_down_and_up() -> None:
+    with Lab(load_topology("three_vnf")) as lab:
+        res = _tunlab("cli", lab.run_id, stdin="nodes\nlinks\nnet\npingall\nsender ip -br addr show dev "
+                      f"{lab.node('sender').overlay_dev}\nstats vnf2\n")
+        out = res.stdout
+        assert res.returncode == 0, out + res.stderr
+        assert "vnf2         vnf" in out and "relay up" in out
+        assert f"sender-vnf1          sender:ve-{lab.run_id}-0a <-> vnf1:ve-{lab.run_id}-0b  udp  up" in out
+        assert "*** Results: 0% dropped (20/20 received)" in out
+        assert "172.16.0.1" in out                                   # sender's TUN address, from `sender ip`
+        assert out.count("vnf2: dev rx") == 1
+        # a link taken down cuts the chain; pingall says so and the script fails; back up, all is well
+        down = _tunlab("cli", lab.run_id, stdin="link vnf1 vnf2 down\nlinks\npingall\n")
+        assert down.returncode == 1
+        assert "link vnf1-vnf2 down" in down.stdout and "vnf1-vnf2" in down.stdout and "DOWN" in down.stdout
+        assert "*** Results: 60% dropped (8/20 received)" in down.stdout  # 2 x 3 nodes cut apart, both ways
+        up = _tunlab("cli", lab.run_id, stdin="link vnf1 vnf2 up\npingall 2\n")
+        assert "*** Results: 0% dropped" in up.stdout, up.stdout
+
+
+def test_shell_errors_are_one_line_and_fail_the_script() -> None:
+    with Lab(load_topology("three_vnf")) as lab:
+        res = _tunlab("cli", lab.run_id, stdin="nosuch thing\nlink vnf1 receiver down\nsender false\n")
+        assert res.returncode == 1
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("***")]
+        assert len(lines) == 3, res.stdout
+        assert "no link between vnf1 and receiver" in lines[1]
+
+
+def test_capture_streams_a_link_and_relay_stats_names_a_node(tmp_path: Path) -> None:
+    with Lab(load_topology("three_vnf")) as lab:
+        pcap = tmp_path / "l.pcap"
+        proc = subprocess.Popen([sys.executable, "-m", "tunlab", "capture", lab.run_id, "vnf1-vnf2", "-w", str(pcap),
+                                 "-c", "4"], stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        line = ""
+        while "listening on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "listening on" in line, line
+        lab.node("sender").cmd_raises(["ping", "-c2", "-i", "0.2", lab.node("receiver").overlay_ip])
+        assert proc.wait(timeout=30) == 0
+        packets = rdpcap(str(pcap))
+        assert len(packets) == 4 and all(p.haslayer(Ether) and p.haslayer(UDP) for p in packets)
+        stats = json.loads(_tunlab("relay-stats", lab.run_id, "vnf2", "--compact", check=True).stdout)
+        assert set(stats["peers"]) == {"vnf1", "vnf3"} and stats["dev"]["tx_packets"] >= 4
+
+
+def test_an_exec_shell_names_its_node_and_run_in_the_prompt() -> None:
+    import os
+
+    lab = Lab(load_topology("three_vnf")).__enter__()
+    lab.detach()  # as `tunlab up` leaves it
+    try:
+        res = subprocess.run([sys.executable, "-m", "tunlab", "exec", "--run", lab.run_id, "vnf2"],
+                             input="echo node=$TUNLAB_NODE\nexit\n", capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "SHELL": "/bin/bash"})
+        assert "node=vnf2" in res.stdout
+        assert f"[vnf2@tunlab-{lab.run_id}] " in res.stderr  # bash writes its prompt to stderr
+    finally:
+        _tunlab("down", lab.run_id, check=True)
