@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -39,6 +40,28 @@ class LabShell(cmd.Cmd):
         if stdin is not None and not stdin.isatty():
             self.use_rawinput = False
             self.prompt = ""
+
+    # -- history (a terminal only): ~/.tunlab_history, as Mininet keeps ~/.mininet_history
+    HISTORY = Path.home() / ".tunlab_history"
+
+    def preloop(self) -> None:
+        if self.use_rawinput:
+            try:
+                import readline
+
+                readline.read_history_file(self.HISTORY)
+            except (ImportError, OSError):
+                pass
+
+    def postloop(self) -> None:
+        if self.use_rawinput:
+            try:
+                import readline
+
+                readline.set_history_length(1000)
+                readline.write_history_file(self.HISTORY)
+            except (ImportError, OSError):
+                pass
 
     # -- plumbing
     def say(self, text: str = "") -> None:
