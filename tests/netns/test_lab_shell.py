@@ -87,3 +87,29 @@ def test_an_exec_shell_names_its_node_and_run_in_the_prompt() -> None:
         assert f"[vnf2@tunlab-{lab.run_id}] " in res.stderr  # bash writes its prompt to stderr
     finally:
         _tunlab("down", lab.run_id, check=True)
+
+
+@pytest.mark.parametrize("params", [{}, {"datapath": "plain"}, {"transport": "tcp"}])
+def test_capture_inner_writes_the_inner_packets_of_a_link(tmp_path: Path, params: dict[str, str]) -> None:
+    from scapy.layers.inet import ICMP, IP
+
+    with Lab(load_topology("three_vnf", params)) as lab:
+        pcap = tmp_path / "inner.pcap"
+        proc = subprocess.Popen([sys.executable, "-m", "tunlab", "capture", lab.run_id, "vnf1-vnf2", "--inner",
+                                 "-w", str(pcap), "--filter", "tcp or udp"], stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        line = ""
+        while "listening on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "listening on" in line, line
+        lab.node("sender").cmd_raises(["ping", "-c3", "-i", "0.2", "-s", "1000", lab.node("receiver").overlay_ip])
+        proc.send_signal(__import__("signal").SIGINT)
+        proc.wait(timeout=30)
+        inner = [p for p in rdpcap(str(pcap)) if p.haslayer(ICMP)]
+        # 3 requests and 3 replies crossed vnf1-vnf2, each written once, as the overlay packets they are
+        assert len(inner) == 6, [p.summary() for p in inner]
+        assert {p[IP].src for p in inner} == {"172.16.0.1", "172.16.0.2"}
+        assert all(len(p[IP]) == 1028 for p in inner)
