@@ -131,6 +131,9 @@ disappears with it.
 @click.option("--log-file", default=None, metavar="PATH")
 @click.option("--datapath", default="auto", show_default=True, metavar="NAME",
               help="auto|plain|gso|simple: how packets are moved (see above)")
+@click.option("--psk-file", default=None, metavar="PATH",
+              help="seal every datagram with the 32-byte key in PATH (mode 0600; UDP; tunlab peers only, "
+                   "not socat)")
 @click.option("--print-config", is_flag=True, help="print the resulting configuration as JSON and exit")
 def relay_cmd(**kw: Any) -> None:
     ctx = click.get_current_context()
@@ -163,7 +166,7 @@ def configs_from_params(ctx: click.Context, kw: dict[str, Any]) -> list[RelayCon
         remoteip=kw["remoteip"], transport=kw["transport"], tap=kw["tap"], dev=kw["dev"], addr=kw["addr"],
         attach=kw["attach"], mtu=kw["mtu"], listen=kw["listen"], peer=tuple(kw["peer"]),
         accept=tuple(kw["accept"]), route=tuple(kw["route"]), vnf=kw["vnf"], hook=kw["hook"],
-        datapath=kw["datapath"], explicit=explicit)
+        datapath=kw["datapath"], psk_file=kw["psk_file"], explicit=explicit)
     return build_configs(opts)
 
 

@@ -162,6 +162,7 @@ class RelayConfig:
     hook: str | None = None
     label: str = ""
     datapath: str = "simple"
+    psk_file: str | None = None  # --psk-file: every datagram sealed (relay/sealed.py); never the key itself
 
     def __post_init__(self) -> None:
         validate(self)
@@ -191,6 +192,10 @@ class RelayConfig:
         mtu = DEFAULT_UNDERLAY_MTU - ip_hdr - 8
         if self.transport == "tcp":
             mtu = DEFAULT_UNDERLAY_MTU - 28  # framing is not bound by the underlay: same figure for symmetry
+        if self.psk_file:
+            from .seal import OVERHEAD
+
+            mtu -= OVERHEAD  # a sealed datagram carries a 13-byte header and a 16-byte tag
         return mtu - (14 if self.tap else 0)
 
     def effective_mtu(self, device_mtu: int | None = None) -> int:
@@ -207,7 +212,7 @@ class RelayConfig:
             "listen": format_hostport(*self.listen) if self.listen else None,
             "peers": [{"name": p.name, "ip": p.ip, "port": p.port, "outgoing": p.outgoing} for p in self.peers],
             "routes": [{"prefix": r.prefix, "peer": r.peer} for r in self.routes],
-            "vnf": self.vnf, "hook": self.hook, "datapath": self.datapath,
+            "vnf": self.vnf, "hook": self.hook, "datapath": self.datapath, "psk_file": self.psk_file,
         }
 
 
@@ -320,6 +325,7 @@ class RelayOptions:
     vnf: str | None = None
     hook: str | None = None
     datapath: str = "auto"
+    psk_file: str | None = None
     explicit: frozenset[str] = frozenset()  # option names the user gave (the rest are defaults)
 
 
@@ -332,8 +338,10 @@ def build_configs(o: RelayOptions) -> list[RelayConfig]:
     if o.mode not in MODES:
         raise ConfigError("-m/--mode", f"{o.mode!r} is not one of {', '.join(MODES)}")
     vnf = o.vnf or ("hook" if o.hook else "kernel")
+    if o.psk_file and o.transport != "udp":
+        raise ConfigError("--psk-file", "keyed links are UDP only for now", "use --transport udp with a key")
     common = dict(tap=o.tap, attach=o.attach, mtu=o.mtu, transport=o.transport, vnf=vnf, hook=o.hook,
-                  datapath=o.datapath)
+                  datapath=o.datapath, psk_file=o.psk_file)
     routes = tuple(parse_route(r) for r in o.route)
     if o.listen or o.peer or o.accept:
         for opt, flag in {**_TC_ENDPOINT_OPTS, **_TC_DEVICE_OPTS}.items():

@@ -59,6 +59,10 @@ class Relay:
         cfg = self.config
         try:
             dp_cls = datapath_class(cfg.datapath, cfg.transport, tap=cfg.tap)
+            if cfg.psk_file:  # a keyed link: every datagram sealed, whatever --datapath says
+                from .sealed import SealedUdpDatapath
+
+                dp_cls = SealedUdpDatapath
             if self.hook is None and cfg.hook:
                 from .hook import load_hook
 

@@ -1,0 +1,172 @@
+"""``--psk-file`` over UDP: every datagram authenticated and encrypted (relay/seal.py), one packet each.
+
+What it guarantees (issue 14, the WireGuard behaviour): a datagram that does not open is dropped and counted
+by reason and changes nothing -- it never reaches the device or a hook, never moves a peer's reply address,
+never starts a session; a peer's endpoint moves only on an authentic datagram (so a roaming peer is followed
+and a spoofing one is not). Hellos go to every peer whose address is known, every second until it answers,
+and a session is renewed before its counter or age runs out (the previous one stays valid for a grace
+period). Sealed links carry one packet per datagram (the gso datapath's chunks are not sealed yet: it runs
+``plain``), and socat or other non-tunlab peers cannot be reached under a key.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .datapath import BATCH
+from .peers import Peer
+from .seal import OVERHEAD, Sealer, read_key_file
+from .simple import SimpleUdpDatapath
+
+if TYPE_CHECKING:
+    from .engine import Relay
+
+HELLO_RETRY = 1.0   # s between hellos to a peer without a session
+TICK = 5.0          # s between checks of sessions that are up (rekey by age)
+
+
+class SealedUdpDatapath(SimpleUdpDatapath):
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        psk = read_key_file(str(relay.config.psk_file))
+        self.sealers: dict[str, Sealer] = {name: Sealer(psk, drops=self.drops) for name in self.table.peers}
+        self.by_ip: dict[str, list[Peer]] = {}
+        for p in self.table.peers.values():
+            self.by_ip.setdefault(p.spec.ip or "", []).append(p)
+        self.loop = relay.loop
+        self.timer: Any = None
+        self._tick()
+
+    # -- sessions
+    def _hello(self, peer: Peer, now: float, fresh: bool = False) -> None:
+        if peer.addr is None:
+            return
+        s = self.sealers[peer.name]
+        data = s.rekey(now) if fresh else s.hello(now)
+        try:
+            self.sock.sendto(data, peer.addr)
+        except OSError:
+            self.drop("send_error", peer)
+
+    def _tick(self) -> None:
+        now = time.time()
+        waiting = False
+        for name, peer in self.table.peers.items():
+            s = self.sealers[name]
+            if s.tx is None:
+                waiting = True
+                self._hello(peer, now)
+            elif s.needs_rekey(now):
+                self._hello(peer, now, fresh=True)
+        self.timer = self.loop.call_later(HELLO_RETRY if waiting else TICK, self._tick)
+
+    # -- device -> peers
+    def on_device(self, events: int) -> None:
+        readv = os.readv
+        fd = self.fd
+        vec = self.dvec
+        mv = self.dmv
+        rx_p = rx_b = 0
+        now = time.time()
+        try:
+            for _ in range(BATCH):
+                n = readv(fd, vec)
+                rx_p += 1
+                rx_b += n
+                peer = self.table.fixed or self.table.route(mv, n)
+                if peer is None:
+                    self.drop("no_route")
+                    continue
+                self.send(peer, mv[:n], n, now)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self.device_error(exc)
+        finally:
+            st = self.stats
+            st.dev_rx_packets += rx_p
+            st.dev_rx_bytes += rx_b
+
+    def send(self, peer: Peer, pkt: Any, n: int, now: float | None = None) -> None:
+        if peer.addr is None:
+            self.drop("peer_down", peer)
+            return
+        sealed = self.sealers[peer.name].seal(bytes(pkt), time.time() if now is None else now)
+        if sealed is None:
+            self.drop("seal_no_session", peer)
+            return
+        try:
+            self.sock.sendto(sealed, peer.addr)
+        except BlockingIOError:
+            self.drop("backlog", peer)
+            return
+        except OSError:
+            self.drop("send_error", peer)
+            return
+        peer.tx_packets += 1
+        peer.tx_bytes += n
+
+    # -- peers -> device
+    def on_socket(self, events: int) -> None:
+        recv = self.sock.recvfrom_into
+        buf = self.rbuf
+        now = time.time()
+        for _ in range(BATCH):
+            try:
+                n, addr = recv(buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.drop("recv_error")
+                break
+            if self.v6:
+                addr = addr[:2]
+            data = bytes(buf[:n])
+            candidates = self._candidates(addr)
+            if not candidates:
+                self.drop("foreign")
+                continue
+            for peer in candidates:  # a peer's IP may stand for several names: the key decides which
+                kind, packet, reply = self.sealers[peer.name].open(data, now)
+                if kind in ("hello", "data"):
+                    break
+            else:
+                continue  # dropped and counted by the sealer, nothing changed
+            if peer.addr != addr:  # an authentic datagram: the peer is (now) there
+                if peer.addr is not None:
+                    self.table.by_addr.pop(peer.addr, None)  # type: ignore[arg-type]
+                peer.addr = addr
+                self.table.by_addr[addr] = peer
+            if kind == "hello":
+                if reply is not None:
+                    try:
+                        self.sock.sendto(reply, addr)
+                    except OSError:
+                        self.drop("send_error", peer)
+                continue
+            assert packet is not None
+            size = len(packet)
+            why = self.check(packet, size, self.limit)
+            if why is not None:
+                self.drop(why, peer)
+                continue
+            peer.rx_packets += 1
+            peer.rx_bytes += size
+            if self.hook is None:
+                self.to_device(packet, size)
+            else:
+                self.through_hook(peer, memoryview(packet))
+
+    def _candidates(self, addr: tuple[Any, ...]) -> list[Peer]:
+        known = self.table.by_addr.get(addr)
+        if known is not None:
+            return [known]
+        return self.by_ip.get(addr[0], []) + self.by_ip.get("", [])
+
+    def info(self) -> dict[str, Any]:
+        return {"requested": self.relay.config.datapath, "datapath": "sealed",
+                "seal": {"aead": "chacha20-poly1305", "overhead": OVERHEAD},
+                "peers": {name: {"datapath": "sealed", "session": self.sealers[name].tx is not None}
+                          for name in self.table.peers}}
