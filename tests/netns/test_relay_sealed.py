@@ -115,3 +115,22 @@ def test_forgeries_replays_and_spoofed_ports_reach_the_device_zero_times(netlab:
     assert sum(gained.values()) == 100_000 + len(recorded)
     ping(b, "10.77.0.1")  # b still answers a at a's real address: its endpoint never moved
     spoof_port.close()
+
+
+def test_a_keyed_lab_passes_the_per_hop_checks_with_sealed_links(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tunlab import load_topology, run_scenario
+    from tunlab.model.scenario import load_scenario
+
+    scenario = tmp_path / "keyed.py"
+    scenario.write_text("from tunlab import Ping, Tcp, Udp\ntopology = 'three_vnf'\n"
+                        "traffic = [Ping(), Ping(size='mtu'), Udp(5000, size=300), Tcp(80)]\n")
+    topo = dataclasses.replace(load_topology("three_vnf"), keyed=True)
+    assert topo.mtu == 1443
+    sc = load_scenario(scenario).with_topology(topo)
+    result = run_scenario(sc, results_root=tmp_path / "results")
+    assert result.passed, [c.message for f in result.flows for c in f.checks if not c.passed] + \
+        [c.message for c in result.links if not c.passed] + [result.error or ""]
+    outers = {row.outer for f in result.flows for row in f.hops if row.outer}
+    assert any(o.startswith("UDP sealed") for o in outers), outers

@@ -121,6 +121,10 @@ class InnerWriter:
         self.a = RelayEnd(lk.a, lk.a_addr.split("/")[0], None)
         self.b = RelayEnd(lk.b, lk.b_addr.split("/")[0], None)
         self.overlay = [f"{n.overlay_ip}/32" for n in lab.nodes.values() if n.overlay_ip]
+        from tunlab.relay.seal import read_keylog
+
+        keylogs = sorted(lab.ledger.dir.glob("*.keys"))  # a keyed lab: its relays' session keys open the link
+        self.keys = {k: v for f in keylogs for k, v in read_keylog(str(f)).items()} if keylogs else None
         self.linktype: int | None = None
         self.pending: list[Any] = []
         self.written = 0
@@ -153,7 +157,7 @@ class InnerWriter:
 
         if not self.pending:
             return
-        sightings = decode_link(self.pending, self.a, self.b, self.lk.transport, self.overlay)
+        sightings = decode_link(self.pending, self.a, self.b, self.lk.transport, self.overlay, keys=self.keys)
         waiting = any(s.kind == "chunk-error" for s in sightings)
         if not final and (self.lk.transport == "tcp" or (waiting and len(self.pending) < 256)):
             return  # a stream still incomplete: decode it again with the next frames

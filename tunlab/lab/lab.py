@@ -29,7 +29,7 @@ from tunlab.lab.ledger import Ledger
 from tunlab.lab.relays import RelaySupervisor
 from tunlab.model.topology import Topology
 from tunlab.model.graph import graph_data
-from tunlab.model.plan import LabPlan, NodePlan, UnderlayLink, build_plan
+from tunlab.model.plan import PSK_FILE, LabPlan, NodePlan, UnderlayLink, build_plan
 from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root
 
 Argv = Sequence[str] | str
@@ -130,6 +130,12 @@ class Lab:
             nodes = {n.name: {"netns": n.netns, "role": n.role, "overlay_dev": n.overlay_dev,
                               "overlay_ip": n.overlay_ip, "control": n.control} for n in plan.nodes}
             led.update_meta(nodes=nodes, graph=graph_data(t))  # `tunlab graph RUN` draws it
+            if t.keyed:  # one key for the lab's links, root-only, made before any relay reads it
+                fd = os.open(led.dir / PSK_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.write(fd, os.urandom(32))
+                finally:
+                    os.close(fd)
             self._backend = backend = cls(plan, led)
             self._relays = relays = RelaySupervisor(plan, led, backend)
             self._nodes = {n.name: Node(self, n) for n in plan.nodes}
@@ -253,6 +259,15 @@ class Lab:
     def wait_connected(self, timeout: float | None = None, links: Any = None) -> None:
         """Until every relay (or those of ``links``) has its peers connected and its datapath settled."""
         self.relays.wait_connected(timeout, links)
+
+    def seal_keys(self) -> dict[int, bytes]:
+        """The session keys of a keyed lab's links (from every relay's --seal-keylog), to open captures."""
+        from tunlab.relay.seal import read_keylog
+
+        keys: dict[int, bytes] = {}
+        for n in self.plan.nodes:
+            keys.update(read_keylog(f"{self.plan.run_dir}/{n.name}.keys"))
+        return keys
 
     def kill_relay(self, node: str) -> None:
         """SIGKILL the relay of ``node`` (for negative tests) and reap it."""

@@ -19,6 +19,8 @@ from tunlab.model.topology import Endpoint, Route, Topology, Transport, Vnf, hoo
 # Paths with this many VNFs or more get ip_default_ttl 255 in every node: replies start at 64 otherwise
 # and expire on the way back.
 LONG_CHAIN = 48
+#: a keyed lab's key, in its run directory (Topology.keyed)
+PSK_FILE = "psk"
 
 
 class LinkEnd(NamedTuple):
@@ -209,6 +211,10 @@ def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], 
     hook = hook_spec(node, topo.base_dir()) if isinstance(node, Vnf) and node.kind == "hook" else None
     # TCP hops run the simple datapath: the relay's auto means simple there, so only "simple" is passed
     datapath = topo.datapath if transport == "udp" or topo.datapath == "simple" else None
+    extra: tuple[str, ...] = ()
+    if topo.keyed:  # the lab writes the key (0600) before the relays start; their keylogs open the captures
+        run_dir = control.rsplit("/", 1)[0]
+        extra = ("--psk-file", f"{run_dir}/{PSK_FILE}", "--seal-keylog", f"{run_dir}/{node.name}.keys")
     return relay_argv(device=("--dev", dev, "--attach"), transport=transport, hops=hops,
                       routes=topo.routes_for(node.name), hook=hook, control=control, stats_file=stats_file,
-                      log_file=log_file, datapath=datapath)
+                      log_file=log_file, datapath=datapath, extra=extra)

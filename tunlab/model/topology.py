@@ -35,6 +35,7 @@ DEFAULT_OVERLAY = "172.16.0.0/16"
 DEFAULT_UNDERLAY = "10.0.0.0/16"
 DEFAULT_PORT = 55555
 DEFAULT_MTU = 1472  # 1500 underlay minus IPv4 (20) + UDP (8)
+SEAL_OVERHEAD = 29  # a keyed link's header and tag per datagram (tunlab.relay.seal.OVERHEAD)
 TRANSPORTS = ("udp", "tcp")
 DATAPATHS = ("auto", "plain", "gso", "simple")  # the relays' --datapath on UDP hops (TCP hops: simple)
 ROUTE_TYPES = ("unicast", "blackhole", "unreachable", "prohibit")
@@ -303,6 +304,8 @@ class Topology:
     mtu: int = DEFAULT_MTU
     description: str = ""
     datapath: str = "auto"
+    #: every link sealed with a key the lab makes (relay --psk-file; UDP links; the MTU loses 29 bytes)
+    keyed: bool = False
     source: str | None = field(default=None, compare=False)
     _link_index: dict[frozenset[str], Link] = field(default_factory=dict, init=False, repr=False, compare=False)
     _route_table: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -385,6 +388,18 @@ def _validate(topo: Topology) -> None:
                     "add a sender and a receiver")
     if not isinstance(topo.mtu, int) or isinstance(topo.mtu, bool) or not 576 <= topo.mtu <= 65000:
         raise _fail("topology", "mtu", f"{topo.mtu!r} is not a usable overlay MTU", "use 576-65000 (1472 fits UDP over 1500)")
+    if not isinstance(topo.keyed, bool):
+        raise _fail("topology", "keyed", f"{topo.keyed!r} is not true or false", "write keyed=True")
+    if topo.keyed:
+        tcp = [lk.name for lk in topo.links if lk.transport != "udp"]
+        if tcp:
+            raise _fail("topology", "keyed", f"keyed links are UDP only so far, and {', '.join(tcp)} use TCP",
+                        "use transport='udp' on every link, or keyed=False")
+        if topo.mtu == DEFAULT_MTU:  # the default leaves room for the seal (relay/seal.py: 29 bytes)
+            object.__setattr__(topo, "mtu", DEFAULT_MTU - SEAL_OVERHEAD)
+        elif topo.mtu > DEFAULT_MTU - SEAL_OVERHEAD:
+            raise _fail("topology", "mtu", f"{topo.mtu} leaves no room for the seal of keyed links",
+                        f"use at most {DEFAULT_MTU - SEAL_OVERHEAD}")
     if topo.datapath not in DATAPATHS:
         raise _fail("topology", "datapath", f"{topo.datapath!r} is not a relay datapath",
                     f"use one of {', '.join(DATAPATHS)}; auto means gso between tunlab relays")

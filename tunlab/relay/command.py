@@ -134,6 +134,8 @@ disappears with it.
 @click.option("--psk-file", default=None, metavar="PATH",
               help="seal every datagram with the 32-byte key in PATH (mode 0600; UDP; tunlab peers only, "
                    "not socat)")
+@click.option("--seal-keylog", default=None, metavar="PATH",
+              help="append each session's keys to PATH (0600) so captures can be opened (labs, debugging)")
 @click.option("--print-config", is_flag=True, help="print the resulting configuration as JSON and exit")
 def relay_cmd(**kw: Any) -> None:
     ctx = click.get_current_context()
@@ -166,7 +168,8 @@ def configs_from_params(ctx: click.Context, kw: dict[str, Any]) -> list[RelayCon
         remoteip=kw["remoteip"], transport=kw["transport"], tap=kw["tap"], dev=kw["dev"], addr=kw["addr"],
         attach=kw["attach"], mtu=kw["mtu"], listen=kw["listen"], peer=tuple(kw["peer"]),
         accept=tuple(kw["accept"]), route=tuple(kw["route"]), vnf=kw["vnf"], hook=kw["hook"],
-        datapath=kw["datapath"], psk_file=kw["psk_file"], explicit=explicit)
+        datapath=kw["datapath"], psk_file=kw["psk_file"],
+        seal_keylog=kw["seal_keylog"], explicit=explicit)
     return build_configs(opts)
 
 

@@ -163,6 +163,7 @@ class RelayConfig:
     label: str = ""
     datapath: str = "simple"
     psk_file: str | None = None  # --psk-file: every datagram sealed (relay/sealed.py); never the key itself
+    seal_keylog: str | None = None  # --seal-keylog: session keys appended here (labs open their captures)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -326,6 +327,7 @@ class RelayOptions:
     hook: str | None = None
     datapath: str = "auto"
     psk_file: str | None = None
+    seal_keylog: str | None = None
     explicit: frozenset[str] = frozenset()  # option names the user gave (the rest are defaults)
 
 
@@ -341,7 +343,9 @@ def build_configs(o: RelayOptions) -> list[RelayConfig]:
     if o.psk_file and o.transport != "udp":
         raise ConfigError("--psk-file", "keyed links are UDP only for now", "use --transport udp with a key")
     common = dict(tap=o.tap, attach=o.attach, mtu=o.mtu, transport=o.transport, vnf=vnf, hook=o.hook,
-                  datapath=o.datapath, psk_file=o.psk_file)
+                  datapath=o.datapath, psk_file=o.psk_file, seal_keylog=o.seal_keylog)
+    if o.seal_keylog and not o.psk_file:
+        raise ConfigError("--seal-keylog", "logs the keys of a keyed link", "add --psk-file, or drop it")
     routes = tuple(parse_route(r) for r in o.route)
     if o.listen or o.peer or o.accept:
         for opt, flag in {**_TC_ENDPOINT_OPTS, **_TC_DEVICE_OPTS}.items():

@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tunlab.errors import TunlabError
@@ -155,6 +156,8 @@ class Sealer:
     tx_key_id: int = 0
     peer_time: int = -1           # the newest hello time accepted from the peer (ns)
     drops: dict[str, int] = field(default_factory=dict)
+    #: called with (key id, key) of each new session key, both directions (the relay's --seal-keylog)
+    on_key: Callable[[int, bytes], None] | None = None
 
     def __post_init__(self) -> None:
         if len(self.psk) != KEY_LEN:
@@ -188,6 +191,9 @@ class Sealer:
         for old in self.rx.values():
             old.until = min(old.until, now + GRACE)
         self.rx[rx_id] = _Rx(rx_id, self._aead(rx_key))
+        if self.on_key is not None:
+            self.on_key(self.tx_key_id, tx_key)
+            self.on_key(rx_id, rx_key)
 
     def rekey(self, now: float) -> bytes:
         """Start a new session: a fresh nonce (the peer answers; until then the old keys keep working)."""
@@ -258,3 +264,37 @@ class Sealer:
     def _drop(self, reason: str) -> tuple[str, None, None]:
         self.drops[reason] = self.drops.get(reason, 0) + 1
         return reason, None, None
+
+
+def open_with(keys: Mapping[int, bytes], data: bytes) -> bytes | None:
+    """Open a sealed data datagram with a known session key (a lab's checks and captures, from the relays'
+    --seal-keylog); None when it is not a data datagram of a known key or does not authenticate."""
+    if len(data) < OVERHEAD or data[0] != DATA:
+        return None
+    _, key_id, n = DATA_HDR.unpack_from(data)
+    key = keys.get(key_id)
+    if key is None:
+        return None
+    try:
+        return bytes(aead_class()(key).decrypt(bytes(4) + struct.pack("!Q", n), data[DATA_HDR.size:],
+                                               data[:DATA_HDR.size]))
+    except Exception:  # noqa: BLE001 - InvalidTag
+        return None
+
+
+def read_keylog(path: str) -> dict[int, bytes]:
+    """key id -> key, from a --seal-keylog file (one JSON object per line)."""
+    import json
+
+    out: dict[int, bytes] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    out[int(rec["key_id"])] = bytes.fromhex(rec["key"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except OSError:
+        pass
+    return out

@@ -31,13 +31,24 @@ class SealedUdpDatapath(SimpleUdpDatapath):
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
         psk = read_key_file(str(relay.config.psk_file))
-        self.sealers: dict[str, Sealer] = {name: Sealer(psk, drops=self.drops) for name in self.table.peers}
+        keylog = relay.config.seal_keylog
+        on_key = self._keylog_writer(keylog) if keylog else None
+        self.sealers: dict[str, Sealer] = {name: Sealer(psk, drops=self.drops, on_key=on_key)
+                                           for name in self.table.peers}
         self.by_ip: dict[str, list[Peer]] = {}
         for p in self.table.peers.values():
             self.by_ip.setdefault(p.spec.ip or "", []).append(p)
         self.loop = relay.loop
         self.timer: Any = None
         self._tick()
+
+    @staticmethod
+    def _keylog_writer(path: str) -> Any:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+        def write(key_id: int, key: bytes) -> None:
+            os.write(fd, b'{"key_id": %d, "key": "%s"}\n' % (key_id, key.hex().encode()))
+        return write
 
     # -- sessions
     def _hello(self, peer: Peer, now: float, fresh: bool = False) -> None:

@@ -193,7 +193,8 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
             result.notes.append("not every expected packet arrived (waited until the links were silent for "
                                 f"{max(GIVE_UP_QUIET, sc.settle):g} s, at most {sc.timeout:g} s)")
         cap.wait_quiet(sc.settle, sc.timeout)
-    caps = Captures(cap.frames())
+    keyed = bool(getattr(lab.topology, "keyed", False))
+    caps = Captures(cap.frames(), keys=lab.seal_keys() if keyed else None)
     result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
     seen_links: set[str] = set()
     for chain in chains.values():

@@ -188,12 +188,14 @@ class _Stream:
 
 
 def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: str,
-                overlay: Sequence[str | ipaddress.IPv4Network], *, deframe: Deframer | None = None
-                ) -> list[Sighting]:
+                overlay: Sequence[str | ipaddress.IPv4Network], *, deframe: Deframer | None = None,
+                keys: dict[int, bytes] | None = None) -> list[Sighting]:
     """Classify every frame captured on the link between relay ends ``a`` and ``b``.
 
     ``overlay``: overlay addresses or networks; an IP packet from or to one of them on the underlay is bare.
     ``transport``: "udp" or "tcp" (the relays' encapsulation on this link).
+    ``keys``: session keys of keyed links (key id -> key, from the relays' --seal-keylog): their sealed
+    datagrams are opened and seen as ``encap`` (outer ``UDP sealed ...``); without a key they are ``other``.
     """
     nets = [ipaddress.ip_network(o, strict=False) for o in overlay]
 
@@ -203,7 +205,7 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
 
     out: list[Sighting] = []
     streams: dict[tuple[str, int, str, int], _Stream] = {}
-    chunks = _ChunkDecoder()
+    chunks = _ChunkDecoder(keys)
     for fr in frames:
         ip = parse_ipv4(fr.data)
         if ip is None:
@@ -274,9 +276,10 @@ def stream_inner(stream: bytes) -> list[bytes]:
 class _ChunkDecoder:
     """Per link: datagrams -> sightings; ``gso`` chunks reassembled per sender (ip, port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: dict[int, bytes] | None = None) -> None:
         from tunlab.relay.fast.encap import Reassembler
 
+        self.keys = keys
         self.drops: dict[str, int] = {}
         self.reasm = Reassembler(max_streams=1024, remember=4096, drops=self.drops)
         self.last: dict[tuple[str, int], tuple[float, str, str]] = {}
@@ -288,6 +291,9 @@ class _ChunkDecoder:
         out = []
         pieces = split_datagrams(payload)
         for piece in pieces:
+            if self.keys is not None and piece[:1] in (b"\x01", b"\x02"):  # a keyed link (relay/seal.py)
+                out.append(self._sealed(ts, src, dst, piece, ends))
+                continue
             kind = classify(piece)
             if kind == "chunk":
                 before = dict(self.drops)
@@ -308,6 +314,16 @@ class _ChunkDecoder:
             else:  # one packet per datagram (whether it left in a batch of one UDP GSO send is timing)
                 out.append(Sighting(ts, "encap", src, dst, f"UDP {src} > {dst}", piece, ends[0].node, ends[1].node))
         return out
+
+    def _sealed(self, ts: float, src: str, dst: str, piece: bytes, ends: tuple[RelayEnd, RelayEnd]) -> Sighting:
+        from tunlab.relay.seal import HELLO, HELLO_LEN, open_with
+
+        if piece[0] == HELLO and len(piece) == HELLO_LEN:
+            return Sighting(ts, "hello", src, dst, f"UDP {src} > {dst} sealed hello", None)
+        inner = open_with(self.keys or {}, piece)
+        if inner is None:
+            return Sighting(ts, "other", src, dst, f"UDP {src} > {dst} sealed, opened by no key of the lab", None)
+        return Sighting(ts, "encap", src, dst, f"UDP sealed {src} > {dst}", inner, ends[0].node, ends[1].node)
 
     def leftovers(self) -> list[Sighting]:
         """Streams still incomplete at the end of the capture."""

@@ -116,12 +116,13 @@ class Captures:
 
     frames: dict[str, list[Frame]] = field(default_factory=dict)
     sighting_cache: dict[str, list[Sighting]] = field(default_factory=dict)
+    keys: dict[int, bytes] | None = None  # session keys of keyed links, to open their datagrams
 
     def sightings(self, chain: Chain, link: LinkInfo) -> list[Sighting]:
         point = chain.link_point(link)
         if point not in self.sighting_cache:
             self.sighting_cache[point] = decode_link(self.frames.get(point, []), link.a, link.b,
-                                                     link.transport, chain.overlay)
+                                                     link.transport, chain.overlay, keys=self.keys)
         return self.sighting_cache[point]
 
 
