@@ -26,7 +26,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 UNDER_A, UNDER_B = "10.201.0.1", "10.201.0.2"
-PATHS = ["veth", "vxlan", "socat", "tunlab-udp", "tunlab-udp-simple", "tunlab-tcp"]
+PATHS = ["veth", "vxlan", "socat", "tunlab-udp", "tunlab-udp-simple", "tunlab-udp-keyed", "tunlab-tcp"]
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -99,9 +99,10 @@ class Bench:
             sh("ip", "-n", ns, "link", "set", dev, "mtu", "1472")  # same MTU as the relay: no fragmentation
         return "10.203.0.2"
 
-    def _relays(self, transport: str, port: int, net: str, dev: str, datapath: str = "auto") -> str:
-        args_a = ["--listen", f"{UNDER_A}:{port}"]
-        args_b = ["--listen", f"{UNDER_B}:{port}", "--peer", f"a={UNDER_A}:{port}"]
+    def _relays(self, transport: str, port: int, net: str, dev: str, datapath: str = "auto",
+                extra_args: tuple[str, ...] = ()) -> str:
+        args_a = ["--listen", f"{UNDER_A}:{port}", *extra_args]
+        args_b = ["--listen", f"{UNDER_B}:{port}", "--peer", f"a={UNDER_A}:{port}", *extra_args]
         if transport == "udp":
             args_a += ["--peer", f"b={UNDER_B}:{port}"]
         else:
@@ -127,6 +128,17 @@ class Bench:
 
     def tunlab_udp_simple(self) -> str:  # one packet per syscall: the per-packet reference
         return self._relays("udp", 43000, "10.206.0", self.p + "n", "simple")
+
+    def tunlab_udp_keyed(self) -> str:  # --psk-file: every datagram sealed (ChaCha20-Poly1305)
+        key = Path(f"/tmp/{self.p}.psk")
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, os.urandom(32))
+        os.close(fd)
+        dst = self._relays("udp", 44000, "10.207.0", self.p + "k", extra_args=("--psk-file", str(key)))
+        wait_for(lambda: sh(*nsx(self.a, "ping", "-c", "1", "-W", "0.5", dst), check=False).returncode == 0,
+                 "keyed tunnel (session up)")
+        key.unlink()
+        return dst
 
     def tunlab_tcp(self) -> str:
         return self._relays("tcp", 42000, "10.205.0", self.p + "t")

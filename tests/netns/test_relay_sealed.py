@@ -134,3 +134,18 @@ def test_a_keyed_lab_passes_the_per_hop_checks_with_sealed_links(tmp_path: Path)
         [c.message for c in result.links if not c.passed] + [result.error or ""]
     outers = {row.outer for f in result.flows for row in f.hops if row.outer}
     assert any(o.startswith("UDP sealed") for o in outers), outers
+
+
+def test_a_peer_that_roams_to_a_new_port_is_followed(netlab: NetLab, tmp_path: Path) -> None:
+    a, b = two_nodes(netlab)
+    k = key(tmp_path)
+    ra, rb = keyed_pair(netlab, a, b, k, k)
+    ping(a, "10.77.0.2")
+    assert ra.stop() == 0
+    # a comes back on another port (a NAT rebinding, a restart): its authentic hello moves b's reply address
+    dev = netlab.ifname("t")
+    netlab.relay(a, "ra2", "--dev", dev, "--addr", "10.77.0.1/24", "--listen", "10.1.0.1:5999",
+                 "--peer", "b=10.1.0.2:5000", "--psk-file", k)
+    ping(a, "10.77.0.2")
+    ping(b, "10.77.0.1")
+    assert rb.counters()["peers"]["a"]["rx_packets"] >= 6
