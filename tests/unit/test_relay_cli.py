@@ -61,7 +61,7 @@ def test_bad_ready_fd_is_one_line() -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root; as non-root see below")
 def test_not_root_is_one_line_as_nobody(tmp_path: Path) -> None:
     res = run_tunlab("relay", "--dev", "t2rnoroot", "--peer", "x=127.0.0.1:5", user=65534)
-    assert res.returncode == 1, res.stderr
+    assert res.returncode == 3, res.stderr  # ExitCode.CANNOT_RUN
     assert res.stderr.strip().count("\n") == 0
     assert "needs root" in res.stderr and "sudo" in res.stderr and "Traceback" not in res.stderr
 
@@ -69,7 +69,7 @@ def test_not_root_is_one_line_as_nobody(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() == 0, reason="as root the device would really be created")
 def test_not_root_is_one_line() -> None:
     res = run_tunlab("relay", "--dev", "t2rnoroot", "--peer", "x=127.0.0.1:5")
-    assert res.returncode == 1 and "needs root" in res.stderr and res.stderr.strip().count("\n") == 0
+    assert res.returncode == 3 and "needs root" in res.stderr and res.stderr.strip().count("\n") == 0
 
 
 def test_missing_dev_net_tun_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:

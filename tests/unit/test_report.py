@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 from rich.console import Console
 from test_traffic_checks import chain, icmp_probe, sent_and_reply, simulate
@@ -98,7 +99,17 @@ def test_junit_xml_has_a_case_per_check_with_failure_details(tmp_path: object) -
     assert suites[0].get("failures") == "0" and int(suites[0].get("tests") or 0) == 6
     fails = suites[1].findall(".//failure")
     assert fails and any("EXPECTED" in (f.text or "") and "RECEIVED" in (f.text or "") for f in fails)
-    assert suites[2].find(".//error") is not None
+    # a lab that did not come up: a failure of type "error" (the JUnit schema has no <error> in a testcase)
+    assert suites[2].find(".//failure[@type='error']") is not None and suites[2].get("failures") == "1"
+
+
+def test_junit_xml_is_valid_against_the_junit_schema() -> None:
+    import xmlschema
+
+    schema = xmlschema.XMLSchema(str(Path(__file__).resolve().parents[1] / "data" / "junit-10.xsd"))
+    failed = failing()
+    failed.run_id, failed.results_dir, failed.seed = "r1", "/tmp/x", 7
+    schema.validate(junit_xml([passing(), failed, ScenarioResult("nolab", error="boom")]))
 
 
 def test_plain_text_report_file(tmp_path: object) -> None:

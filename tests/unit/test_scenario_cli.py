@@ -22,7 +22,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def test_non_root_gets_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(privileges.os, "geteuid", lambda: 1000)
     code, _, err = run(["run", str(ROOT / "scenarios" / "three_vnf.py")], capsys)
-    assert code == 1
+    assert code == 3  # ExitCode.CANNOT_RUN, not 1 (a failed check)
     assert err.strip().count("\n") == 0 and "needs root" in err and "sudo" in err
     assert "Traceback" not in err
 

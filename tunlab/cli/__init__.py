@@ -61,5 +61,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tunlab.cli.console import ascii_safe_streams
+
+    ascii_safe_streams()  # PYTHONIOENCODING=ascii, LANG=C: ASCII look-alikes, never a UnicodeEncodeError
     signal.signal(signal.SIGTERM, _terminate)  # the relay installs its own handlers when it runs
     run_command(cli, argv, "tunlab")

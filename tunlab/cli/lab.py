@@ -50,11 +50,17 @@ def _vnf_does(n: Endpoint | Vnf) -> str:
 @click.argument("topology")
 @_param_opt
 @click.option("--routes", is_flag=True, help="also print every relay's routes (prefix -> next hop)")
-def show_cmd(topology: str, params: tuple[str, ...], routes: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (schema tunlab.show/1), routes included")
+def show_cmd(topology: str, params: tuple[str, ...], routes: bool, as_json: bool) -> None:
     """Print TOPOLOGY's nodes, links, addresses and hops (no root needed).
 
-    TOPOLOGY: a topology file, or the name of one in topologies/ (linear, three_vnf, fork)."""
+    TOPOLOGY: a topology file, or the name of one shipped with tunlab (linear, three_vnf, fork)."""
     t = _load(topology, params)
+    if as_json:
+        from tunlab.cli.jsonout import dumps, topology_json
+
+        click.echo(dumps(topology_json(t)))
+        return
     con = _console()
     con.print(f"[bold]{t.name}[/bold]  ({t.source or 'python'})" + (f": {t.description}" if t.description else ""))
     con.print(f"overlay {t.overlay_net}, TUN MTU {t.mtu}")
@@ -92,44 +98,111 @@ def show_cmd(topology: str, params: tuple[str, ...], routes: bool) -> None:
 # ---------------------------------------------------------------------------------------------- up / down
 
 
+BIG_LAB = 16  # nodes: above this, `up` prints a summary line instead of a row per node
+
+
+def _sudo() -> str:
+    """"sudo " when the user came through sudo (so the hints we print are what they would type)."""
+    return "sudo " if os.environ.get("SUDO_UID") else ""
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,31}", name):
+        raise TunlabError(f"--name {name!r}: use 1-32 letters, digits, '_', '.' or '-', starting with a letter")
+    for r in list_runs():
+        if r.meta().get("name") == name and r.state() != "dead":
+            raise TunlabError(f"--name {name}: run {r.run_id} already has that name",
+                              f"pick another name, or take it down: {_sudo()}tunlab down {name}")
+
+
 @click.command("up")
 @click.argument("topology")
 @_param_opt
 @click.option("--backend", default="netns", show_default=True, type=click.Choice(["netns", "mininet"]))
 @click.option("--results", "results", default=None, metavar="DIR",
               help="copy relay logs and counters here when the lab goes down")
-def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | None) -> None:
-    """Bring TOPOLOGY up and leave it running (take it down with `tunlab down`)."""
+@click.option("--name", default=None, metavar="NAME",
+              help="a name for this lab, unique on the machine: `tunlab exec --run NAME`, `tunlab down NAME`")
+@click.option("--table/--no-table", "table", default=None,
+              help=f"a row per node (default: only for labs of up to {BIG_LAB} nodes)")
+def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | None, name: str | None,
+           table: bool | None) -> None:
+    """Bring TOPOLOGY up and leave it running (take it down with `tunlab down`).
+
+    Progress goes to stderr while the lab comes up; then one line with the run id and its folder."""
     require_root("tunlab up")
     from tunlab.lab.lab import Lab
 
+    if name is not None:
+        _check_name(name)
     t = _load(topology, params)
     t0 = time.perf_counter()
     lab = Lab(t, backend=backend, results_dir=os.path.abspath(results) if results else None)
-    lab.__enter__()
+    from tunlab.cli.progress import BringUpProgress
+
+    with BringUpProgress(lab, len(t.nodes)):
+        lab.__enter__()
+    if name is not None:
+        lab.ledger.update_meta(name=name)
     lab.detach()
     con = _console()
-    con.print(f"lab [bold]{lab.run_id}[/bold] ({t.name}, {len(t.nodes)} nodes) is up in "
+    label = f"{lab.run_id} ({name})" if name else lab.run_id
+    con.print(f"lab [bold]{label}[/bold] ({t.name}, {len(t.nodes)} nodes) is up in "
               f"{time.perf_counter() - t0:.2f} s; files in {lab.run_dir}")
-    table = Table()
-    for col in ("node", "namespace", "overlay"):
-        table.add_column(col)
-    for name, node in lab.nodes.items():
-        table.add_row(name, os.path.basename(node.netns_file), f"{node.overlay_dev} {node.overlay_ip}")
-    con.print(table)
+    if table if table is not None else len(lab.nodes) <= BIG_LAB:
+        rows = Table()
+        for col in ("node", "namespace", "overlay"):
+            rows.add_column(col)
+        for node_name, node in lab.nodes.items():
+            rows.add_row(node_name, os.path.basename(node.netns_file), f"{node.overlay_dev} {node.overlay_ip}")
+        con.print(rows)
+    else:
+        names = list(lab.nodes)
+        con.print(f"nodes: {', '.join(names[:4])} ... {names[-1]} (every node: tunlab show {topology}, or --table)")
     first = next(iter(lab.nodes))
-    con.print(f"try: sudo tunlab exec {first} -- ip addr    |    done: sudo tunlab down {lab.run_id}")
+    ref = name or lab.run_id
+    con.print(f"try: {_sudo()}tunlab exec --run {ref} {first} -- ip addr    |    done: {_sudo()}tunlab down {ref}")
+
+
+def _mine(led: Ledger) -> bool:
+    """Is this run the caller's (started by the same user; root acting directly counts as uid 0)?"""
+    from tunlab.system.privileges import caller_uid
+
+    return led.meta().get("uid") == caller_uid()
+
+
+def _open_run(ref: str) -> Ledger:
+    """A run by id or by the name given with `tunlab up --name`."""
+    from tunlab.model.names import is_run_id
+
+    if is_run_id(ref):
+        return Ledger.open(ref)
+    named = [r for r in list_runs() if r.meta().get("name") == ref]
+    live = [r for r in named if r.state() != "dead"] or named
+    if not live:
+        raise TunlabError(f"there is no run '{ref}' (neither a run id nor a lab name)", "see `tunlab ls`")
+    return live[-1]
 
 
 def _pick_run(run_id: str | None, states: tuple[str, ...], what: str) -> Ledger:
+    """RUN_ID (an id or a name) or, when none is given, the caller's only run in ``states``: other users'
+    runs are never picked implicitly."""
     if run_id:
-        return Ledger.open(run_id)
-    runs = [r for r in list_runs() if r.state() in states]
+        return _open_run(run_id)
+    candidates = [r for r in list_runs() if r.state() in states]
+    runs = [r for r in candidates if _mine(r)]
+    others = len(candidates) - len(runs)
+    note = f"; {others} lab(s) of other users left alone" if others else ""
     if len(runs) == 1:
         return runs[0]
     if not runs:
-        raise TunlabError(f"no lab is {' or '.join(states)}", "see `tunlab ls`")
-    raise TunlabError(f"{len(runs)} labs are {' or '.join(states)} ({', '.join(r.run_id for r in runs)})",
+        raise TunlabError(f"you have no lab that is {' or '.join(states)}{note}",
+                          f"see `tunlab ls`; name one explicitly: tunlab {what} "
+                          + ("--run ID NODE" if what == "exec" else "ID"))
+    raise TunlabError(f"you have {len(runs)} labs that are {' or '.join(states)} "
+                      f"({', '.join(r.meta().get('name') or r.run_id for r in runs)})",
                       f"say which: tunlab {what} --run ID" if what == "exec" else f"say which: tunlab {what} ID")
 
 
@@ -137,7 +210,7 @@ def _pick_run(run_id: str | None, states: tuple[str, ...], what: str) -> Ledger:
 @click.argument("run_id", required=False)
 @click.option("--force", is_flag=True, help="also take down a lab whose owning process still runs")
 def down_cmd(run_id: str | None, force: bool) -> None:
-    """Take down a lab brought up by `tunlab up` (the only one, or RUN_ID)."""
+    """Take down a lab brought up by `tunlab up`: RUN_ID (a run id or a --name), or your only one."""
     require_root("tunlab down")
     led = _pick_run(run_id, ("up",), "down")
     state = led.state()
@@ -173,21 +246,36 @@ def _age(created: Any) -> str:
 
 
 @click.command("ls")
-def ls_cmd() -> None:
-    """List tunlab runs on this machine (running, up, or dead and waiting for `tunlab clean`)."""
-    runs = list_runs()
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (schema tunlab.ls/1)")
+@click.option("--mine", is_flag=True, help="only your runs")
+def ls_cmd(as_json: bool, mine: bool) -> None:
+    """List tunlab runs on this machine (running, up, or dead and waiting for `tunlab clean`), with the user
+    each belongs to."""
+    runs = [r for r in list_runs() if not mine or _mine(r)]
+    rows = []
+    for r in runs:
+        m = r.meta()
+        uid = m.get("uid")
+        user = m.get("user") or (None if uid is None else str(uid))
+        rows.append((r, r.state(), user))
+    if as_json:
+        from tunlab.cli.jsonout import dumps, run_json
+
+        click.echo(dumps({"schema": "tunlab.ls/1", "runs": [run_json(r, state, user) for r, state, user in rows]}))
+        return
     con = _console()
     if not runs:
         con.print("no tunlab runs")
         return
     table = Table()
-    for col in ("run", "state", "backend", "topology", "nodes", "age", "owner"):
+    for col in ("run", "name", "state", "user", "backend", "topology", "nodes", "age", "pid"):
         table.add_column(col)
-    for r in runs:
+    for r, state, user in rows:
         m = r.meta()
         owner = (m.get("owner") or {}).get("pid")
-        table.add_row(r.run_id, r.state(), str(m.get("backend", "?")), str(m.get("topology", "?")),
-                      str(len(m.get("nodes") or {})), _age(m.get("created")), str(owner or "-"))
+        table.add_row(r.run_id, str(m.get("name") or "-"), state, user or "?", str(m.get("backend", "?")),
+                      str(m.get("topology", "?")), str(len(m.get("nodes") or {})), _age(m.get("created")),
+                      str(owner or "-"))
     con.print(table)
 
 
@@ -195,7 +283,8 @@ def ls_cmd() -> None:
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--run", "run_id", default=None, metavar="ID", help="which lab, when more than one runs")
+@click.option("--run", "run_id", default=None, metavar="ID",
+              help="which lab (a run id or a --name); default: your only running lab")
 @click.argument("node")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def exec_cmd(run_id: str | None, node: str, command: tuple[str, ...]) -> None:
@@ -234,16 +323,18 @@ def _node_shell(led: Ledger, node: str) -> list[str]:
 
 @click.command("clean")
 @click.argument("run_ids", nargs=-1)
-@click.option("--dry-run", "-n", is_flag=True, help="only say what would be removed")
-def clean_cmd(run_ids: tuple[str, ...], dry_run: bool) -> None:
-    """Remove what dead tunlab runs recorded (all dead runs, or RUN_IDS) and nothing else.
+@click.option("--dry-run", "-n", is_flag=True, help="only say what would be removed (every recorded object)")
+@click.option("--all-users", "all_users", is_flag=True, help="also other users' dead runs (default: only yours)")
+def clean_cmd(run_ids: tuple[str, ...], dry_run: bool, all_users: bool) -> None:
+    """Remove what dead tunlab runs recorded (your dead runs, or RUN_IDS) and nothing else.
 
     A run is dead when the process that owned it is gone. Labs kept by `tunlab up` are not dead: take
     them down with `tunlab down`."""
     require_root("tunlab clean")
-    runs = [Ledger.open(r) for r in run_ids] if run_ids else list_runs()
+    runs = [_open_run(r) for r in run_ids] if run_ids else list_runs()
     problems = 0
     cleaned = 0
+    others = 0
     for led in runs:
         state = led.state()
         if state != "dead":
@@ -251,8 +342,16 @@ def clean_cmd(run_ids: tuple[str, ...], dry_run: bool) -> None:
                 hint = "tunlab down" if state == "up" else "its owner takes it down"
                 click.echo(f"run {led.run_id} is {state}: left alone ({hint})")
             continue
+        if not run_ids and not all_users and not _mine(led):
+            others += 1
+            continue
         if dry_run:
-            click.echo(f"run {led.run_id}: would remove {len(led.entries())} recorded object(s)")
+            entries = led.entries()
+            click.echo(f"run {led.run_id} ({led.meta().get('user') or '?'}): would remove {len(entries)} "
+                       f"recorded object(s) and {led.dir}")
+            for line in _describe_entries(entries):
+                click.echo(f"  {line}")
+            cleaned += 1
             continue
         try:
             _teardown_and_report(led)
@@ -260,7 +359,25 @@ def clean_cmd(run_ids: tuple[str, ...], dry_run: bool) -> None:
         except TunlabError as exc:
             click.echo(f"tunlab: {exc}", err=True)
             problems += 1
-    if not dry_run and not cleaned and not problems:
+    if not cleaned and not problems:
         click.echo("nothing to clean")
+    if others:
+        click.echo(f"{others} dead run(s) of other users left alone (tunlab clean ID, or --all-users)")
     if problems:
         raise TunlabError(f"{problems} run(s) could not be cleaned completely")
+
+
+def _describe_entries(entries: list[dict[str, Any]]) -> list[str]:
+    """What a ledger recorded, newest first (the order it is undone in), one line per kind."""
+    groups: dict[str, list[str]] = {}
+    for e in reversed(entries):
+        op = str(e.get("op"))
+        label = str(e.get("name") or e.get("ifname") or e.get("pid") or e.get("path") or "")
+        if op == "proc" and e.get("role"):
+            label = f"{e.get('pid')} ({e['role']}{' ' + str(e['node']) if e.get('node') else ''})"
+        groups.setdefault(op, []).append(label)
+    out = []
+    for op, labels in groups.items():
+        shown = ", ".join(labels[:8]) + (f" and {len(labels) - 8} more" if len(labels) > 8 else "")
+        out.append(f"{op} ({len(labels)}): {shown}")
+    return out

@@ -1,17 +1,46 @@
-"""``tunlab run SCENARIO...``: run scenario files and report (exit code 0 only when every check passed)."""
+"""``tunlab run SCENARIO...``: run scenario files and report.
+
+Exit codes (tunlab.errors.ExitCode): 0 every check passed, 1 a check failed (or a scenario's lab did not
+come up), 2 a bad argument or scenario file, 3 this machine cannot run labs (not root, no namespaces), 4 a bug.
+"""
 
 from __future__ import annotations
 
+import os
+import random
+import shlex
 from pathlib import Path
 
 import click
 
 from tunlab.cli.console import make_console
+from tunlab.errors import ExitCode
 from tunlab.system.privileges import require_linux_netns, require_root
 
 
+def find_scenario(ref: str) -> str:
+    """A SCENARIO argument: a file, or the name of a scenario shipped with tunlab (``three_vnf``)."""
+    if os.path.exists(ref) or ref.endswith(".py") or os.sep in ref:
+        return ref
+    from tunlab.model.topofile import SCENARIOS_DIR
+
+    shipped = SCENARIOS_DIR / f"{ref}.py"
+    if shipped.is_file():
+        return str(shipped)
+    from tunlab.errors import DescriptionError
+
+    raise DescriptionError(f"no scenario file or shipped scenario named '{ref}'", source=None,
+                           hint=f"shipped: {', '.join(shipped_scenarios()) or 'none'}; or give a path to a .py file")
+
+
+def shipped_scenarios() -> list[str]:
+    from tunlab.model.topofile import SCENARIOS_DIR
+
+    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
 @click.command("run")
-@click.argument("scenarios", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("scenarios", nargs=-1, required=True)
 @click.option("--keep", is_flag=True,
               help="keep the results folder even on success and leave the lab up (then `tunlab down RUN`)")
 @click.option("--results", "results_root", default="tunlab-results", show_default=True, metavar="DIR",
@@ -19,17 +48,27 @@ from tunlab.system.privileges import require_linux_netns, require_root
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="also write one JUnit XML file for all the scenarios")
 @click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True)
-@click.option("--seed", type=int, default=None, help="ids, ports and sequence numbers of the probes (random)")
+@click.option("--seed", type=int, default=None,
+              help="ids, ports and sequence numbers of the probes (default: random, and printed so that "
+                   "--seed N replays the same packets)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (schema tunlab.run/1) instead of the "
+              "report")
 @click.option("-q", "--quiet", is_flag=True, help="one line per scenario, even for one scenario")
 @click.option("-v", "--verbose", is_flag=True, help="a per-hop table for every probe (default: the first probe "
               "and every failing one)")
 def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: str | None, backend: str,
-            seed: int | None, quiet: bool, verbose: bool) -> int:
+            seed: int | None, as_json: bool, quiet: bool, verbose: bool) -> int:
     """Build each scenario's lab, send its packets, check every hop, report.
 
+    SCENARIO: a scenario file, or the name of one shipped with tunlab (three_vnf, firewall, tcp_chain,
+    tunconnector_pair).
+
     One scenario: per-hop tables (the first probe's and every failing one's; all with -v), every check and
-    a verdict. Several: one line each, the failed checks, a summary.
+    a verdict. Several: one line each, the failed checks, a summary. The last line gives the seed.
     Results (kept on failure, or with --keep) go to DIR/<run id>/.
+
+    Exit codes: 0 every check passed; 1 a check failed or a lab did not come up; 2 a bad argument or
+    scenario file; 3 this machine or user cannot run labs (not root, no namespaces); 4 a bug in tunlab.
     """
     require_root("tunlab run")
     require_linux_netns()
@@ -37,13 +76,20 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
     from tunlab.verdict.report import junit_xml, render, summary_line, verdict_line
     from tunlab.run.runner import run_scenario
 
-    loaded = require_scenarios(list(scenarios))  # every file checked before any lab comes up
-    console = make_console()
-    detailed = (len(loaded) == 1 or verbose) and not quiet
+    files = [find_scenario(s) for s in scenarios]
+    loaded = require_scenarios(files)  # every file checked before any lab comes up
+    if seed is None:
+        seed = random.randrange(2**31)
+    console = make_console(stderr=True) if as_json else make_console()
+    detailed = (len(loaded) == 1 or verbose) and not quiet and not as_json
     results = []
     for sc in loaded:
+        if (as_json or len(loaded) > 1) and not quiet:  # progress, so a long run is never silent
+            console.print(f"running {sc.name} ({sc.source}) ...", style="dim")
         result = run_scenario(sc, results_root=results_root, keep=keep, backend=backend, seed=seed)
         results.append(result)
+        if as_json:
+            continue
         if detailed:
             render(result, console, tables="all" if verbose else "some")
         elif result.passed or quiet:
@@ -55,6 +101,14 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
 
         Path(junit).write_bytes(junit_xml(results))
         chown_to_invoking_user(junit, recursive=False)
+    code = ExitCode.OK if all(r.passed for r in results) else ExitCode.CHECKS_FAILED
+    if as_json:
+        from tunlab.cli.jsonout import dumps, results_json
+
+        click.echo(dumps(results_json(results, seed, int(code))))
+        return int(code)
     if len(results) > 1:
         console.print(summary_line(results))
-    return 0 if all(r.passed for r in results) else 1
+    console.print(f"seed {seed}: replay the same packets with "
+                  f"tunlab run --seed {seed} {shlex.join(scenarios)}", style="dim")
+    return int(code)

@@ -2,7 +2,8 @@
 
 ``/run/tunlab/<run_id>/`` (``$TUNLAB_RUN_ROOT`` overrides the root) holds:
 
-- ``meta.json``: owner pid and start time, state, backend, topology, nodes (rewritten atomically);
+- ``meta.json``: owner pid and start time, the user behind it (uid, user), state, backend, topology, nodes,
+  and the name given with ``tunlab up --name`` (rewritten atomically);
 - ``ledger.jsonl``: one JSON object per created thing, appended and fsync'd *before* it is created:
   ``{"op": "netns", "name": ...}``, ``{"op": "link", "netns": ..., "ifname": ...}``,
   ``{"op": "proc", "node": ..., "pid": ..., "start": ...}``, ``{"op": "file", "path": ...}``...;
@@ -28,6 +29,7 @@ from typing import Any
 
 from tunlab.errors import TunlabError
 from tunlab.model.names import is_run_id, new_run_id
+from tunlab.system.privileges import caller_uid, user_name
 from tunlab.system.procs import proc_start_time, process_alive
 
 Entry = dict[str, Any]
@@ -143,8 +145,9 @@ class Ledger:
                 continue
             led = cls(root / rid)
             pid = os.getpid()
-            led.write_meta({**meta, "run_id": rid, "state": "starting", "created": time.time(),
-                            "owner": {"pid": pid, "start": proc_start_time(pid)}})
+            uid = caller_uid()  # the person (sudo user), so bare `tunlab down/exec/clean` act on their runs only
+            led.write_meta({"uid": uid, "user": user_name(uid), **meta, "run_id": rid, "state": "starting",
+                            "created": time.time(), "owner": {"pid": pid, "start": proc_start_time(pid)}})
             led.ledger_path.touch()
             return led
         raise TunlabError(f"could not find a free run id in {root}")

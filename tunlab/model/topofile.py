@@ -4,7 +4,7 @@ Convention: a topology file is a Python file that defines a module-level ``topol
 :class:`tunlab.model.Topology` or a function that returns one. Command-line parameters
 (``-p NAME=VALUE``) become keyword arguments of that function; values that look like integers, floats or
 booleans are converted. A TOPOLOGY argument is a path to such a file, or the name of a file in the
-``topologies/`` folder (``linear``, ``three_vnf``, ``fork``) or in a folder listed in ``$TUNLAB_TOPOLOGIES``.
+``topologies/`` folder shipped with tunlab (``linear``, ``three_vnf``, ``fork``) or in a folder listed in ``$TUNLAB_TOPOLOGIES``.
 Errors name the file.
 """
 
@@ -22,7 +22,9 @@ from tunlab.errors import DescriptionError
 from tunlab.model.topology import Topology, TopologyError, loading
 
 SUFFIXES = (".py", ".yaml", ".yml")
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "topologies"
+# shipped with the package (tunlab/topologies is a link to the clone's topologies/; a wheel holds the files)
+BUILTIN_DIR = (Path(__file__).resolve().parents[1] / "topologies").resolve()
+SCENARIOS_DIR = (Path(__file__).resolve().parents[1] / "scenarios").resolve()
 
 
 def search_dirs() -> list[Path]:

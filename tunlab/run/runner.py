@@ -152,7 +152,8 @@ def check_scenario(sc: Scenario, lab: Any, *, result: ScenarioResult | None = No
     t0 = time.monotonic() if started is None else started
     if result is None:
         result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
-    planned = build_probes(sc, seed=random.randrange(2**31) if seed is None else seed)
+    result.seed = random.randrange(2**31) if seed is None else seed
+    planned = build_probes(sc, seed=result.seed)
     listening: list[Capture] = []  # the capture, once it listens (kept as evidence if a later step fails)
     cap: Capture | None = None
     counters: dict[str, Any] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tunlab.errors import NeedRoot, TunlabError
+from tunlab.errors import CannotRunHere, NeedRoot
 
 
 def is_root() -> bool:
@@ -24,9 +24,9 @@ def require_linux_netns() -> None:
     import platform
 
     if platform.system() != "Linux":
-        raise TunlabError(f"tunlab needs Linux network namespaces; this is {platform.system()}")
+        raise CannotRunHere(f"tunlab needs Linux network namespaces; this is {platform.system()}")
     if not os.path.exists("/proc/self/ns/net"):
-        raise TunlabError("this kernel has no network namespaces (/proc/self/ns/net is missing)")
+        raise CannotRunHere("this kernel has no network namespaces (/proc/self/ns/net is missing)")
 
 
 def invoking_user() -> tuple[int, int] | None:
@@ -36,6 +36,21 @@ def invoking_user() -> tuple[int, int] | None:
     if os.geteuid() != 0 or not uid or not uid.isdigit():
         return None
     return int(uid), int(gid) if gid and gid.isdigit() else int(uid)
+
+
+def caller_uid() -> int:
+    """The uid of the person behind this process: the sudo user under sudo, else the effective uid."""
+    owner = invoking_user()
+    return owner[0] if owner else os.geteuid()
+
+
+def user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def chown_to_invoking_user(path: str | os.PathLike[str], *, recursive: bool = True) -> None:

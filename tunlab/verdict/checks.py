@@ -187,6 +187,7 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     results_dir: str | None = None
+    seed: int | None = None          # the probes' seed: `tunlab run --seed N` replays the same packets
 
     @property
     def checks(self) -> list[CheckResult]:

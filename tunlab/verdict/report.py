@@ -126,7 +126,8 @@ def flow_line(flow: FlowResult) -> Text:
 def render(result: ScenarioResult, console: Console, *, tables: str = "some") -> None:
     """The report of one scenario. ``tables``: "all" (a per-hop table per probe), "some" (for the first
     probe and every failing one; passing probes get one line) or "none" (failing checks only)."""
-    console.rule(f"[bold]{escape(result.name)}[/]" + (f"  run {result.run_id}" if result.run_id else ""))
+    console.rule(f"[bold]{escape(result.name)}[/]" + (f"  run {result.run_id}" if result.run_id else "")
+                 + (f"  seed {result.seed}" if result.seed is not None else ""))
     if result.description:
         console.print(escape(result.description), style="dim")
     for chain in result.chains:
@@ -205,16 +206,18 @@ def junit_xml(results: Iterable[ScenarioResult]) -> bytes:
     for r in results:
         cases = [(f.probe.name, c) for f in r.flows for c in f.checks] + [("links", c) for c in r.links]
         suite = ET.SubElement(suites, "testsuite", name=r.name, tests=str(len(cases) + (1 if r.error else 0)),
-                              failures=str(len(r.failed)), errors="1" if r.error else "0",
+                              failures=str(len(r.failed) + (1 if r.error else 0)), errors="0",
                               time=f"{r.duration_s:.3f}")
         if r.run_id:
             props = ET.SubElement(suite, "properties")
             ET.SubElement(props, "property", name="run_id", value=r.run_id)
             if r.results_dir:
                 ET.SubElement(props, "property", name="results_dir", value=r.results_dir)
-        if r.error:
+            if r.seed is not None:
+                ET.SubElement(props, "property", name="seed", value=str(r.seed))
+        if r.error:  # a failure of type "error": the JUnit schema (junit-10.xsd) has no <error> element
             case = ET.SubElement(suite, "testcase", classname=r.name, name="run")
-            ET.SubElement(case, "error", message=r.error)
+            ET.SubElement(case, "failure", type="error", message=r.error)
         for group, check in cases:
             case = ET.SubElement(suite, "testcase", classname=f"{r.name}.{group}", name=check.name)
             if not check.passed:

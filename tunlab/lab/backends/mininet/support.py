@@ -12,16 +12,14 @@ import shutil
 import sys
 from types import ModuleType
 
-from tunlab.errors import TunlabError
+from tunlab.errors import CannotRunHere
 
 INSTALL_HINT = ("install it with 'sudo apt-get install mininet bridge-utils', then run 'sudo bash scripts/setup.sh' "
                 "so the project's venv can import it")
 
 
-class MininetMissing(TunlabError):
+class MininetMissing(CannotRunHere):
     """Mininet (the Python module or its mnexec helper) is not installed."""
-
-    exit_code = 3
 
 
 def mininet_unavailable_reason() -> str | None:
