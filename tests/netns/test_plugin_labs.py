@@ -57,9 +57,25 @@ def sessions(pytester: pytest.Pytester) -> list[Path]:
     return sorted(p for p in results.iterdir()) if results.is_dir() else []
 
 
+JUNIT_XSD = Path(__file__).resolve().parents[1] / "data" / "junit-10.xsd"
+
+
 def junit_properties(path: Path) -> dict[str, list[tuple[str, str]]]:
-    return {c.get("name", ""): [(p.get("name", ""), p.get("value", "")) for p in c.iter("property")]
-            for c in ET.parse(path).getroot().iter("testcase")}
+    """Per test name, the artefact folders JUnit XML names (test-suite properties ``tunlab_artefacts:<id>``);
+    the file must be valid against the JUnit schema (junit-10.xsd, as pytest's own tests use it)."""
+    import xmlschema
+
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(path))
+    root = ET.parse(path).getroot()
+    out: dict[str, list[tuple[str, str]]] = {c.get("name", ""): [] for c in root.iter("testcase")}
+    for suite in root.iter("testsuite"):
+        for prop in suite.findall("properties/property"):
+            name, _, nodeid = prop.get("name", "").partition(":")
+            if nodeid:
+                out.setdefault(nodeid.split("::")[-1], []).append((name, prop.get("value", "")))
+    for case in root.iter("testcase"):
+        assert case.find("properties") is None, "no <properties> in a <testcase> (invalid JUnit)"
+    return out
 
 
 def encapsulated_frames(pcap: Path) -> int:
@@ -244,7 +260,9 @@ def test_wrong_expectation(tunlab_checks):
     assert not (session / safe_name("test_checks.py::test_ok")).exists()
 
 
-def test_scenario_files_run_as_tests(pytester: pytest.Pytester) -> None:
+def test_scenario_files_run_as_tests(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    pytester.makeini("[pytest]\ntunlab_scenario_dirs = scenarios\n")
     scenarios = pytester.mkdir("scenarios")
     (scenarios / "small_ok.py").write_text(
         "from tunlab.model.scenario import Ping, Udp\ntopology = 'linear'\nparams = {'n_vnfs': 1}\n"
@@ -252,18 +270,73 @@ def test_scenario_files_run_as_tests(pytester: pytest.Pytester) -> None:
     (scenarios / "small_wrong.py").write_text(
         "from tunlab.model.scenario import Udp\ntopology = 'linear'\nparams = {'n_vnfs': 1}\n"
         "traffic = [Udp(5000, expect='dropped at vnf1')]\n")
-    result = run(pytester, "-m", "netns", "scenarios", "--junitxml=junit.xml")
+    result = run(pytester, "-ra", "-m", "netns", "scenarios", "--junitxml=junit.xml")
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
+    # the short summary shows the verdict; the report is drawn at the terminal's width (100 columns)
+    result.stdout.fnmatch_lines(["FAILED scenarios/small_wrong.py::small_wrong - FAIL small_wrong: 1 of * checks failed*"])
+    report = out[out.index("_ scenario small_wrong _"):out.index("- tunlab artefacts -")]
+    assert max(len(line) for line in report.splitlines() if not line.startswith("FAIL ")) <= 100, report
+    (session,) = sessions(pytester)
+    assert str(session / safe_name("scenarios/small_wrong.py::small_wrong")) in report  # never broken mid-word
     result.stdout.fnmatch_lines(["*_ scenario small_wrong _*", "*small_wrong  run *", "*dropped at vnf1: not dropped*",
                                  "*- tunlab artefacts -*"])
     assert "Traceback" not in out and "def run_scenario_test" not in out  # the report, not Python
-    (session,) = sessions(pytester)
     folder = session / safe_name("scenarios/small_wrong.py::small_wrong")
     assert junit_properties(pytester.path / "junit.xml")["small_wrong"] == [("tunlab_artefacts", str(folder))]
     assert (folder / "pcaps").is_dir() and (folder / "checks").is_dir()
 
 
+def test_checks_failure_first_line_is_the_verdict(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_verdict=HEADER + """
+@SMALL
+def test_wrong(tunlab_checks):
+    tunlab_checks.flows([Udp(5000, expect="dropped at vnf1")])
+""")
+    result = run(pytester, "-ra")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_verdict.py::test_wrong - FAIL test_wrong: 1 of * checks failed*"])
+
+
+def test_lone_topology_function_in_the_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_lone=HEADER + """
+from tunlab import linear_chain
+
+def small_chain():
+    return linear_chain(1)
+
+@pytest.mark.tunlab_topology(small_chain)
+def test_ping(tunlab_lab):
+    assert sorted(tunlab_lab.nodes) == ["receiver", "sender", "vnf1"]
+    ping(tunlab_lab)
+""")
+    run(pytester).assert_outcomes(passed=1)
+
+
+BAD_NFT = """
+from tunlab import Vnf, linear_chain
+
+def topology():
+    return linear_chain(1, vnf=lambda i, name, overlay: Vnf(name, overlay,
+                                                          nft="table inet t { chain c { this is not nft } }"))
+"""
+
+
+def test_bring_up_failure_is_one_line_naming_the_file(pytester: pytest.Pytester) -> None:
+    topo = pytester.path / "bad_nft.py"
+    topo.write_text(BAD_NFT)
+    pytester.makepyfile(test_bad=HEADER + f"""
+@pytest.mark.tunlab_topology({str(topo)!r})
+def test_up(tunlab_lab):
+    pass
+""")
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    error = out[out.index("_ ERROR at setup of test_up _"):out.index("short test summary")]
+    first = next(line for line in error.splitlines()[1:] if line.strip())
+    assert first.startswith("tunlab: ") and "bad_nft.py" in first and "vnf1" in first, error
+    assert "Traceback" not in error and "lab.__enter__()" not in error, error
 def test_xdist_workers_build_labs_side_by_side(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_par=HEADER + """
 @SMALL

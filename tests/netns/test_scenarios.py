@@ -144,7 +144,8 @@ def test_cli_runs_several_scenarios_one_line_each_and_fails_on_one(tmp_path: Pat
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("PASS tunconnector_pair: 6 probes")
     assert any(line.startswith("FAIL dropper: ") and "lost at vnf1" in line for line in lines), proc.stdout
-    assert lines[-1] == "1 of 2 scenarios passed"
+    assert lines[-2] == "1 of 2 scenarios passed" and lines[-1].startswith("seed ")
+    assert "running tunconnector_pair" in proc.stderr  # progress, on stderr
     suites = ET.parse(junit).getroot().findall("testsuite")
     assert [s.get("name") for s in suites] == ["tunconnector_pair", "dropper"]
     kept = list((tmp_path / "res").iterdir())

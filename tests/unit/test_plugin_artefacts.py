@@ -34,11 +34,24 @@ def session_dirs(results: Path) -> list[Path]:
     return sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []
 
 
+JUNIT_XSD = Path(__file__).resolve().parents[1] / "data" / "junit-10.xsd"
+
+
 def junit_properties(path: Path) -> dict[str, list[tuple[str, str]]]:
-    out: dict[str, list[tuple[str, str]]] = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        props = [(p.get("name", ""), p.get("value", "")) for p in case.iter("property")]
-        out[case.get("name", "")] = props
+    """Per test name, the artefact folders JUnit XML names (test-suite properties ``tunlab_artefacts:<id>``);
+    the file must be valid against the JUnit schema (junit-10.xsd, as pytest's own tests use it)."""
+    import xmlschema
+
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(path))
+    root = ET.parse(path).getroot()
+    out: dict[str, list[tuple[str, str]]] = {c.get("name", ""): [] for c in root.iter("testcase")}
+    for suite in root.iter("testsuite"):
+        for prop in suite.findall("properties/property"):
+            name, _, nodeid = prop.get("name", "").partition(":")
+            if nodeid:
+                out.setdefault(nodeid.split("::")[-1], []).append((name, prop.get("value", "")))
+    for case in root.iter("testcase"):
+        assert case.find("properties") is None, "no <properties> in a <testcase> (invalid JUnit)"
     return out
 
 

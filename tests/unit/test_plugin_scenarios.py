@@ -27,6 +27,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini("[pytest]\ntunlab_scenario_dirs = scenarios\n")  # opt-in
     sc = pytester.mkdir("scenarios")
     (sc / "chain_ping.py").write_text(OK)
     (sc / "_helpers.py").write_text("X = 1\n")
@@ -58,6 +59,25 @@ def test_scenarios_skip_without_root(project: pytest.Pytester, monkeypatch: pyte
     result = run(project, "-rs", "scenarios")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED * netns tests need root (run pytest with sudo)"])
+
+
+def test_a_scenarios_folder_is_not_collected_without_the_ini_key(pytester: pytest.Pytester) -> None:
+    """A user's own `scenarios/` folder (with a plain helper module) is theirs, until they opt in."""
+    sc = pytester.mkdir("scenarios")
+    (sc / "chain_ping.py").write_text(OK)
+    (sc / "helpers.py").write_text("import nothing_like_this_exists\n")
+    pytester.makepyfile(test_unit="def test_u():\n    pass\n")
+    result = run(pytester, "--collect-only", "-q", ".")
+    result.stdout.fnmatch_lines(["test_unit.py::test_u", "1 test collected*"])
+    assert result.ret == pytest.ExitCode.OK
+
+
+def test_a_helper_module_in_a_scenario_folder_is_left_alone(project: pytest.Pytester) -> None:
+    (project.path / "scenarios" / "helpers.py").write_text("from tunlab.model.scenario import Ping\n"
+                                                           "def flows():\n    return [Ping()]\n")
+    result = run(project, "--collect-only", "-q", "scenarios")
+    result.stdout.fnmatch_lines(["scenarios/chain_ping.py::chain_ping", "1 test collected*"])
+    assert result.ret == pytest.ExitCode.OK
 
 
 def test_other_folders_are_not_scenarios(pytester: pytest.Pytester) -> None:

@@ -64,7 +64,8 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
     tunconnector_pair).
 
     One scenario: per-hop tables (the first probe's and every failing one's; all with -v), every check and
-    a verdict. Several: one line each, the failed checks, a summary. The last line gives the seed.
+    a verdict. Several: one line each, the failed checks, a summary (progress on stderr). The last line
+    gives the seed.
     Results (kept on failure, or with --keep) go to DIR/<run id>/.
 
     Exit codes: 0 every check passed; 1 a check failed or a lab did not come up; 2 a bad argument or
@@ -81,11 +82,12 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
     if seed is None:
         seed = random.randrange(2**31)
     console = make_console(stderr=True) if as_json else make_console()
+    progress = make_console(stderr=True)
     detailed = (len(loaded) == 1 or verbose) and not quiet and not as_json
     results = []
     for sc in loaded:
         if (as_json or len(loaded) > 1) and not quiet:  # progress, so a long run is never silent
-            console.print(f"running {sc.name} ({sc.source}) ...", style="dim")
+            progress.print(f"running {sc.name} ({sc.source}) ...", style="dim")
         result = run_scenario(sc, results_root=results_root, keep=keep, backend=backend, seed=seed)
         results.append(result)
         if as_json:

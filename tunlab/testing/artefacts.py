@@ -1,5 +1,5 @@
 """Per-test artefact folders: created for tests that use a lab, kept when the test failed (or with
-``--tunlab-keep``), removed otherwise; named in the failure report and in JUnit XML properties.
+``--tunlab-keep``), removed otherwise; named in the failure report and in JUnit XML (a test-suite property, and the failure text).
 
 The keep/remove decision needs the test's outcome inside a fixture's teardown: the
 ``pytest_runtest_makereport`` wrapper (hooks.py) stores each phase's report in ``item.stash``.
@@ -22,6 +22,7 @@ FOLDERS_KEY = pytest.StashKey[list[Path]]()      # artefact folders this test ca
 TEARDOWN_ERRORS_KEY = pytest.StashKey[list[str]]()  # leak/teardown problems found by our fixtures
 MODULE_FAILED_KEY = pytest.StashKey[bool]()        # on a Module node: one of its tests failed
 SNAPSHOTS_KEY = pytest.StashKey[list[Callable[[], None]]]()  # save-evidence-now callbacks (labs still up)
+RECORD_KEY = pytest.StashKey[Callable[[str, object], None]]()  # record_testsuite_property of the session
 
 PROPERTY = "tunlab_artefacts"
 SECTION = "tunlab artefacts"
@@ -79,12 +80,28 @@ def make_test_folder(item: pytest.Item) -> Path:
     return folder
 
 
+def report_width(config: pytest.Config) -> int:
+    """The width for failure reports: pytest's terminal width, less the ``E   `` pytest puts before them."""
+    try:
+        width = config.get_terminal_writer().fullwidth
+    except Exception:  # noqa: BLE001 - no terminal reporter (an xdist worker, -p no:terminal)
+        width = shutil.get_terminal_size().columns
+    return max(60, width - 4)
+
+
+def name_in_junit(item: pytest.Item, folder: Path) -> None:
+    """Name a kept folder in JUnit XML as a property of the test suite (``tunlab_artefacts:<test id>``): the
+    JUnit schema allows <properties> only there, not in a <testcase>. The failure text names it too."""
+    record = item.stash.get(RECORD_KEY, None)
+    if record is not None:
+        record(f"{PROPERTY}:{item.nodeid}", str(folder))
+
+
 def finish_folder(item: pytest.Item, folder: Path, *, failed: bool) -> bool:
     """Keep (and give to the sudo user) or remove ``folder``; returns whether it was kept."""
     if failed or settings(item.config).keep:
         chown_to_invoking_user(folder)
-        if (PROPERTY, str(folder)) not in item.user_properties:
-            item.user_properties.append((PROPERTY, str(folder)))
+        name_in_junit(item, folder)
         return True
     shutil.rmtree(folder, ignore_errors=True)
     return False

@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,10 @@ from tunlab.system.privileges import make_user_dir
 from tunlab.testing import artefacts
 from tunlab.testing.labs import LabFactory, TopologySpec
 from tunlab.testing.options import safe_name
+
+if TYPE_CHECKING:  # for annotations only: the lab (pyroute2) and the checks (scapy) load when a test uses them
+    from tunlab.lab.lab import Lab
+    from tunlab.testing.labchecks import LabChecks
 
 
 def _fail_teardown(node: pytest.Item | None, problems: list[str]) -> None:
@@ -32,9 +36,11 @@ def _fail_teardown(node: pytest.Item | None, problems: list[str]) -> None:
 
 
 @pytest.fixture
-def tunlab_artefacts(request: pytest.FixtureRequest) -> Generator[Path, None, None]:
+def tunlab_artefacts(request: pytest.FixtureRequest,
+                     record_testsuite_property: Callable[[str, object], None]) -> Generator[Path, None, None]:
     """A folder for this test's artefacts: kept (and named in the report) if the test fails."""
     item = request.node
+    item.stash[artefacts.RECORD_KEY] = record_testsuite_property
     folder = artefacts.make_test_folder(item)
     yield folder
     artefacts.finish_folder(item, folder, failed=artefacts.has_failed(item))
@@ -57,7 +63,7 @@ class ModuleLabs:
         self.factory = factory
         self._labs: dict[tuple[Any, ...], Any] = {}
 
-    def get(self, spec: TopologySpec, lab_kwargs: dict[str, Any]) -> Any:
+    def get(self, spec: TopologySpec, lab_kwargs: dict[str, Any]) -> Lab:
         key = (spec if _hashable(spec) else id(spec), tuple(sorted((k, repr(v)) for k, v in lab_kwargs.items())))
         if key not in self._labs:
             self._labs[key] = self.factory(spec, **lab_kwargs)
@@ -105,7 +111,7 @@ def _lab_request(request: pytest.FixtureRequest) -> tuple[TopologySpec, str, dic
 
 
 @pytest.fixture
-def tunlab_lab(request: pytest.FixtureRequest) -> Any:
+def tunlab_lab(request: pytest.FixtureRequest) -> Lab:
     """A lab that is up and ready for this test (or shared by the module, with scope='module')."""
     spec, scope, kwargs = _lab_request(request)
     item = request.node
@@ -113,11 +119,12 @@ def tunlab_lab(request: pytest.FixtureRequest) -> Any:
         shared: ModuleLabs = request.getfixturevalue("tunlab_module_labs")
         folder = shared.factory.results_dir
         artefacts.point_at(item, folder)
+        item.stash[artefacts.RECORD_KEY] = request.getfixturevalue("record_testsuite_property")
         artefacts.on_failure(item, shared.factory.snapshot)
 
         def name_module_folder() -> None:
             if artefacts.has_failed(item) and folder.is_dir():
-                item.user_properties.append((artefacts.PROPERTY, str(folder)))
+                artefacts.name_in_junit(item, folder)
 
         request.addfinalizer(name_module_folder)
         return shared.get(spec, kwargs)
@@ -126,13 +133,14 @@ def tunlab_lab(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-def tunlab_checks(request: pytest.FixtureRequest, tunlab_lab: Any,
-                  tunlab_artefacts: Path) -> Generator[Any, None, None]:
+def tunlab_checks(request: pytest.FixtureRequest, tunlab_lab: Lab,
+                  tunlab_artefacts: Path) -> Generator[LabChecks, None, None]:
     """Scenario checks on ``tunlab_lab``: ``flows([Ping(), Udp(5000)])``, ``scenario(path)``, and
     ``capture()`` / ``send()`` / ``expect()`` / ``expect_none()``; failures raise with EXPECTED/RECEIVED."""
     from tunlab.testing.labchecks import LabChecks
 
-    checks = LabChecks(tunlab_lab, tunlab_artefacts, request.node.name)
+    checks = LabChecks(tunlab_lab, tunlab_artefacts, request.node.name,
+                       width=artefacts.report_width(request.config))
     yield checks
     if artefacts.has_failed(request.node):
         checks.save_captures()

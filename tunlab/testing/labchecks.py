@@ -26,12 +26,18 @@ MAX_NEAREST = 3
 
 
 class ChecksFailed(AssertionError):
-    """Checks on a lab failed; the message is the report, the evidence is in ``folder``."""
+    """Checks on a lab failed; the message is the report, the evidence is in ``folder``.
+
+    Its first line, ``verdict``, says what failed in one line (what ``pytest -ra`` and CI summaries show)."""
 
     def __init__(self, report: str, folder: Path | None = None, *, name_folder: bool = True) -> None:
         super().__init__(report + (f"\n(evidence: {folder})" if folder and name_folder else ""))
         self.report = report
         self.folder = folder
+        self.verdict = report.strip().splitlines()[0] if report.strip() else "tunlab checks failed"
+
+
+DEFAULT_WIDTH = 120
 
 
 def render_text(result: Any, width: int = 120) -> str:
@@ -44,9 +50,10 @@ def render_text(result: Any, width: int = 120) -> str:
 class LabChecks:
     """Send, capture and expect on one running lab; evidence of failures goes under ``folder/checks``."""
 
-    def __init__(self, lab: Any, folder: Path, name: str = "checks") -> None:
+    def __init__(self, lab: Any, folder: Path, name: str = "checks", *, width: int = DEFAULT_WIDTH) -> None:
         self.lab = lab
         self.folder = folder
+        self.width = width  # of the failure report: the terminal's (the plugin passes pytest's)
         self.name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "checks"
         self._seq = itertools.count(1)
         self.results: list[Any] = []
@@ -81,7 +88,11 @@ class LabChecks:
                                 evidence=lambda: self._evidence(sc.name))
         self.results.append(result)
         if not result.passed and raises:
-            raise ChecksFailed(render_text(result), Path(str(result.results_dir)), name_folder=False)
+            from tunlab.verdict.report import verdict_line
+
+            verdict = str(verdict_line(result)).replace(f" — results in {result.results_dir}", "")
+            raise ChecksFailed(f"{verdict}\n{render_text(result, self.width)}", Path(str(result.results_dir)),
+                               name_folder=False)
         return result
 
     # ------------------------------------------------------------------ building blocks (PTF vocabulary)

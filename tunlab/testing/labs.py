@@ -12,14 +12,21 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from tunlab.testing import leaks, pcaps
 
-TopologySpec = Any  # a tunlab.model.Topology, a callable returning one, or a name/path under topologies/
+if TYPE_CHECKING:
+    import os
+
+    from tunlab.lab.lab import Lab
+    from tunlab.model.topology import Topology
+
+#: a Topology, a function returning one, or a shipped topology's name or a file's path
+TopologySpec = Union["Topology", Callable[..., "Topology"], str, "os.PathLike[str]"]
 
 
-def resolve_topology(spec: TopologySpec, params: dict[str, Any] | None = None) -> Any:
+def resolve_topology(spec: TopologySpec, params: dict[str, Any] | None = None) -> Topology:
     """Turn what a test gave (a Topology, a function returning one, or a name/path) into a Topology."""
     from tunlab.model.topofile import resolve_topology as resolve
 
@@ -66,18 +73,32 @@ class LabFactory:
         self._running: list[_Running] = []
 
     @property
-    def labs(self) -> list[Any]:
+    def labs(self) -> list[Lab]:
         return [r.lab for r in self._running]
 
     def __call__(self, topology: TopologySpec, *, params: dict[str, Any] | None = None,
-                 capture: bool | None = None, **lab_kwargs: Any) -> Any:
+                 capture: bool | None = None, **lab_kwargs: Any) -> Lab:
         """Build a lab from ``topology`` (``params`` for a topology given by name), wait until it is up."""
         from tunlab.lab.lab import Lab  # the lab (pyroute2, relays) is imported only when a test builds one
 
+        from tunlab.errors import TunlabError
+
         lab_kwargs.setdefault("backend", self.backend)
         lab_kwargs.setdefault("results_dir", self.results_dir)
-        lab = Lab(resolve_topology(topology, params), **lab_kwargs)
-        lab.__enter__()  # a lab that fails to come up tears itself down and raises
+        topo = None
+        failure = None
+        try:
+            topo = resolve_topology(topology, params)
+            lab = Lab(topo, **lab_kwargs)
+            lab.__enter__()  # a lab that fails to come up tears itself down and raises
+        except TunlabError as exc:  # one line naming the topology's file, not a traceback through the plugin
+            source = getattr(topo, "source", None) or getattr(topo, "name", None)
+            where = f"{source}: " if source and str(source) not in str(exc) else ""
+            failure = f"tunlab: {where}lab did not come up: {exc}"
+        if failure is not None:
+            import pytest
+
+            pytest.fail(failure, pytrace=False)
         running = _Running(lab, _recorded(lab))
         self._running.append(running)
         if self.capture if capture is None else capture:

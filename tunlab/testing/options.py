@@ -35,8 +35,9 @@ def add_options(add_func: Callable[..., Any]) -> None:
 def add_ini(parser: pytest.Parser) -> None:
     parser.addini("tunlab_netns_paths", type="paths", default=[],
                   help="folders whose tests must all carry @pytest.mark.netns (collection fails otherwise)")
-    parser.addini("tunlab_scenario_dirs", type="args", default=["scenarios"],
-                  help="names of folders whose *.py files are collected as tunlab scenarios")
+    parser.addini("tunlab_scenario_dirs", type="paths", default=[],
+                  help="folders (relative to the configuration file) whose *.py files setting `traffic` are "
+                       "collected as tunlab scenarios; none by default")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """The tunlab pytest plugin, registered through the ``pytest11`` entry point: installing tunlab is enough.
 
-- markers ``netns`` / ``mininet`` (skipped with a one-line reason when the machine cannot run them) and
-  ``tunlab_topology``; options ``--tunlab-keep``, ``--tunlab-backend``, ``--tunlab-results``;
+- markers ``tunlab_netns`` / ``tunlab_mininet`` (aliases ``netns`` / ``mininet``; skipped with a one-line
+  reason when the machine cannot run them) and ``tunlab_topology`` (which takes a topology function alone);
+  options ``--tunlab-keep``, ``--tunlab-backend``, ``--tunlab-results``; a report header line saying whether
+  lab tests can run here;
 - fixtures ``tunlab_lab``, ``tunlab_lab_factory``, ``tunlab_module_labs``, ``tunlab_checks``,
-  ``tunlab_artefacts``; scenario files collected as tests (``pytest scenarios/``);
+  ``tunlab_artefacts``; scenario files collected as tests from the folders named by the
+  ``tunlab_scenario_dirs`` ini key (none by default);
 - per-test artefact folders (pcaps of every link, relay logs, EXPECTED/RECEIVED) kept for failing tests;
 - a leak check after every lab.
 
@@ -29,6 +32,7 @@ from tunlab.testing.hooks import (  # noqa: F401  (hooks, registered by name)
     pytest_configure_node,
     pytest_make_collect_report,
     pytest_pycollect_makemodule,
+    pytest_report_header,
     pytest_runtest_makereport,
     pytest_unconfigure,
 )

@@ -1,15 +1,19 @@
-"""Scenario files as test items: ``pytest scenarios/`` (or one file) runs each scenario as one test.
+"""Scenario files as test items, when a project asks for them: ``tunlab_scenario_dirs = ["scenarios"]`` in its
+pytest configuration makes ``pytest scenarios/`` (or one file) run each scenario as one test.
 
-A file is a scenario when it is a ``*.py`` file (not ``_*`` or ``conftest.py``) in a folder whose name is in
-the ``tunlab_scenario_dirs`` ini option (default ``scenarios``). Its item is marked ``netns`` and
-``tunlab_scenario``, builds its lab with the lab fixtures and runs the scenario's checks on it (the same
-steps as ``tunlab run``), keeps the evidence in the test's artefact folder when it fails, and reports the
-failed checks (EXPECTED / RECEIVED decoded) instead of a traceback. A file that does not load is a
-collection error of one line naming the field.
+Opt-in: ``tunlab_scenario_dirs`` (folders, relative to the configuration file; none by default) names the
+folders whose ``*.py`` files (not ``_*``, ``conftest.py`` or files pytest collects as tests) are scenarios. A
+file there that sets neither ``topology`` nor ``traffic`` is a helper module, not a scenario, and is left alone. A scenario's item is
+marked ``netns`` and ``tunlab_scenario``, builds its lab with the lab fixtures and runs the scenario's checks
+on it (the same steps as ``tunlab run``), keeps the evidence in the test's artefact folder when it fails, and
+reports the verdict and the failed checks (EXPECTED / RECEIVED decoded) instead of a traceback. A file that
+does not load is a collection error of one line naming the field.
 """
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import types
 from pathlib import Path
 from typing import Any
@@ -19,20 +23,61 @@ import pytest
 from tunlab.errors import TunlabError
 
 
+def scenario_dirs(config: pytest.Config) -> list[Path]:
+    return [Path(p) for p in config.getini("tunlab_scenario_dirs")]
+
+
+SCENARIO_NAMES = frozenset({"topology", "traffic"})
+
+
+def looks_like_scenario(path: Path) -> bool:
+    """Does the file set ``topology`` or ``traffic`` at module level (a scenario, perhaps with a mistake the
+    loader will name), or neither (a helper module)? A file that does not parse is treated as a scenario, so
+    its loader reports the syntax error."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (SyntaxError, ValueError, OSError):
+        return True
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        if any(isinstance(t, ast.Name) and t.id in SCENARIO_NAMES for t in targets):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.ImportFrom)) and (
+                getattr(node, "name", None) in SCENARIO_NAMES
+                or any((a.asname or a.name) in SCENARIO_NAMES for a in getattr(node, "names", []))):
+            return True
+    return False
+
+
 def is_scenario_file(config: pytest.Config, path: Path) -> bool:
-    dirs = config.getini("tunlab_scenario_dirs")
-    return (path.suffix == ".py" and path.parent.name in dirs and not path.name.startswith("_")
-            and path.name != "conftest.py")
+    if path.suffix != ".py" or path.name.startswith("_") or path.name == "conftest.py":
+        return False
+    if not any(path.is_relative_to(d) for d in scenario_dirs(config)):
+        return False
+    return looks_like_scenario(path)
+
+
+def _is_test_module(config: pytest.Config, path: Path) -> bool:
+    """Would pytest's python plugin collect this file as a test module (``python_files``)?"""
+    for pattern in config.getini("python_files"):
+        if "/" in pattern or "\\" in pattern:
+            if fnmatch.fnmatch(str(path), f"*{pattern}" if not pattern.startswith("*") else pattern):
+                return True
+        elif fnmatch.fnmatch(path.name, pattern):
+            return True
+    return False
 
 
 def _runner(scenario: Any) -> Any:
-    def run_scenario_test(tunlab_lab_factory: Any, tunlab_artefacts: Path) -> None:
+    def run_scenario_test(tunlab_lab_factory: Any, tunlab_artefacts: Path, request: pytest.FixtureRequest) -> None:
         """Build the scenario's lab (pcaps of every link, relay logs, leak check: the lab fixtures) and run
         the scenario's checks on it (the same runner steps as ``tunlab run``)."""
+        from tunlab.testing.artefacts import report_width
         from tunlab.testing.labchecks import LabChecks
 
         lab = tunlab_lab_factory(scenario.topology)
-        LabChecks(lab, tunlab_artefacts, scenario.name).scenario(scenario)
+        LabChecks(lab, tunlab_artefacts, scenario.name, width=report_width(request.config)).scenario(scenario)
 
     return run_scenario_test
 
@@ -50,7 +95,10 @@ class ScenarioItem(pytest.Function):
         from tunlab.testing.labchecks import ChecksFailed
 
         if isinstance(excinfo.value, ChecksFailed):
-            return str(excinfo.value)
+            rep = excinfo.getrepr(style="value")  # the report alone; its first line (the verdict) for -ra
+            if rep.reprcrash is not None:
+                rep.reprcrash.message = excinfo.value.verdict
+            return rep
         return super().repr_failure(excinfo)
 
 
@@ -78,8 +126,9 @@ class ScenarioFile(pytest.Module):
             raise self.CollectError(f"tunlab: {exc}") from None
         item = ScenarioItem.from_parent(self, name=scenario.name, callobj=_runner(scenario))
         item.scenario = scenario
-        item.add_marker(pytest.mark.netns)
-        item.add_marker(pytest.mark.tunlab_scenario)
+        item.add_marker("netns")
+        item.add_marker("tunlab_netns")
+        item.add_marker("tunlab_scenario")
         return [item]
 
 
@@ -89,10 +138,7 @@ def collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | No
         return None
     if parent.session.isinitpath(file_path):
         return None  # the python plugin asks pytest_pycollect_makemodule for it: see make_module
-    patterns = parent.config.getini("python_files")
-    from _pytest.pathlib import fnmatch_ex
-
-    if any(fnmatch_ex(p, file_path) for p in patterns):
+    if _is_test_module(parent.config, file_path):
         return None
     return ScenarioFile.from_parent(parent, path=file_path)
 

@@ -155,7 +155,7 @@ def render(result: ScenarioResult, console: Console, *, tables: str = "some") ->
             console.print(check_lines(check))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
-    console.print(verdict_line(result))
+    console.print(verdict_line(result), soft_wrap=True)  # one line: its results path never broken mid-word
 
 
 def verdict_line(result: ScenarioResult) -> Text:
