@@ -7,6 +7,9 @@
 #
 # Environment: TUNLAB_PYTHON=/path/to/python3 picks the interpreter for a new .venv (>= 3.11, with venv
 # and ensurepip); by default `python3` from PATH, else Debian's /usr/bin/python3.
+# TUNLAB_LAUNCHER=/path/tunlab: where the `tunlab` launcher goes (default /usr/local/bin/tunlab, on root's and
+# sudo's PATH; "none" for no launcher). It runs this clone's .venv, so `tunlab ...` and `sudo tunlab ...` work
+# from any folder; the last clone set up on a machine owns it.
 set -euo pipefail
 TUNLAB_SCRIPT_TAG="setup"
 # shellcheck source=scripts/common.sh
@@ -27,7 +30,7 @@ require_lab_machine
 # ---- Debian packages (apt-get update only when something is missing) -----------------------------
 # Keep this list in step with README.md ("What setup does").
 debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
-      socat iperf3 tcpdump ethtool nftables mininet bridge-utils graphviz)
+      socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz)
 if [ "$with_vagrant" -eq 1 ]; then
   debs+=(vagrant)
 fi
@@ -144,6 +147,28 @@ pth_line="$TUNLAB_ROOT/$link_dir"
 # ---- Bytecode: relays start by the hundred, and some environments set PYTHONDONTWRITEBYTECODE -------
 # (Python still reads existing .pyc files; compiling is a no-op when they are up to date)
 .venv/bin/python -m compileall -q tunlab >/dev/null 2>&1 || true
+
+# ---- The `tunlab` launcher: root-owned, on sudo's secure_path, running this clone's venv ------------
+launcher="${TUNLAB_LAUNCHER:-/usr/local/bin/tunlab}"
+marker="# tunlab launcher (written by scripts/setup.sh)"
+if [ "$launcher" != "none" ]; then
+  if [ -e "$launcher" ] && ! grep -qF "$marker" "$launcher" 2>/dev/null; then
+    say "warning: $launcher exists and is not tunlab's launcher: left alone (run $TUNLAB_ROOT/.venv/bin/tunlab)"
+  else
+    want_launcher="$(printf '#!/bin/sh\n%s\n# runs %s/.venv (TUNLAB_LAUNCHER=none skips it)\n%s\n' "$marker" "$TUNLAB_ROOT" \
+      "[ -x '$TUNLAB_ROOT/.venv/bin/tunlab' ] || { echo \"tunlab: $TUNLAB_ROOT/.venv is gone: run 'sudo bash $TUNLAB_ROOT/scripts/setup.sh'\" >&2; exit 3; }
+exec '$TUNLAB_ROOT/.venv/bin/tunlab' \"\$@\"")"
+    if [ "$(cat "$launcher" 2>/dev/null)" != "$want_launcher" ]; then
+      previous="$(sed -n 's/^# runs \(.*\)\/\.venv .*/\1/p' "$launcher" 2>/dev/null || true)"
+      mkdir -p "$(dirname "$launcher")"
+      tmp_launcher="$(mktemp "$launcher.XXXXXX")"
+      printf '%s\n' "$want_launcher" > "$tmp_launcher"
+      chmod 0755 "$tmp_launcher"
+      mv -f "$tmp_launcher" "$launcher"
+      say "$launcher runs $TUNLAB_ROOT/.venv${previous:+ (it ran $previous/.venv)}"
+    fi
+  fi
+fi
 
 # ---- Files made here under sudo belong to the invoking user ---------------------------------------
 give_to_invoking_user .venv tunlab.egg-info build

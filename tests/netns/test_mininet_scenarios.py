@@ -98,7 +98,7 @@ def test_a_broken_chain_fails_at_the_same_hop_on_both_backends(tmp_path: Path) -
     assert verdicts(mininet) == verdicts(netns)
     # failure evidence is kept the same way: pcaps of every link and the relay logs of the Mininet hosts
     folder = Path(str(mininet.results_dir))
-    assert {"link_sender-vnf1.pcap", "tun_receiver.pcap"} <= {p.name for p in (folder / "pcaps").iterdir()}
+    assert {"link_sender-vnf1.pcap", "tun_receiver.pcapng"} <= {p.name for p in (folder / "pcaps").iterdir()}
     assert {"vnf2.log", "vnf1.stats.json", "report.txt"} <= {p.name for p in folder.iterdir()}
     assert_gone(mininet)
 

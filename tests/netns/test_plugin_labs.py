@@ -112,7 +112,7 @@ def test_ping(tunlab_lab):
     (session,) = sessions(pytester)
     folder = session / safe_name("test_lab.py::test_ping")
     # pcaps of every link, each holding the encapsulated pings (2 requests + 2 replies)
-    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == ["sender-vnf1.pcap", "vnf1-receiver.pcap"]
+    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == ["link_sender-vnf1.pcap", "link_vnf1-receiver.pcap"]
     for pcap in (folder / "pcaps").iterdir():
         assert encapsulated_frames(pcap) >= 4
     # relay logs and counters of every node, and the failure text
@@ -121,7 +121,7 @@ def test_ping(tunlab_lab):
     assert "the VNF did something wrong" in (folder / "failure.txt").read_text()
     result.stdout.fnmatch_lines(["*- tunlab artefacts -*", f"kept in {folder}", "  failure.txt"])
     result.stdout.fnmatch_lines([f"  {run_id}/ (*): *receiver.log *sender.log*"])
-    result.stdout.fnmatch_lines(["  pcaps/ (2): sender-vnf1.pcap vnf1-receiver.pcap"])
+    result.stdout.fnmatch_lines(["  pcaps/ (2): link_sender-vnf1.pcap link_vnf1-receiver.pcap"])
     assert junit_properties(pytester.path / "junit.xml")["test_ping"] == [("tunlab_artefacts", str(folder))]
 
 
@@ -137,7 +137,7 @@ def test_ping(tunlab_lab):
     assert_gone(run_id)
     (session,) = sessions(pytester)
     folder = session / safe_name("test_lab.py::test_ping")
-    assert (folder / "pcaps" / "sender-vnf1.pcap").is_file() and (folder / run_id / "vnf1.log").is_file()
+    assert (folder / "pcaps" / "link_sender-vnf1.pcap").is_file() and (folder / run_id / "vnf1.log").is_file()
     assert not (folder / "failure.txt").exists()
 
 
@@ -208,7 +208,7 @@ def test_passes(tunlab_lab):
     assert_gone(run_id)
     (session,) = sessions(pytester)
     folder = session / "test_shared.py--module"
-    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == ["sender-vnf1.pcap", "vnf1-receiver.pcap"]
+    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == ["link_sender-vnf1.pcap", "link_vnf1-receiver.pcap"]
     assert (folder / run_id / "vnf1.log").is_file()
     result.stdout.fnmatch_lines(["*- tunlab artefacts -*", f"kept in {folder}"])
     props = junit_properties(pytester.path / "junit.xml")

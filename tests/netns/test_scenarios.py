@@ -67,7 +67,7 @@ def assert_evidence(result: ScenarioResult, tmp_path: Path) -> None:
     folder = Path(str(result.results_dir))
     assert folder.parent == tmp_path and folder.name == result.run_id
     pcaps = {p.name for p in (folder / "pcaps").iterdir()}
-    assert {"link_sender-vnf1.pcap", "link_vnf2-vnf3.pcap", "tun_sender.pcap", "tun_receiver.pcap"} <= pcaps
+    assert {"link_sender-vnf1.pcap", "link_vnf2-vnf3.pcap", "tun_sender.pcapng", "tun_receiver.pcapng"} <= pcaps
     assert (folder / "counters-at-check.json").is_file()
     assert {"sender.log", "vnf2.log", "vnf1.stats.json"} <= {p.name for p in folder.iterdir()}  # from the lab
     assert "FAIL" in (folder / "report.txt").read_text()

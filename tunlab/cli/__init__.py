@@ -24,6 +24,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("tunlab.cli.graph:graph_cmd", "draw a topology or a running lab (Graphviz dot or Mermaid)"),
     "schema": ("tunlab.cli.graph:schema_cmd", "print the JSON Schema of topology files"),
     "run": ("tunlab.cli.run:run_cmd", "run scenarios: build the lab, send packets, check every hop"),
+    "pcap": ("tunlab.cli.pcap:pcap_cmd", "link captures: inner packets as a plain pcap; the Wireshark dissector"),
+    "link-mininet": ("tunlab.cli.mininet:link_mininet_cmd", "make Debian's mininet importable from this venv"),
 }
 
 

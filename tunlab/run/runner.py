@@ -242,7 +242,8 @@ def _relay_notes(counters: dict[str, Any]) -> list[str]:
 def write_evidence(result: ScenarioResult, cap: Capture | None, counters: dict[str, Any], folder: Path) -> Path:
     """The one evidence layout of a checked scenario, from ``tunlab run`` or from the pytest plugin::
 
-        FOLDER/pcaps/<point>.pcap       every capture point (underlay links and TUNs)
+        FOLDER/pcaps/link_<link>.pcap   every underlay link (raw IP; decode with tunlab/wireshark/tunlab.lua)
+        FOLDER/pcaps/tun_<node>.pcapng  every TUN captured, each packet with its direction
         FOLDER/counters-at-check.json   the relays' counters when the checks ran
         FOLDER/report.txt               the per-hop report (plain text)
         FOLDER/junit.xml                one testsuite, a testcase per check

@@ -108,9 +108,9 @@ class LabFactory:
     def _capture_targets(self, lab: Any) -> list[tuple[str, Callable[..., Any], str, Path]]:
         folder = self.results_dir / "pcaps"
         targets = []
-        for link in lab.underlay_links:
-            node = lab.node(link.a.node)
-            targets.append((str(link.name), node.popen, str(link.a.ifname), folder / f"{link.name}.pcap"))
+        for link in lab.underlay_links:  # the point and name `tunlab run` uses: the link's b end, link_<name>
+            node = lab.node(link.b.node)
+            targets.append((str(link.name), node.popen, str(link.b.ifname), folder / f"link_{link.name}.pcap"))
         return targets
 
     def snapshot(self) -> None:

@@ -243,11 +243,18 @@ class Capture:
                 self._cond.wait(min(quiet - (now - self._last), deadline - now))
 
     def write_pcaps(self, folder: str | os.PathLike[str]) -> list[Path]:
-        """One pcap per point (``<point>.pcap``, ':' and '@' made file-name safe) in ``folder``."""
+        """One file per point in ``folder``, ':' and '@' made file-name safe: ``link_<name>.pcap`` for an
+        underlay link, ``tun_<node>.pcapng`` for a TUN (pcapng: each packet says whether it went out of the
+        TUN, toward the relay, or came in from it)."""
         out = []
         for name, frames in self.frames().items():
-            path = Path(folder) / (name.replace(":", "_").replace("@", "_").replace("/", "_") + ".pcap")
-            write_pcap(path, frames)
+            stem = name.replace(":", "_").replace("@", "_").replace("/", "_")
+            if name.startswith("tun@"):
+                path = Path(folder) / f"{stem}.pcapng"
+                write_pcapng(path, frames, ifname=name)
+            else:
+                path = Path(folder) / f"{stem}.pcap"
+                write_pcap(path, frames)
             out.append(path)
         return out
 
@@ -263,3 +270,28 @@ def write_pcap(path: str | os.PathLike[str], frames: Iterable[Frame]) -> None:
                 sec, nsec = sec + 1, nsec - 1_000_000_000
             f.write(struct.pack("<IIII", sec, nsec, len(fr.data), len(fr.data)))
             f.write(fr.data)
+
+
+def _pcapng_block(kind: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    size = len(body) + 12
+    return struct.pack("<II", kind, size) + body + struct.pack("<I", size)
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + bytes(-len(value) % 4)
+
+
+def write_pcapng(path: str | os.PathLike[str], frames: Iterable[Frame], *, ifname: str = "") -> None:
+    """A pcapng of raw IP packets, nanosecond timestamps, and each packet's direction (the ``epb_flags``
+    inbound/outbound bits: Wireshark's ``frame.packet_flags_direction``, tcpdump's ``-Q``'s sense)."""
+    with open(path, "wb") as f:
+        f.write(_pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _option(0, b"")))
+        idb_opts = _option(2, ifname.encode()) + _option(9, bytes([9])) + _option(0, b"")  # if_name, if_tsresol=ns
+        f.write(_pcapng_block(1, struct.pack("<HHI", LINKTYPE_RAW, 0, SNAPLEN) + idb_opts))
+        for fr in frames:
+            ts = int(round(fr.ts * 1e9))
+            flags = 2 if fr.outgoing else 1  # epb_flags bits 0-1: 1 inbound, 2 outbound
+            body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(fr.data), len(fr.data))
+            body += fr.data + bytes(-len(fr.data) % 4) + _option(2, struct.pack("<I", flags)) + _option(0, b"")
+            f.write(_pcapng_block(6, body))

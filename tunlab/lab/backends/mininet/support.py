@@ -14,8 +14,9 @@ from types import ModuleType
 
 from tunlab.errors import CannotRunHere
 
-INSTALL_HINT = ("install it with 'sudo apt-get install mininet bridge-utils', then run 'sudo bash scripts/setup.sh' "
-                "so the project's venv can import it")
+INSTALL_HINT = ("install it with 'sudo apt-get install mininet bridge-utils', then make Debian's module importable "
+                "from the Python that runs tunlab: 'tunlab link-mininet' in your own venv (scripts/setup.sh does "
+                "it for a clone's .venv)")
 
 
 class MininetMissing(CannotRunHere):
