@@ -5,11 +5,17 @@
 ``/proc/PID/environ``). ``leaks(before, after)`` names what appeared in between. Nothing is ever removed or
 signalled here: the check only reports. Stdlib only, no root needed (as a normal user, other users'
 processes cannot be read and are not seen).
+
+On a shared machine other people's labs come and go during a run. Given ``runs`` (the ids this suite's runs
+wrote to ``$TUNLAB_RUN_LOG``: tunlab run ids and test prefixes), ``leaks`` judges only what is this suite's:
+names carrying one of those ids (as a whole token, or as the name's prefix) and processes started under this
+suite (``TUNLAB_SUITE``) or tagged with one of those ids; anything else is someone else's and not reported.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,6 +24,7 @@ from pathlib import Path
 
 RUN_VAR = "TUNLAB_RUN"
 SUITE_VAR = "TUNLAB_SUITE"
+RUN_LOG_VAR = "TUNLAB_RUN_LOG"  # a file every tunlab run (and test NetLab) started under it appends its id to
 
 
 @dataclass(frozen=True)
@@ -95,24 +102,44 @@ def snapshot() -> Snapshot:
                     frozenset(tunlab_processes()))
 
 
-def leaks(before: Snapshot, after: Snapshot, suite: str | None = None) -> list[str]:
-    """One line per namespace, link or tunlab process present in ``after`` and not in ``before``."""
-    lines = [f"netns   {n}   (look: ip netns pids {n}; tunlab clean removes what tunlab recorded)"
-             for n in sorted(after.netns - before.netns)]
-    lines += [f"link    {n}   (in the root namespace; look: ip -d link show {n})"
-              for n in sorted(after.links - before.links)]
-    for p in sorted(after.procs - before.procs, key=lambda p: p.pid):
+def read_run_log(path: str | os.PathLike[str]) -> set[str]:
+    """The ids in a run log (one per line; missing file: none)."""
+    try:
+        return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+    except OSError:
+        return set()
+
+
+def _owned(name: str, runs: set[str]) -> bool:
+    return any(name.startswith(r) or re.search(rf"(?<![A-Za-z0-9]){re.escape(r)}(?![A-Za-z0-9])", name)
+               for r in runs)
+
+
+def leaks(before: Snapshot, after: Snapshot, suite: str | None = None, runs: set[str] | None = None) -> list[str]:
+    """One line per namespace, link or tunlab process present in ``after`` and not in ``before`` (only this
+    suite's, when ``runs`` is given: see the module docstring)."""
+    netns = sorted(after.netns - before.netns)
+    links = sorted(after.links - before.links)
+    procs = sorted(after.procs - before.procs, key=lambda p: p.pid)
+    if runs is not None:
+        netns = [n for n in netns if _owned(n, runs)]
+        links = [n for n in links if _owned(n, runs)]
+        procs = [p for p in procs if (suite is not None and p.suite == suite) or p.run in runs]
+    lines = [f"netns   {n}   (look: ip netns pids {n}; tunlab clean removes what tunlab recorded)" for n in netns]
+    lines += [f"link    {n}   (in the root namespace; look: ip -d link show {n})" for n in links]
+    for p in procs:
         origin = "" if suite is None else ("  [this suite]" if p.suite == suite else "  [not started by this suite?]")
         lines.append(f"process {p.pid}   {RUN_VAR}={p.run}   {p.cmd}{origin}")
     return lines
 
 
 def settled_leaks(before: Snapshot, suite: str | None = None, deadline_s: float = 5.0,
-                  take: Callable[[], Snapshot] = snapshot) -> list[str]:
+                  take: Callable[[], Snapshot] = snapshot,
+                  runs: Callable[[], set[str] | None] = lambda: None) -> list[str]:
     """``leaks`` after giving asynchronous teardown up to ``deadline_s`` to finish (polls, no fixed sleep)."""
     end = time.monotonic() + deadline_s
     while True:
-        found = leaks(before, take(), suite)
+        found = leaks(before, take(), suite, runs())
         if not found or time.monotonic() >= end:
             return found
         time.sleep(0.1)

@@ -7,8 +7,9 @@ Tiers are chosen by marker, so a test belongs to exactly one wherever its file l
 unit = not netns and not mininet, netns = netns and not mininet, mininet = mininet.
 A tier fails when pytest fails, when it collects no test (pytest's exit 5), when it runs as root and
 every test of a root tier was skipped, when it runs past --tier-timeout, or when it leaves a named
-namespace, a root-namespace link or a TUNLAB_RUN process behind (reported, never removed; off with
---no-leak-check, for a shared machine where other people's runs come and go).
+namespace, a root-namespace link or a TUNLAB_RUN process of its own runs behind (the runs it started write
+their ids to $TUNLAB_RUN_LOG, so other users' labs on a shared machine are not judged; reported, never
+removed; off with --no-leak-check).
 Every tier runs even after one failed. Exit status 0 only when every tier passed.
 Environment: TUNLAB_TIER_TIMEOUT (s, default 900), TUNLAB_LEAK_SETTLE (s given to teardown to finish
 before leftovers are reported, default 5).
@@ -121,7 +122,8 @@ def run_tier(name: str, root: Path, pytest_args: list[str], suite_id: str, timeo
     result = TierResult(name)
     junit = workdir / f"{name}.xml"
     cmd = [sys.executable, "-m", "pytest", "-m", TIERS[name], f"--junitxml={junit}", *pytest_args]
-    env = dict(os.environ, **{leakcheck.SUITE_VAR: suite_id})
+    run_log = workdir / f"{name}.runs"  # every run this tier starts writes its id here: the leak check's scope
+    env = dict(os.environ, **{leakcheck.SUITE_VAR: suite_id, leakcheck.RUN_LOG_VAR: str(run_log)})
     say(f"---- tier {name}: pytest -m \"{TIERS[name]}\" {' '.join(pytest_args)}".rstrip())
     before = leakcheck.snapshot() if leak_check else None
     t0 = time.monotonic()
@@ -130,10 +132,11 @@ def run_tier(name: str, root: Path, pytest_args: list[str], suite_id: str, timeo
     result.counts = read_junit(junit)
     result.problems = judge(name, result.exit_code, result.counts, os.geteuid() == 0)
     settle_s = float(os.environ.get("TUNLAB_LEAK_SETTLE", 5.0))
-    left = leakcheck.settled_leaks(before, suite_id, settle_s) if before is not None else []
+    left = leakcheck.settled_leaks(before, suite_id, settle_s, runs=lambda: leakcheck.read_run_log(run_log)) \
+        if before is not None else []
     if left:
-        result.problems.append(f"tier {name} left {len(left)} thing(s) behind (not removed; on a shared "
-                               f"machine a concurrent run can show up here too):")
+        result.problems.append(f"tier {name} left {len(left)} thing(s) behind (not removed; only this suite's "
+                               f"own runs are judged, other users' labs are not):")
         result.problems.extend(f"    {line}" for line in left)
     return result
 

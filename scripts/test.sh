@@ -4,7 +4,7 @@
 #
 #   sudo bash scripts/test.sh                      # everything
 #   sudo bash scripts/test.sh --tier unit -x       # one tier; arguments after the tiers go to pytest
-#   sudo bash scripts/test.sh --no-leak-check      # on a shared machine where other runs come and go
+#   sudo bash scripts/test.sh --no-leak-check      # no leak check (it judges only this suite's own runs)
 #   sudo TUNLAB_TIER_TIMEOUT=300 bash scripts/test.sh   # time limit per tier in s (default 900)
 #
 # Fails when any tier fails, collects no tests (pytest exit 5), or leaves a named namespace, a

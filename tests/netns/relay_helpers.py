@@ -257,6 +257,9 @@ class NetLab:
 
     def __init__(self) -> None:
         self.prefix = "t2r" + secrets.token_hex(3)
+        from tunlab.lab.ledger import log_run
+
+        log_run(self.prefix)  # scripts/suite.py's leak check judges this suite's own names only
         self.tmp = Path(tempfile.mkdtemp(prefix=self.prefix + "-"))
         self.namespaces: list[str] = []
         self.relays: list[RelayProc] = []

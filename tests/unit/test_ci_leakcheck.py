@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -75,3 +77,28 @@ def test_settled_leaks_waits_for_teardown_to_finish() -> None:
     assert lc.settled_leaks(before, take=lambda: next(states), deadline_s=10) == []
     stuck = lc.Snapshot(frozenset({"tl-stuck"}))
     assert lc.settled_leaks(before, take=lambda: stuck, deadline_s=0.3)[0].startswith("netns   tl-stuck")
+
+
+def test_only_this_suites_runs_are_judged() -> None:
+    """On a shared machine: another user's lab that comes up during the run is not this suite's leak."""
+    before = lc.Snapshot(frozenset(), frozenset({"lo"}), frozenset())
+    mine = lc.Proc(10, 1, "ab12", "s1", "tunlab relay")
+    theirs = lc.Proc(11, 1, "zz99", "s2", "tunlab relay")
+    untagged_suite = lc.Proc(12, 1, "t2r0a0b0c", None, "relay of a test NetLab")
+    after = lc.Snapshot(frozenset({"tl-ab12-vnf1", "tl-zz99-vnf1", "t2r0a0b0ca", "tl-ab123-x"}),
+                        frozenset({"lo", "ve-ab12-l1a", "ve-zz99-l1a"}), frozenset({mine, theirs, untagged_suite}))
+    everything = lc.leaks(before, after, suite="s1")
+    assert len(everything) == 9  # without the run log: all of it (the old behaviour)
+    own = lc.leaks(before, after, suite="s1", runs={"ab12", "t2r0a0b0c"})
+    assert [ln.split()[1] for ln in own] == ["t2r0a0b0ca", "tl-ab12-vnf1", "ve-ab12-l1a", "10", "12"]
+
+
+def test_runs_log_their_ids_for_the_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunlab.lab.ledger import Ledger
+
+    log = tmp_path / "tier.runs"
+    monkeypatch.setenv("TUNLAB_RUN_LOG", str(log))
+    a = Ledger.create({"topology": "x"}, root=tmp_path / "runs")
+    b = Ledger.create({"topology": "y"}, root=tmp_path / "runs")
+    assert lc.read_run_log(log) == {a.run_id, b.run_id}
+    assert lc.read_run_log(tmp_path / "missing") == set()

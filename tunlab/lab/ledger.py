@@ -149,6 +149,7 @@ class Ledger:
             led.write_meta({"uid": uid, "user": user_name(uid), **meta, "run_id": rid, "state": "starting",
                             "created": time.time(), "owner": {"pid": pid, "start": proc_start_time(pid)}})
             led.ledger_path.touch()
+            log_run(rid)
             return led
         raise TunlabError(f"could not find a free run id in {root}")
 
@@ -219,6 +220,25 @@ class Ledger:
 
     def remove_dir(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+RUN_LOG_ENV = "TUNLAB_RUN_LOG"
+
+
+def log_run(run_id: str) -> None:
+    """Append ``run_id`` to the file ``$TUNLAB_RUN_LOG`` names, if any: a test suite (scripts/suite.py) learns
+    which runs are its own, so its leak check never blames another user's lab on a shared machine."""
+    path = os.environ.get(RUN_LOG_ENV)
+    if not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{run_id}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # best effort: the leak check then reports this run's leftovers as someone else's
 
 
 def _netns_leftovers(run_id: str) -> bool:
