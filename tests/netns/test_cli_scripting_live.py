@@ -46,6 +46,22 @@ def test_failed_check_exits_1_and_prints_a_replayable_seed(tmp_path: Path) -> No
     assert data["seed"] == int(m.group(1)) and data["scenarios"][0]["failed"] and data["exit_code"] == 1
     folder = Path(data["scenarios"][0]["results_dir"])
     assert f"seed {m.group(1)}" in (folder / "report.txt").read_text()
+    # the relay logs say what each relay did (they were empty)
+    log = (folder / "vnf2.log").read_text()
+    assert "ready: TUN device" in log and "peer vnf1: datapath" in log, log
+
+
+def test_big_lab_up_shows_progress_and_a_summary_line() -> None:
+    up = tunlab("up", "linear", "-p", "n_vnfs=20", env={"TUNLAB_PROGRESS_AFTER": "0"})
+    assert up.returncode == 0, up.stderr
+    run_id = re.search(r"lab (\w{4}) \(linear20, 22 nodes\) is up", up.stdout).group(1)  # type: ignore[union-attr]
+    try:
+        assert re.search(rf"tunlab up: {run_id}: \w+: nodes \d+/22, relays \d+/22", up.stderr), up.stderr
+        assert "nodes: sender, vnf1, vnf2, vnf3 ... receiver" in up.stdout or "... " in up.stdout, up.stdout
+        assert len(up.stdout.splitlines()) <= 4, up.stdout  # not a row per node
+    finally:
+        down = tunlab("down", run_id)
+    assert down.returncode == 0, down.stderr
 
 
 def test_named_lab_up_exec_ls_down() -> None:

@@ -7,6 +7,7 @@ changed, at most one per ``every`` seconds. Labs that come up faster than ``afte
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -22,12 +23,13 @@ def counts(entries: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 class BringUpProgress:
-    def __init__(self, lab: Any, n_nodes: int, *, stream: TextIO | None = None, after: float = 0.5,
+    def __init__(self, lab: Any, n_nodes: int, *, stream: TextIO | None = None, after: float | None = None,
                  every: float = 1.0) -> None:
         self.lab = lab
         self.n = n_nodes
         self.stream = stream if stream is not None else sys.stderr
-        self.after = after
+        # $TUNLAB_PROGRESS_AFTER: seconds before the first progress line (default 0.5)
+        self.after = after if after is not None else float(os.environ.get("TUNLAB_PROGRESS_AFTER") or 0.5)
         self.every = every
         self.lines: list[str] = []
         self._stop = threading.Event()

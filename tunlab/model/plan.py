@@ -196,7 +196,9 @@ def relay_argv(*, device: Sequence[str], transport: str, hops: Sequence[RelayHop
     for prefix, peer in collapse_routes(routes):
         args += ["--route", f"{prefix}={peer}"]
     args += ["--vnf", "hook", "--hook", hook] if hook is not None else ["--vnf", "kernel"]
-    args += ["--control", control, "--stats-file", stats_file, "--log-file", log_file, *extra]
+    # info: the lifecycle of each relay (ready, datapath chosen per peer, connects, retries), a few lines each,
+    # so a results folder's NODE.log says what the relay did, not nothing
+    args += ["--control", control, "--stats-file", stats_file, "--log-file", log_file, "--log-level", "info", *extra]
     return tuple(args)
 
 
