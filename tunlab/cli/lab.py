@@ -302,7 +302,14 @@ def exec_cmd(run_id: str | None, node: str, command: tuple[str, ...]) -> None:
     nsenter = shutil.which("nsenter") or "nsenter"
     os.environ["TUNLAB_NODE"] = node
     os.environ["TUNLAB_RUN_ID"] = led.run_id
-    os.execv(nsenter, [nsenter, f"--net={nsfile}", "--", *argv])
+    # the command belongs to the lab: tagged with its run and recorded (nsenter and then the command
+    # keep this pid and start time), so `tunlab down` stops it before removing the namespaces
+    from tunlab.lab.ledger import ENV_TAG
+    from tunlab.system.procs import proc_start_time
+
+    led.append({"op": "proc", "node": node, "role": "exec", "pid": os.getpid(),
+                "start": proc_start_time(os.getpid()), "argv0": argv[0]})
+    os.execve(nsenter, [nsenter, f"--net={nsfile}", "--", *argv], {**os.environ, ENV_TAG: led.run_id})
 
 
 def _node_shell(led: Ledger, node: str) -> list[str]:

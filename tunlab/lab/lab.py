@@ -25,7 +25,7 @@ from typing import Any
 from tunlab.lab.backends import backend_class
 from tunlab.lab.backends.base import Backend
 from tunlab.errors import TunlabError
-from tunlab.lab.ledger import Ledger
+from tunlab.lab.ledger import ENV_TAG, Ledger
 from tunlab.lab.relays import RelaySupervisor
 from tunlab.model.topology import Topology
 from tunlab.model.graph import graph_data
@@ -64,6 +64,7 @@ class Node:
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         kw.setdefault("stdin", subprocess.DEVNULL)
+        kw["env"] = {**(kw.get("env") or os.environ), ENV_TAG: self._lab.run_id}  # anything it leaves is the lab's
         return subprocess.run([*self._prefix(), *_argv(argv)], timeout=timeout, check=False, **kw)
 
     def cmd_raises(self, argv: Argv, **kw: Any) -> str:

@@ -286,14 +286,44 @@ def _label(e: Entry) -> str:
     return str(e.get("name") or e.get("ifname") or e.get("pid") or e.get("path") or "")
 
 
-def remove_processes(run_id: str) -> Remover:
-    """Remover for ``proc`` entries: stop them all (by pid + start time), then any process still tagged
-    with this run (started but killed before it was recorded)."""
+def stop_run_processes(run_id: str, netns_files: Iterable[str] = (),
+                       recorded: Iterable[tuple[int, int | None]] = ()) -> list[str]:
+    """Stop every process of a run at once: the ``recorded`` ones (pid + start time), every process tagged
+    ``TUNLAB_RUN=<run_id>`` and every process inside one of the run's namespaces (``netns_files``), however
+    it was started (`tunlab exec`, `ip netns exec`, a daemon a command left behind). Returns one line per
+    process still alive afterwards."""
+    from tunlab.system.procs import netns_id, pids_in_netns
+
+    ids = {i for i in (netns_id(f) for f in netns_files) if i is not None}
+    targets = dict(recorded)
+    stop_processes(targets.items())  # first the recorded ones, as the ledger orders them
+    others = {pid: proc_start_time(pid) for pid in [*tagged_pids(run_id), *pids_in_netns(ids)]
+              if pid not in targets}
+    stop_processes(others.items())
+    targets.update(others)
+    return [f"process {pid} ({_comm(pid)}) survived SIGKILL" for pid, st in targets.items()
+            if process_alive(pid, st)]
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def remove_processes(run_id: str, netns_files: Callable[[], Iterable[str]] | None = None) -> Remover:
+    """Remover for ``proc`` entries: stop them all (by pid + start time), together with any process tagged
+    with this run (started but killed before it was recorded, or started by `tunlab exec`) and any process
+    inside the run's namespaces (``netns_files()``, read before anything is stopped)."""
 
     def remover(entries: Sequence[Entry]) -> None:
+        files = list(netns_files()) if netns_files is not None else []
         targets = [(int(e["pid"]), e.get("start")) for e in entries if isinstance(e.get("pid"), int)]
-        stop_processes(targets)
-        stop_processes([(pid, proc_start_time(pid)) for pid in tagged_pids(run_id)])
+        left = stop_run_processes(run_id, files, targets)
+        if left:
+            raise TunlabError("; ".join(left))
 
     return remover
 

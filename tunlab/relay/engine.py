@@ -241,8 +241,8 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
             write_json_line(ready_fd, {"ready": False, "pid": os.getpid(), "error": msg})
         raise
     finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
+        # the handlers stay until the counters are written and the relays closed: a second SIGTERM (a
+        # teardown signals the relay and its parent at once) must not cut the stats file short
         final = group_counters(relays)
         if stats_file and all(r.opened for r in relays):
             write_stats_file(stats_file, final)
@@ -251,6 +251,8 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
         for r in relays:
             r.close()
         loop.close()
+        for sig, old in saved.items():
+            signal.signal(sig, old)
     failed = [r.error for r in relays if r.error]
     if failed:
         raise TunlabError(failed[0])

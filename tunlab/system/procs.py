@@ -29,3 +29,33 @@ def process_alive(pid: int, start: int | None) -> bool:
     if stat is None or stat[0] in ("Z", "X"):
         return False
     return start is None or int(stat[19]) == start
+
+
+def netns_id(path: str) -> tuple[int, int] | None:
+    """The identity (device, inode) of the network namespace at ``path`` (``/run/netns/NAME``,
+    ``/proc/PID/ns/net``); None when there is none."""
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def pids_in_netns(ids: set[tuple[int, int]]) -> list[int]:
+    """Every process whose network namespace is one of ``ids`` (never this process, never a process of
+    the root namespace or of this process's namespace, whatever ``ids`` holds)."""
+    import os
+
+    ids = set(ids) - {netns_id("/proc/1/ns/net"), netns_id("/proc/self/ns/net")}
+    if not ids:
+        return []
+    me = os.getpid()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        if netns_id(f"/proc/{d}/ns/net") in ids:
+            out.append(int(d))
+    return out

@@ -82,7 +82,13 @@ class Backend(ABC):
     @classmethod
     def removers(cls, ledger: Ledger) -> dict[str, Remover]:
         """op -> remover, for every ledger entry this backend writes (also used by `tunlab clean`)."""
-        return {"proc": remove_processes(ledger.run_id), "file": remove_files}
+        return {"proc": remove_processes(ledger.run_id, lambda: cls.netns_files(ledger)), "file": remove_files}
+
+    @classmethod
+    def netns_files(cls, ledger: Ledger) -> list[str]:
+        """The files of the run's network namespaces that still exist (from its ledger): every process
+        inside them belongs to the run and is stopped at teardown, however it was started."""
+        return []
 
     # ------------------------------------------------------------------ shared machinery
     def build(self) -> None:

@@ -8,6 +8,7 @@ directly in their namespaces.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from tunlab.lab.backends.base import Backend
 from tunlab.lab.backends.netem import require_netem_for
 from tunlab.model.shaping import LinkShaping, parse_link_options
 from tunlab.errors import TunlabError
-from tunlab.lab.ledger import Entry, Ledger, Remover
+from tunlab.lab.ledger import Entry, Ledger, Remover, stop_run_processes
 from tunlab.model.plan import LabPlan
 
 T = TypeVar("T")
@@ -131,6 +132,13 @@ class NetnsBackend(Backend):
 
     # ---------------------------------------------------------------------- removal
     @classmethod
+    def netns_files(cls, ledger: Ledger) -> list[str]:
+        run_id = ledger.run_id
+        return [netns.netns_path(str(e["name"])) for e in ledger.entries()
+                if e["op"] == "netns" and names.owned_by(run_id, str(e.get("name", "")))
+                and os.path.lexists(netns.netns_path(str(e["name"])))]
+
+    @classmethod
     def removers(cls, ledger: Ledger) -> dict[str, Remover]:
         run_id = ledger.run_id
         owned_ns = {e["name"] for e in ledger.entries() if e["op"] == "netns"}
@@ -143,15 +151,22 @@ class NetnsBackend(Backend):
                                       "did not record; left alone")
 
         def namespaces(entries: Sequence[Entry]) -> None:
-            refused = []
-            for e in entries:
-                name = str(e.get("name", ""))
-                if not names.owned_by(run_id, name):
-                    refused.append(name)
+            refused = [str(e.get("name", "")) for e in entries if not names.owned_by(run_id, str(e.get("name", "")))]
+            ours = [str(e["name"]) for e in entries if str(e.get("name", "")) not in refused]
+            # nothing may keep a namespace alive once its name is gone: stop whatever runs inside first
+            problems = stop_run_processes(run_id, [netns.netns_path(n) for n in ours])
+            for name in ours:
+                try:
+                    netns.remove_named(name)
+                except OSError as exc:
+                    problems.append(f"namespace {name}: {exc}")
                     continue
-                netns.remove_named(name)
+                if os.path.lexists(netns.netns_path(name)):
+                    problems.append(f"namespace {name} is still there")
             if refused:
-                raise TunlabError(f"namespace(s) {', '.join(refused)} do not carry run id {run_id}; left alone")
+                problems.append(f"namespace(s) {', '.join(refused)} do not carry run id {run_id}; left alone")
+            if problems:
+                raise TunlabError("; ".join(problems))
 
         return {**super().removers(ledger), "netns": namespaces, "link": inside_namespaces,
                 "tun": inside_namespaces}

@@ -313,6 +313,12 @@ class MininetBackend(Backend):
         return errors
 
     @classmethod
+    def netns_files(cls, ledger: Ledger) -> list[str]:
+        return [f"/proc/{e['pid']}/ns/net" for e in ledger.entries()
+                if e["op"] == "proc" and e.get("role") == "mn-host" and isinstance(e.get("pid"), int)
+                and process_alive(int(e["pid"]), e.get("start"))]
+
+    @classmethod
     def removers(cls, ledger: Ledger) -> dict[str, Remover]:
         def inside_hosts(entries: Sequence[Entry]) -> None:
             # veth pairs and TUN devices exist only inside this run's hosts and go with them (the hosts'
