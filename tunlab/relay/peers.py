@@ -134,13 +134,23 @@ class PeerTable:
             dst = b"\0\0\0\0"
         return self.routes.lookup_ip(dst)
 
-    def accept_udp(self, ip: str, port: int) -> Peer | None:
-        """An unknown UDP source: the accepted peer it belongs to (its reply address is updated), or None."""
+    def udp_candidate(self, ip: str) -> Peer | None:
+        """The accepted peer an unknown UDP source from ``ip`` may be, or None (foreign). Nothing changes
+        until :meth:`accept_udp` is called, once a datagram from that source has proved valid: a spoofed
+        or empty datagram from the peer's IP and another port never moves the reply address."""
         peer = self.by_ip.get(ip)
         if peer is None:
             peer = self.by_ip.get("")
+        return peer
+
+    def accept_udp(self, ip: str, port: int, peer: Peer | None = None) -> Peer | None:
+        """Make (ip, port) the reply address of its accepted peer (call it only after a valid datagram from
+        it); returns that peer, or None if the source is foreign."""
+        if peer is None:
+            peer = self.udp_candidate(ip)
             if peer is None:
                 return None
+        if self.by_ip.get(ip) is not peer and self.by_ip.get("") is peer:
             # TunConnector's server without -r: the first source is the peer, and only its IP from now on
             del self.by_ip[""]
             self.by_ip[ip] = peer

@@ -97,14 +97,20 @@ class SimpleUdpDatapath(Datapath):
                     addr = addr[:2]
                 peer = by_addr.get(addr)
                 if peer is None:
-                    peer = self.table.accept_udp(addr[0], addr[1])
+                    peer = self.table.udp_candidate(addr[0])
                     if peer is None:
                         self.drop("foreign")
                         continue
-                why = check(buf, n, limit)
-                if why is not None:
-                    self.drop(why, peer)
-                    continue
+                    why = check(buf, n, limit)
+                    if why is not None:  # a new source moves the reply address only with a valid packet
+                        self.drop(why, peer)
+                        continue
+                    self.table.accept_udp(addr[0], addr[1], peer)
+                else:
+                    why = check(buf, n, limit)
+                    if why is not None:
+                        self.drop(why, peer)
+                        continue
                 peer.rx_packets += 1
                 peer.rx_bytes += n
                 if hook is None:
@@ -276,6 +282,8 @@ class SimpleTcpDatapath(Datapath):
                     if why is not None:
                         self.drop(why, peer)
                         continue
+                    if conn.probation:
+                        self.transport.promote(conn)
                     peer.rx_packets += 1
                     peer.rx_bytes += n
                     if hook is None:

@@ -109,9 +109,12 @@ class UdpTransport:
 class Conn:
     """One TCP connection to a peer, with its de-framer and its queue of unsent bytes."""
 
-    __slots__ = ("sock", "fd", "peer", "reader", "out", "closed", "writing", "remote")
+    __slots__ = ("sock", "fd", "peer", "reader", "out", "closed", "writing", "remote", "probation")
 
     def __init__(self, sock: socket.socket, peer: Peer, max_frame: int, remote: str) -> None:
+        #: a second connection from a peer's address while its live one stands: it carries nothing and
+        #: replaces the live one only once it sends a valid frame (or the live one dies)
+        self.probation = False
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
@@ -134,6 +137,7 @@ class TcpTransport:
         self.timers: dict[str, object] = {}
         self.backoff: dict[str, float] = {}
         self.conns: set[Conn] = set()
+        self.candidates: dict[str, Conn] = {}  # peer name -> the connection on probation (at most one)
         self.dp: SimpleTcpDatapath | None = None
         self.max_frame = frame_limit(relay.packet_limit)
         self.closing = False
@@ -224,21 +228,44 @@ class TcpTransport:
                 log.info("refused a TCP connection from %s (not a peer)", format_hostport(addr[0], addr[1]))
                 sock.close()
                 continue
-            self._established(peer, sock, format_hostport(addr[0], addr[1]))
+            self._established(peer, sock, format_hostport(addr[0], addr[1]), incoming=True)
 
     # -- both
-    def _established(self, peer: Peer, sock: socket.socket, remote: str) -> None:
+    def _established(self, peer: Peer, sock: socket.socket, remote: str, *, incoming: bool = False) -> None:
         assert self.dp is not None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if peer.conn is not None:
-            self.lost(peer.conn, f"replaced by a new connection from {remote}")
         conn = Conn(sock, peer, self.max_frame, remote)
-        peer.conn = conn
         self.conns.add(conn)
         dp = self.dp
         self.loop.add(conn.fd, EPOLLIN, lambda ev: dp.on_conn(conn, ev))
+        if incoming and peer.conn is not None and not peer.conn.closed:
+            # anyone on the peer's machine can connect from its address: the live connection stays until
+            # this one proves itself with a valid frame, or the live one dies
+            conn.probation = True
+            old = self.candidates.pop(peer.name, None)
+            self.candidates[peer.name] = conn
+            if old is not None:
+                self.lost(old, f"a newer connection from {remote} came")
+            log.info("peer %s: a second connection (%s) waits for a valid frame before it replaces %s",
+                     peer.name, remote, peer.conn.remote)
+            return
+        if peer.conn is not None:
+            self.lost(peer.conn, f"replaced by a new connection from {remote}")
+        peer.conn = conn
         log.info("peer %s connected (%s)", peer.name, remote)
+
+    def promote(self, conn: Conn, why: str = "it sent a valid frame") -> None:
+        """A connection on probation becomes its peer's live connection."""
+        peer = conn.peer
+        if self.candidates.get(peer.name) is conn:
+            del self.candidates[peer.name]
+        conn.probation = False
+        old = peer.conn
+        peer.conn = conn
+        if old is not None and old is not conn:
+            self.lost(old, f"replaced by {conn.remote}: {why}")
+        log.info("peer %s connected (%s)", peer.name, conn.remote)
 
     def lost(self, conn: Conn, why: str) -> None:
         """Close one connection (idempotent); an outgoing peer reconnects after a backoff."""
@@ -249,9 +276,16 @@ class TcpTransport:
         conn.sock.close()
         self.conns.discard(conn)
         peer = conn.peer
+        if self.candidates.get(peer.name) is conn:
+            del self.candidates[peer.name]
+            log.info("peer %s: connection on probation (%s) closed: %s", peer.name, conn.remote, why)
+            return
         if peer.conn is conn:
             peer.conn = None
         log.info("peer %s disconnected (%s): %s", peer.name, conn.remote, why)
+        cand = self.candidates.get(peer.name)
+        if cand is not None and peer.conn is None and not self.closing:
+            self.promote(cand, "the live one is gone")
         if peer.spec.outgoing and not self.closing:
             self._retry(peer, why)
 

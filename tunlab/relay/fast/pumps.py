@@ -298,6 +298,8 @@ class RxPump:
         v6 = dp.v6
         receives = datagrams = whole = written = nbytes = merged = 0
         hook = dp.hook
+        check = dp.check
+        view = self.view
         batch_payloads = self.batch_views.payloads
         more = True
         try:
@@ -316,10 +318,17 @@ class RxPump:
                     addr = addr[:2]
                 peer = by_addr.get(addr)
                 if peer is None:
-                    peer = table.accept_udp(addr[0], addr[1])
+                    peer = table.udp_candidate(addr[0])
                     if peer is None:
                         drops["foreign"] = drops.get("foreign", 0) + 1
                         continue
+                    seg0 = from_bytes(anc[0][2], "little") if anc and anc[0][1] == udp_gro else n
+                    if flags & _MSG_TRUNC:
+                        drops["too_big"] = drops.get("too_big", 0) + 1
+                        continue
+                    if not self._proves(peer, addr, n, seg0 or n):
+                        continue
+                    table.accept_udp(addr[0], addr[1], peer)
                     dp.new_source(peer)
                 if flags & _MSG_TRUNC:
                     drops["too_big"] = drops.get("too_big", 0) + 1
@@ -355,6 +364,10 @@ class RxPump:
                     count = columns_ok(buf, n, seg)
                     if count:
                         plen = n - count * hdr_len - vlen
+                        why = check(view[hdr_len + vlen:min(n, seg)], plen, encap.MAX_STREAM)
+                        if why is not None:  # a chunked stream is checked like a packet
+                            drops[why] = drops.get(why, 0) + 1
+                            continue
                         if plen > 0:
                             datagrams += count
                             whole += 1
@@ -379,6 +392,31 @@ class RxPump:
             self.merged += merged
         return more
 
+    def _proves(self, peer: Peer, addr: tuple[str, int], n: int, seg: int) -> bool:
+        """Does the first datagram of a receive from a new source of ``peer`` prove it (a packet that passes
+        the check, a well-formed chunk)? Otherwise it is counted and dropped and nothing moves; a hello is
+        answered at its source without moving the peer's reply address."""
+        dp = self.dp
+        drops = dp.drops
+        dgram = self.view[:min(n, seg)]
+        size = len(dgram)
+        why: str | None
+        if size == encap.HELLO_LEN and dgram[9] == encap.HELLO_PROTO and encap.is_hello(dgram):
+            dp.hello_from_new_source(peer, addr, bytes(dgram))
+            return False
+        if size and dgram[0] == encap.MAGIC[0]:
+            hdr = encap.parse_header(dgram)
+            why = "chunk_malformed" if hdr is None else None
+            if hdr is not None and hdr.index == 0:
+                why = dp.check(dgram[encap.HDR_LEN + encap.VNET_LEN:], size - encap.HDR_LEN - encap.VNET_LEN,
+                               encap.MAX_STREAM)
+        else:
+            why = dp.check(dgram, size, dp.limit)
+        if why is not None:
+            drops[why] = drops.get(why, 0) + 1
+            return False
+        return True
+
     def _datagrams(self, peer: Peer, n: int, seg: int) -> None:
         """Datagram by datagram: plain packets (consecutive TCP segments merged into one GSO
         packet), hellos, and chunks through the reassembler."""
@@ -400,6 +438,10 @@ class RxPump:
                 stream = self.reasm.add(peer, dgram)
                 if stream is not None:
                     plen = len(stream) - encap.VNET_LEN
+                    why = check(memoryview(stream)[encap.VNET_LEN:], plen, encap.MAX_STREAM)
+                    if why is not None:  # a chunked stream is checked like a packet
+                        drops[why] = drops.get(why, 0) + 1
+                        continue
                     peer.rx_packets += 1
                     peer.rx_bytes += plen
                     self._write((stream,), plen)

@@ -43,6 +43,8 @@ log = logging.getLogger("tunlab.relay.fast")
 MODES = ("auto", "plain", "gso")
 HELLO_TRIES = 5
 HELLO_FIRST_GAP = 0.1
+#: a peer's hello makes us probe it again at most this often (seconds after the last hello we sent)
+REPROBE_GAP = 1.0
 #: TCP super-packets are capped so one, with its virtio header and 45 chunk headers of 12 bytes,
 #: fits the 65507 bytes of one UDP GSO send over IPv4 (64900 + 10 + 45 * 12 = 65450)
 GSO_MAX_SIZE = 64900
@@ -187,7 +189,26 @@ class FastUdpDatapath(Datapath):
             st.next = 0.0
             self._schedule(0.0)
 
+    def hello_from_new_source(self, peer: Peer, addr: tuple[str, int], data: bytes) -> None:
+        """A hello from an address ``peer`` may have moved to: answered there, but it moves nothing (only
+        a valid packet or chunk does, and only our own hello's answer switches a datapath)."""
+        hello = encap.parse_hello(data)
+        if hello is None or hello.kind != encap.HELLO_KIND:
+            self.drop("unverified_hello", peer)
+            return
+        self.hello["hello_rx"] += 1
+        reply = encap.pack_hello(encap.REPLY_KIND, caps=self._caps(), session=self.session, echo=hello.session,
+                                 segment=self.segment)
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError:
+            return
+        self.hello["reply_tx"] += 1
+
     def on_hello(self, peer: Peer, data: bytes) -> None:
+        """A hello is answered; only a reply that echoes our own session (the peer at that address saw our
+        hello) sets what we send it. A hello alone never switches a datapath -- one spoofed datagram would
+        otherwise turn a socat peer's traffic into chunks -- it makes us ask (probe) again instead."""
         hello = encap.parse_hello(data)
         if hello is None:
             self.drop("malformed", peer)
@@ -196,10 +217,19 @@ class FastUdpDatapath(Datapath):
         if hello.kind == encap.HELLO_KIND:
             self.hello["hello_rx"] += 1
             self._send_hello(peer, encap.REPLY_KIND, echo=hello.session)
-        else:
-            self.hello["reply_rx"] += 1
-            if hello.echo != self.session:
-                return  # answers an earlier incarnation of this relay
+            if self.mode == "auto" and st.state != "probing" and hello.session != st.session:
+                # a tunlab relay that came up after we gave up on it, or one that restarted: ask again
+                # (at most once per REPROBE_GAP, so spoofed hellos cost little)
+                now = time.monotonic()
+                if now >= st.next + REPROBE_GAP:
+                    log.info("peer %s: a hello (session %#x): asking it again", peer.name, hello.session)
+                    st.state, st.sent, st.next, st.first = "probing", 0, 0.0, 0.0
+                    self._schedule(0.0)
+            return
+        self.hello["reply_rx"] += 1
+        if hello.echo != self.session:
+            self.drop("unverified_hello", peer)
+            return  # answers an earlier incarnation of this relay, or forged
         if st.session and st.session != hello.session:
             log.info("peer %s restarted", peer.name)
         st.session, st.caps = hello.session, hello.caps
@@ -209,10 +239,10 @@ class FastUdpDatapath(Datapath):
             st.state = "answered"
         elif self.mode == "gso" and not hello.caps & encap.CAP_GSO:
             log.warning("peer %s speaks only the plain datapath but --datapath gso is forced", peer.name)
-        if before != st.datapath or (hello.kind == encap.REPLY_KIND and st.sent):
+        if before != st.datapath or st.sent:
             ms = (time.monotonic() - st.first) * 1e3 if st.first else 0.0
-            how = f"hello answered after {ms:.1f} ms" if hello.kind == encap.REPLY_KIND else "its hello"
-            log.info("peer %s: datapath %s (%s, its caps %#x)", peer.name, st.datapath, how, hello.caps)
+            log.info("peer %s: datapath %s (hello answered after %.1f ms, its caps %#x)", peer.name, st.datapath,
+                     ms, hello.caps)
         self._refresh()
 
     def _refresh(self) -> None:
