@@ -99,10 +99,9 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
         else:
             render(result, console, tables="none")  # the failed checks, ending with the verdict line
     if junit:
-        from tunlab.system.privileges import chown_to_invoking_user
+        from tunlab.system.privileges import write_user_file
 
-        Path(junit).write_bytes(junit_xml(results))
-        chown_to_invoking_user(junit, recursive=False)
+        write_user_file(Path(junit), junit_xml(results))
     code = ExitCode.OK if all(r.passed for r in results) else ExitCode.CHECKS_FAILED
     if as_json:
         from tunlab.cli.jsonout import dumps, results_json

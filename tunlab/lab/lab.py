@@ -30,7 +30,7 @@ from tunlab.lab.relays import RelaySupervisor
 from tunlab.model.topology import Topology
 from tunlab.model.graph import graph_data
 from tunlab.model.plan import PSK_FILE, LabPlan, NodePlan, UnderlayLink, build_plan
-from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root
+from tunlab.system.privileges import make_user_dir, open_user_file, require_root
 
 Argv = Sequence[str] | str
 
@@ -289,9 +289,9 @@ def keep_results(run_dir: Path, dest: Path) -> None:
     """Copy relay logs, outputs, counters and the ledger into ``dest`` (owned by the invoking user)."""
     make_user_dir(dest)
     for p in Path(run_dir).iterdir():
-        if p.is_file() and p.suffix in (".log", ".out", ".json", ".jsonl"):
-            shutil.copy2(p, dest / p.name)
-    chown_to_invoking_user(dest)
+        if p.suffix in (".log", ".out", ".json", ".jsonl") and not p.is_symlink() and p.is_file():
+            with open(p, "rb") as src, open_user_file(dest / p.name) as out:  # no link followed, ours only
+                shutil.copyfileobj(src, out)
 
 
 def teardown_run(ledger: Ledger) -> list[str]:

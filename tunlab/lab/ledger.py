@@ -37,10 +37,36 @@ Remover = Callable[[Sequence[Entry]], None]
 
 DEFAULT_ROOT = "/run/tunlab"
 ENV_TAG = "TUNLAB_RUN"
+#: a group (name or number) that may read run directories and relay control sockets; root only without it
+ENV_GROUP = "TUNLAB_GROUP"
 
 
 def run_root() -> Path:
     return Path(os.environ.get("TUNLAB_RUN_ROOT") or DEFAULT_ROOT)
+
+
+def run_group() -> int | None:
+    """The gid of $TUNLAB_GROUP, or None (run directories and control sockets are then root-only)."""
+    value = (os.environ.get(ENV_GROUP) or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return int(value)
+    import grp
+
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise TunlabError(f"${ENV_GROUP}={value}: there is no such group", "give a group name or number") from None
+
+
+def _secure_root(root: Path) -> None:
+    """The runs' root folder: made 0755, and refused when it is a link or not root's (as root)."""
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    st = os.lstat(root)
+    if os.path.islink(root) or (os.geteuid() == 0 and st.st_uid != 0):
+        raise TunlabError(f"{root} is a symbolic link or does not belong to root: tunlab does not use it",
+                          "remove it, or set TUNLAB_RUN_ROOT to a folder of root's")
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -130,7 +156,8 @@ class Ledger:
     def create(cls, meta: Mapping[str, Any], root: Path | None = None, run_id: str | None = None) -> Ledger:
         """Reserve a fresh run id (its directory) and write meta.json with this process as owner."""
         root = root or run_root()
-        root.mkdir(parents=True, exist_ok=True)
+        _secure_root(root)
+        gid = run_group()
         for _ in range(100):
             rid = run_id or new_run_id()
             if _netns_leftovers(rid):
@@ -138,17 +165,21 @@ class Ledger:
                     raise TunlabError(f"run id {rid} still has namespaces in /run/netns")
                 continue
             try:
-                (root / rid).mkdir(mode=0o755)
+                (root / rid).mkdir(mode=0o700)
             except FileExistsError:
                 if run_id:
                     raise TunlabError(f"run {rid} already exists in {root}") from None
                 continue
+            # root-only whatever the umask (logs, counters, control sockets), or readable by $TUNLAB_GROUP
+            if gid is not None:
+                os.chown(root / rid, -1, gid)
+            os.chmod(root / rid, 0o750 if gid is not None else 0o700)
             led = cls(root / rid)
             pid = os.getpid()
             uid = caller_uid()  # the person (sudo user), so bare `tunlab down/exec/clean` act on their runs only
             led.write_meta({"uid": uid, "user": user_name(uid), **meta, "run_id": rid, "state": "starting",
                             "created": time.time(), "owner": {"pid": pid, "start": proc_start_time(pid)}})
-            led.ledger_path.touch()
+            os.close(os.open(led.ledger_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640))
             log_run(rid)
             return led
         raise TunlabError(f"could not find a free run id in {root}")
@@ -166,7 +197,7 @@ class Ledger:
         if not entries:
             return
         data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries).encode()
-        fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -198,8 +229,10 @@ class Ledger:
             return {}
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        tmp = self.meta_path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        with open(fd, "w") as f:
+            f.write(json.dumps(meta, indent=1, sort_keys=True))
         os.replace(tmp, self.meta_path)
 
     def update_meta(self, **changes: Any) -> dict[str, Any]:

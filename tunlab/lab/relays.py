@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunlab.errors import TunlabError
-from tunlab.lab.ledger import ENV_TAG, Ledger
+from tunlab.lab.ledger import ENV_GROUP, ENV_TAG, Ledger
 from tunlab.model.plan import LabPlan, NodePlan
 from tunlab.system.procs import proc_start_time, process_alive
 
@@ -146,8 +146,13 @@ class RelaySupervisor:
         """Start the fork server now, so that its imports overlap the backend's namespace work."""
         self._fork_server = self._start_fork_server()
 
+    def relay_args(self, node: NodePlan) -> list[str]:
+        """The plan's relay arguments, plus the control socket's group when $TUNLAB_GROUP is set."""
+        group = os.environ.get(ENV_GROUP, "").strip()
+        return [*node.relay_args, *(["--control-group", group] if group else [])]
+
     def relay_argv(self, node: NodePlan, ready_fd: int) -> list[str]:
-        return [sys.executable, "-m", "tunlab", "relay", *node.relay_args, "--ready-fd", str(ready_fd)]
+        return [sys.executable, "-m", "tunlab", "relay", *self.relay_args(node), "--ready-fd", str(ready_fd)]
 
     def start(self, timeout: float | None = None) -> dict[str, RelayProcess]:
         """Start every node's relay at once and wait for all their readiness lines together.
@@ -169,7 +174,7 @@ class RelaySupervisor:
                 out = open(self._out_path(n), "wb")
                 try:
                     if server is not None:
-                        pid, start = server.spawn(list(n.relay_args), self.netns_file(n.name), w, out.fileno(),
+                        pid, start = server.spawn(self.relay_args(n), self.netns_file(n.name), w, out.fileno(),
                                                   {ENV_TAG: self.ledger.run_id})
                         forked.append({"op": "proc", "node": n.name, "role": "relay", "pid": pid, "start": start})
                         self.relays[n.name] = RelayProcess(n.name, pid, start)

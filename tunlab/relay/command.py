@@ -125,6 +125,8 @@ disappears with it.
 @click.option("--ready-fd", default=None, type=int, metavar="N",
               help='write {"ready": true, "pid", "dev", "listen"} to fd N once up, then close it')
 @click.option("--control", default=None, metavar="PATH", help='unix socket answering "stats" with counters')
+@click.option("--control-group", default=None, metavar="GROUP",
+              help="the control socket is root-only (0600) unless a group is given: then 0660 for that group")
 @click.option("--stats-file", default=None, metavar="PATH", help="counters JSON written on exit and SIGUSR1")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="nothing per packet above debug")
@@ -155,7 +157,8 @@ def relay_cmd(**kw: Any) -> None:
 
     loop = Loop()
     relays = [Relay(c, loop=loop) for c in configs]
-    final = serve(relays, ready_fd=ready_fd, control=kw["control"], stats_file=kw["stats_file"])
+    final = serve(relays, ready_fd=ready_fd, control=kw["control"], stats_file=kw["stats_file"],
+                  control_group=kw["control_group"])
     click.echo(summary(final, [c.label or c.dev for c in configs]), err=True)
 
 

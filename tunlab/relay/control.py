@@ -22,9 +22,19 @@ MAX_CLIENTS = 16
 CLIENT_TIMEOUT = 2.0
 
 
+def _gid(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    import grp
+
+    return grp.getgrnam(group).gr_gid
+
+
 class ControlServer:
-    def __init__(self, loop: Loop, path: str, counters: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, loop: Loop, path: str, counters: Callable[[], dict[str, Any]], *,
+                 group: str | None = None) -> None:
         self.loop = loop
+        self.group = group
         self.path = path
         self.counters = counters
         self.sock: socket.socket | None = None
@@ -45,6 +55,18 @@ class ControlServer:
         except OSError as exc:
             sock.close()
             raise TunlabError(f"--control {path}: cannot create the socket: {exc.strerror}") from None
+        # explicit mode whatever the umask, set before listen(): nobody can connect in between
+        try:
+            mode = 0o600
+            if self.group:
+                os.chown(path, -1, _gid(self.group))
+                mode = 0o660
+            os.chmod(path, mode)
+        except (OSError, KeyError, ValueError) as exc:
+            sock.close()
+            os.unlink(path)
+            raise TunlabError(f"--control {path}: cannot set its owner and mode ({exc})",
+                              "--control-group takes a group name or number") from None
         sock.listen(8)
         self.sock = sock
         self.loop.add(sock.fileno(), EPOLLIN, self._on_accept)

@@ -188,7 +188,8 @@ def write_stats_file(path: str, counters: dict[str, Any]) -> None:
 
 
 def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str | None = None,
-          stats_file: str | None = None, handle_signals: bool | None = None) -> dict[str, Any]:
+          stats_file: str | None = None, handle_signals: bool | None = None,
+          control_group: str | None = None) -> dict[str, Any]:
     """Open every relay, signal readiness, run their shared loop until stopped, close; return counters.
 
     Raises TunlabError (after cleaning up, and after writing ``{"ready": false, "error": ...}`` to
@@ -210,7 +211,7 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
         for r in relays:
             r.open()
         if control:
-            ctl = ControlServer(loop, control, lambda: group_counters(relays))
+            ctl = ControlServer(loop, control, lambda: group_counters(relays), group=control_group)
             ctl.open()
         if handle_signals:
             def on_stop(signum: int, frame: object) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunlab.errors import TunlabError
-from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root
+from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root, write_user_file
 from tunlab.model.scenario import PlannedProbe, Scenario, build_probes
 from tunlab.traffic.capture import Capture, CapturePoint
 from tunlab.verdict.checks import (Captures, Chain, LinkInfo, ScenarioResult, check_flow, check_links, identity,
@@ -255,9 +255,9 @@ def write_evidence(result: ScenarioResult, cap: Capture | None, counters: dict[s
     if cap is not None:
         cap.write_pcaps(make_user_dir(folder / "pcaps"))
     if counters:
-        (folder / "counters-at-check.json").write_text(json.dumps(counters, indent=2, sort_keys=True, default=str))
+        write_user_file(folder / "counters-at-check.json", json.dumps(counters, indent=2, sort_keys=True, default=str))
     write_text(result, folder / "report.txt")
-    (folder / "junit.xml").write_bytes(junit_xml([result]))
+    write_user_file(folder / "junit.xml", junit_xml([result]))
     chown_to_invoking_user(folder)
     return folder
 

@@ -7,6 +7,7 @@ The keep/remove decision needs the test's outcome inside a fixture's teardown: t
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -109,8 +110,9 @@ def finish_folder(item: pytest.Item, folder: Path, *, failed: bool) -> bool:
 
 def write_failure(folder: Path, report: pytest.TestReport) -> None:
     """Save the failure text next to the pcaps so the folder stands on its own (CI artefact uploads)."""
-    if folder.is_dir():
-        with open(folder / "failure.txt", "a", encoding="utf-8") as fh:
+    if folder.is_dir() and not folder.is_symlink():
+        fd = os.open(folder / "failure.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with open(fd, "a", encoding="utf-8") as fh:
             fh.write(f"== {report.nodeid} ({report.when}) ==\n{report.longreprtext}\n")
 
 

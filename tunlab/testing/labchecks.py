@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunlab.errors import TunlabError
-from tunlab.system.privileges import make_user_dir
+from tunlab.system.privileges import make_user_dir, write_user_file
 
 MAX_NEAREST = 3
 
@@ -183,7 +183,7 @@ class LabChecks:
             lines.append(f"RECEIVED: nothing at {at} ({len(frames)} other packet(s))")
         report = "\n".join(lines)
         folder = self._evidence(f"expect-{at}")
-        (folder / "expected-received.txt").write_text(report + "\n")
+        write_user_file(folder / "expected-received.txt", report + "\n")
         cap.write_pcaps(make_user_dir(folder / "pcaps"))
         raise ChecksFailed(report, folder)
 

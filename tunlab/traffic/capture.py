@@ -261,7 +261,9 @@ class Capture:
 
 def write_pcap(path: str | os.PathLike[str], frames: Iterable[Frame]) -> None:
     """A nanosecond-resolution pcap of raw IP packets."""
-    with open(path, "wb") as f:
+    from tunlab.system.privileges import open_user_file
+
+    with open_user_file(path, "wb") as f:  # never through a link planted in the results folder
         f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, SNAPLEN, LINKTYPE_RAW))
         for fr in frames:
             sec = int(fr.ts)

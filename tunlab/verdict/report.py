@@ -196,7 +196,9 @@ def render_text(result: ScenarioResult, width: int = 120, *, tables: str = "some
 
 def write_text(result: ScenarioResult, path: str | Path) -> None:
     """The same report as plain text (no colours), for the result folder."""
-    with open(path, "w", encoding="utf-8") as f:
+    from tunlab.system.privileges import open_user_file
+
+    with open_user_file(path, "w") as f:  # never through a link planted in the results folder
         render(result, Console(file=f, width=140, no_color=True, highlight=False, emoji=False), tables="all")
 
 

@@ -147,9 +147,9 @@ class RelayChain:
         if results_dir is not None:
             from tunlab.system.privileges import chown_to_invoking_user, make_user_dir
 
-            dest = make_user_dir(results_dir)
-            shutil.copytree(self.run_dir, dest / f"chain-{self.run_id}", dirs_exist_ok=True)
-            chown_to_invoking_user(dest / f"chain-{self.run_id}")
+            dest = make_user_dir(Path(results_dir) / f"chain-{self.run_id}")  # no link followed
+            shutil.copytree(self.run_dir, dest, dirs_exist_ok=True, symlinks=True)
+            chown_to_invoking_user(dest)
         self._ledger.remove_dir()
         if errors:
             raise TunlabError("; ".join(errors))
