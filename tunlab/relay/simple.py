@@ -13,6 +13,9 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .datapath import BATCH, BUF, OUT_MAX, TCP_BATCH_BUF, Datapath
+from .transport import TCP_QUICKACK
+
+IPPROTO_TCP = socket.IPPROTO_TCP
 from .peers import Peer
 
 if TYPE_CHECKING:
@@ -275,6 +278,13 @@ class SimpleTcpDatapath(Datapath):
                 if got == 0:
                     self.transport.lost(conn, "closed by the peer")
                     return
+                # acknowledge at once: a legacy peer (simpletun, TunConnector) writes the length and the
+                # packet in two writes without TCP_NODELAY, and its Nagle holds the packet until our ACK;
+                # a delayed ACK would add ~40 ms to every round trip
+                try:
+                    sock.setsockopt(IPPROTO_TCP, TCP_QUICKACK, 1)
+                except OSError:
+                    pass
                 reader.end += got
                 for frame in reader.frames():
                     n = len(frame)

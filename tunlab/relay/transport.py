@@ -28,7 +28,27 @@ log = logging.getLogger("tunlab.relay")
 
 SOCK_BUF = 4 << 20
 BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 1.0
+#: retries of a refused connection back off up to this; a connect that is not answered (SYNs dropped) is
+#: abandoned after CONNECT_TIMEOUT and tried again at once, so a peer that becomes reachable is connected
+#: within about half a second, not after the kernel's SYN backoff (1, 2, 4, 8, 16 s...)
+BACKOFF_MAX = 0.5
+CONNECT_TIMEOUT = 0.4
+#: liveness of an established connection: keepalive probes after 5 s idle, every 1 s, 3 unanswered = dead;
+#: data unacknowledged for 5 s = dead (TCP_USER_TIMEOUT)
+KEEPIDLE, KEEPINTVL, KEEPCNT, USER_TIMEOUT_MS = 5, 1, 3, 5000
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
+
+def _tcp_liveness(sock: socket.socket) -> None:
+    """Keepalive and a user timeout, so a peer that vanished without a FIN is noticed and replaced."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPIDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPINTVL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPCNT)
+        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18), USER_TIMEOUT_MS)
+    except OSError as exc:
+        log.debug("TCP liveness options: %s", exc)
 
 
 def _family(relay: "Relay") -> socket.AddressFamily:
@@ -173,7 +193,9 @@ class TcpTransport:
 
     # -- outgoing
     def _connect(self, peer: Peer) -> None:
-        self.timers.pop(peer.name, None)
+        t = self.timers.pop(peer.name, None)
+        if t is not None:
+            t.cancel()  # type: ignore[attr-defined]
         if self.closing:
             return
         sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -186,10 +208,28 @@ class TcpTransport:
             return
         self.connecting[peer.name] = sock
         self.loop.add(sock.fileno(), EPOLLOUT, lambda ev: self._connect_done(peer, sock))
+        self.timers[peer.name] = self.loop.call_later(CONNECT_TIMEOUT, lambda: self._connect_timeout(peer, sock))
+
+    def _connect_timeout(self, peer: Peer, sock: socket.socket) -> None:
+        """No answer to our SYNs: abandon this attempt and start a fresh one at once."""
+        if self.connecting.get(peer.name) is not sock:
+            return
+        self.timers.pop(peer.name, None)
+        self.loop.remove(sock.fileno())
+        del self.connecting[peer.name]
+        sock.close()
+        if peer.name not in self.backoff:
+            log.info("peer %s at %s: no answer in %.1f s; retrying", peer.name,
+                     format_hostport(peer.spec.ip or "?", peer.spec.port or 0), CONNECT_TIMEOUT)
+        self.backoff[peer.name] = BACKOFF_FIRST
+        self._connect(peer)
 
     def _connect_done(self, peer: Peer, sock: socket.socket) -> None:
         self.loop.remove(sock.fileno())
         self.connecting.pop(peer.name, None)
+        t = self.timers.pop(peer.name, None)
+        if t is not None:
+            t.cancel()  # type: ignore[attr-defined]
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             sock.close()
@@ -235,6 +275,7 @@ class TcpTransport:
         assert self.dp is not None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tcp_liveness(sock)
         conn = Conn(sock, peer, self.max_frame, remote)
         self.conns.add(conn)
         dp = self.dp
