@@ -54,7 +54,11 @@ def failing_run(tmp_path: Path, *, hook: str | None = None, kill: str | None = N
     before = (lambda lab: lab.kill_relay(kill)) if kill else None
     result = run_scenario(sc, results_root=tmp_path, before_send=before)
     assert not result.passed, report(result)
-    assert result.error is None, result.error
+    if kill:  # the cause comes first: the relay's death, with its exit status (issue 13)
+        assert result.error and f"the relay of node {kill} (pid " in result.error, result.error
+        assert "killed by signal 9 (SIGKILL)" in result.error, result.error
+    else:
+        assert result.error is None, result.error
     assert not list(Path("/run/netns").glob(f"tl-{result.run_id}-*"))  # gone, failure or not
     return result
 

@@ -127,8 +127,10 @@ def _check_name(name: str) -> None:
               help="a name for this lab, unique on the machine: `tunlab exec --run NAME`, `tunlab down NAME`")
 @click.option("--table/--no-table", "table", default=None,
               help=f"a row per node (default: only for labs of up to {BIG_LAB} nodes)")
+@click.option("--restart/--no-restart", default=True, show_default=True,
+              help="start a relay that dies again with its recorded command line")
 def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | None, name: str | None,
-           table: bool | None) -> None:
+           table: bool | None, restart: bool) -> None:
     """Bring TOPOLOGY up and leave it running (take it down with `tunlab down`).
 
     Progress goes to stderr while the lab comes up; then one line with the run id and its folder."""
@@ -139,7 +141,8 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
         _check_name(name)
     t = _load(topology, params)
     t0 = time.perf_counter()
-    lab = Lab(t, backend=backend, results_dir=os.path.abspath(results) if results else None)
+    lab = Lab(t, backend=backend, results_dir=os.path.abspath(results) if results else None,
+              restart_relays=restart)
     from tunlab.cli.progress import BringUpProgress
 
     with BringUpProgress(lab, len(t.nodes)):
@@ -245,6 +248,18 @@ def _age(created: Any) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
+def _state(r: Ledger) -> str:
+    """The run's state; a running lab with a dead relay is "degraded", naming the nodes."""
+    from tunlab.lab.relays import dead_relays
+
+    state = r.state()
+    if state in ("up", "running"):
+        dead = dead_relays(r)
+        if dead:
+            return f"degraded ({state}): relay of {', '.join(f'{n} {how}' for n, how in sorted(dead.items()))}"
+    return state
+
+
 @click.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (schema tunlab.ls/1)")
 @click.option("--mine", is_flag=True, help="only your runs")
@@ -257,7 +272,7 @@ def ls_cmd(as_json: bool, mine: bool) -> None:
         m = r.meta()
         uid = m.get("uid")
         user = m.get("user") or (None if uid is None else str(uid))
-        rows.append((r, r.state(), user))
+        rows.append((r, _state(r), user))
     if as_json:
         from tunlab.cli.jsonout import dumps, run_json
 

@@ -100,13 +100,16 @@ class Lab:
     logs and counters are copied at teardown (owned by the invoking user under sudo)."""
 
     def __init__(self, topology: Topology, backend: str = "netns", results_dir: str | os.PathLike[str] | None = None,
-                 *, ready_timeout: float | None = None) -> None:
+                 *, ready_timeout: float | None = None, restart_relays: bool = False) -> None:
         if not isinstance(topology, Topology):
             raise TunlabError(f"Lab needs a tunlab.model.Topology, not {type(topology).__name__}")
         self.topology = topology
         self.backend_name = backend
         self.results_dir = Path(results_dir) if results_dir is not None else None
         self.ready_timeout = ready_timeout
+        #: a relay that dies abnormally is started again with its recorded command line (off by default,
+        #: so that a check sees the death; `tunlab up` turns it on for labs that run for long)
+        self.restart_relays = restart_relays
         self.final_counters: dict[str, dict[str, Any]] = {}
         self.teardown_errors: list[str] = []
         self._ledger: Ledger | None = None
@@ -138,7 +141,7 @@ class Lab:
                 finally:
                     os.close(fd)
             self._backend = backend = cls(plan, led)
-            self._relays = relays = RelaySupervisor(plan, led, backend)
+            self._relays = relays = RelaySupervisor(plan, led, backend, restart=self.restart_relays)
             self._nodes = {n.name: Node(self, n) for n in plan.nodes}
             relays.prepare()  # the relay fork server's imports overlap the namespace work
             backend.build()
@@ -269,6 +272,11 @@ class Lab:
         for n in self.plan.nodes:
             keys.update(read_keylog(f"{self.plan.run_dir}/{n.name}.keys"))
         return keys
+
+    def dead_relays(self) -> dict[str, str]:
+        """Node -> why, for every relay that died ("the relay of node vnf2 (pid N) killed by signal 9
+        (SIGKILL)"); empty while every relay runs. Deaths are noticed within a fifth of a second and logged."""
+        return self.relays.deaths()
 
     def kill_relay(self, node: str) -> None:
         """SIGKILL the relay of ``node`` (for negative tests) and reap it."""

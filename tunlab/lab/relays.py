@@ -12,10 +12,12 @@ early so its imports overlap the namespace work), or, with ``TUNLAB_RELAY_SPAWN=
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,54 @@ if TYPE_CHECKING:
     from tunlab.lab.backends.base import Backend
 
 Counters = dict[str, dict[str, Any]]
+log = logging.getLogger("tunlab.lab")
+#: how often the lab looks at its relays (a death is noticed within this)
+MONITOR_INTERVAL = 0.2
+
+
+def _signame(sig: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict):
+            out.append(e)
+    return out
+
+
+def dead_relays(ledger: Ledger) -> dict[str, str]:
+    """From a run's ledger alone (`tunlab ls`, any process): node -> how its relay ended, for every node
+    whose latest relay is not running."""
+    latest: dict[str, dict[str, Any]] = {}
+    for e in ledger.entries():
+        if e.get("op") == "proc" and e.get("role") == "relay" and isinstance(e.get("pid"), int):
+            latest[str(e.get("node"))] = e
+    out = {}
+    for node, e in latest.items():
+        if process_alive(int(e["pid"]), e.get("start")):
+            continue
+        how = "is gone"
+        for x in reversed(_read_jsonl(ledger.dir / f"{node}.exits.jsonl")):
+            if x.get("pid") == e["pid"]:
+                how = str(x.get("status"))
+                break
+        out[node] = how
+    return out
 
 
 class RelayStartError(TunlabError):
@@ -128,11 +178,19 @@ class RelaySupervisor:
     #: "exec": one `python -m tunlab relay` per node. $TUNLAB_RELAY_SPAWN overrides.
     spawn_mode = "fork"
 
-    def __init__(self, plan: LabPlan, ledger: Ledger, backend: Backend) -> None:
+    def __init__(self, plan: LabPlan, ledger: Ledger, backend: Backend, *, restart: bool = False) -> None:
         self.plan = plan
         self.ledger = ledger
         self.backend = backend
+        #: restart a relay that dies abnormally, with its recorded command line (forked relays only; the
+        #: fork server does it, so it goes on after this process exits: `tunlab up`)
+        self.restart = restart
         self.relays: dict[str, RelayProcess] = {}
+        self.dead: dict[str, str] = {}      # node -> how its relay ended (noticed by the monitor)
+        self.restarted: dict[str, int] = {}  # node -> restarts seen
+        self._monitor: threading.Thread | None = None
+        self._monitor_stop = threading.Event()
+        self._noticed: dict[tuple[str, int], float] = {}
         self._fork_server: Any = None
         self._fork_reaper: Any = None  # the fork server that started the relays, reaped at teardown
 
@@ -175,8 +233,11 @@ class RelaySupervisor:
                 try:
                     if server is not None:
                         pid, start = server.spawn(self.relay_args(n), self.netns_file(n.name), w, out.fileno(),
-                                                  {ENV_TAG: self.ledger.run_id})
-                        forked.append({"op": "proc", "node": n.name, "role": "relay", "pid": pid, "start": start})
+                                                  {ENV_TAG: self.ledger.run_id}, node=n.name,
+                                                  run_dir=str(self.plan.run_dir), out_path=self._out_path(n),
+                                                  restart=self.restart)
+                        forked.append({"op": "proc", "node": n.name, "role": "relay", "pid": pid, "start": start,
+                                       "argv": [sys.executable, "-m", "tunlab", "relay", *self.relay_args(n)]})
                         self.relays[n.name] = RelayProcess(n.name, pid, start)
                     else:
                         p = self.backend.spawn(n.name, self.relay_argv(n, w), role="relay", pass_fds=(w,),
@@ -192,6 +253,7 @@ class RelaySupervisor:
             if server is not None:
                 server.close()
                 server = None
+            self._start_monitor()
             while pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -255,10 +317,89 @@ class RelaySupervisor:
         from tunlab.relay.control import query_stats
 
         out = {}
-        for name, rp in self.relays.items():
+        for name, rp in list(self.relays.items()):
             if rp.alive():
                 out[name] = query_stats(self.plan.node(name).control)
         return out
+
+    # ------------------------------------------------------------------ supervision
+    def _start_monitor(self) -> None:
+        """A thread that notices a relay's death within MONITOR_INTERVAL and logs it with its exit status."""
+        if self._monitor is not None:
+            return
+        self._monitor_stop.clear()
+
+        def watch() -> None:
+            while not self._monitor_stop.wait(MONITOR_INTERVAL):
+                try:
+                    self.poll()
+                except Exception as exc:  # noqa: BLE001 - the watcher must not die of a bad file
+                    log.debug("relay monitor: %s", exc)
+
+        self._monitor = threading.Thread(target=watch, name=f"tunlab-relays-{self.ledger.run_id}", daemon=True)
+        self._monitor.start()
+
+    def poll(self) -> dict[str, str]:
+        """Look at every relay now: a relay that died is recorded in :attr:`dead` (node -> how it ended) and
+        logged; one the fork server restarted (``restart``) is followed to its new pid."""
+        for name, rp in list(self.relays.items()):
+            if name in self.dead or rp.alive():
+                continue
+            newer = self._restarted_as(name, rp.pid)
+            if newer is not None:
+                self.relays[name] = newer
+                self.restarted[name] = self.restarted.get(name, 0) + 1
+                log.warning("lab %s: the relay of node %s (pid %d) %s; restarted as pid %d", self.ledger.run_id,
+                            name, rp.pid, self._how_it_ended(name, rp, wait=0.0), newer.pid)
+                continue
+            if self.restart and self._restart_pending(name, rp.pid):
+                continue  # the fork server is about to restart it
+            how = self._how_it_ended(name, rp)
+            self.dead[name] = how
+            log.warning("lab %s: the relay of node %s (pid %d) %s", self.ledger.run_id, name, rp.pid, how)
+        return dict(self.dead)
+
+    def deaths(self) -> dict[str, str]:
+        """Node -> "the relay of node X (pid N) killed by signal 9 (SIGKILL)" for every dead relay, now."""
+        return {n: f"the relay of node {n} (pid {self.relays[n].pid}) {how}" for n, how in self.poll().items()}
+
+    def _how_it_ended(self, node: str, rp: RelayProcess, wait: float = 1.0) -> str:
+        if rp.popen is not None:
+            code = rp.popen.poll()
+            if code is None:
+                return "is gone"
+            return f"killed by signal {-code} ({_signame(-code)})" if code < 0 else f"exited with status {code}"
+        deadline = time.monotonic() + wait  # the fork server reaps it and writes how it ended
+        while True:
+            for e in reversed(_read_jsonl(Path(self.plan.run_dir) / f"{node}.exits.jsonl")):
+                if e.get("pid") == rp.pid:
+                    return str(e.get("status"))
+            if time.monotonic() >= deadline:
+                return "is gone (exit status unknown)"
+            time.sleep(0.02)
+
+    def _restarted_as(self, node: str, pid: int) -> RelayProcess | None:
+        for e in reversed(self.ledger.entries()):
+            if e.get("op") == "proc" and e.get("role") == "relay" and e.get("node") == node \
+                    and e.get("restart_of") == pid and isinstance(e.get("pid"), int):
+                return RelayProcess(node, int(e["pid"]), e.get("start"))
+        return None
+
+    def _restart_pending(self, node: str, pid: int) -> bool:
+        """Restart on: may the fork server still be restarting ``pid`` (for up to 2 s after we noticed)?"""
+        first = self._noticed.setdefault((node, pid), time.monotonic())
+        if time.monotonic() - first > 2.0:
+            return False
+        for e in _read_jsonl(Path(self.plan.run_dir) / f"{node}.exits.jsonl"):
+            if e.get("pid") == pid:
+                return not e.get("clean") and "gave_up" not in e
+        return True
+
+    def stop_monitor(self) -> None:
+        self._monitor_stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=2)
+            self._monitor = None
 
     def kill(self, node: str) -> None:
         """SIGKILL the relay of ``node`` (for negative tests) and wait until it is gone."""
@@ -273,7 +414,9 @@ class RelaySupervisor:
             raise TunlabError(f"the relay of node '{node}' (pid {rp.pid}) survived SIGKILL for 10 s")
 
     def release(self) -> None:
-        """Before the ledger replay: a fork server started but never used (bring-up failed) is closed."""
+        """Before the ledger replay: the monitor stops; a fork server started but never used (bring-up
+        failed) is closed."""
+        self.stop_monitor()
         if self._fork_server is not None:
             self._fork_server.close()
             self._fork_reaper = self._fork_reaper or self._fork_server

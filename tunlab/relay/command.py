@@ -128,7 +128,7 @@ disappears with it.
 @click.option("--control-group", default=None, metavar="GROUP",
               help="the control socket is root-only (0600) unless a group is given: then 0660 for that group")
 @click.option("--stats-file", default=None, metavar="PATH", help="counters JSON written on exit and SIGUSR1")
-@click.option("--log-level", default="warning", show_default=True,
+@click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="nothing per packet above debug")
 @click.option("--log-file", default=None, metavar="PATH")
 @click.option("--datapath", default="auto", show_default=True, metavar="NAME",

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import Any, Sequence
 
@@ -87,6 +88,9 @@ class Relay:
                  cfg.label or cfg.dev, "TAP" if cfg.tap else "TUN", self.device.name, self.mtu, cfg.transport,
                  used if used == cfg.datapath else f"{used} (asked for {cfg.datapath})",
                  ", ".join(self.transport.bound()) or "-")
+        log.info("relay %s peers: %s", cfg.label or cfg.dev, ", ".join(
+            f"{p.name} {'at' if p.spec.outgoing else 'from'} {p.spec.ip or 'the first source'}"
+            + (f":{p.spec.port}" if p.spec.outgoing else "") for p in self.table.peers.values()) or "-")
 
     def run(self, *, ready_fd: int | None = None, control: str | None = None, stats_file: str | None = None,
             handle_signals: bool | None = None) -> dict[str, Any]:
@@ -139,6 +143,23 @@ class Relay:
                                "peers": info.get("peers", {})}
         return out
 
+    def kernel_drops(self) -> dict[str, int]:
+        """What the kernel dropped before we could read it (counted by the kernel, read on demand):
+        ``kernel_socket`` -- datagrams for our UDP socket when its receive buffer was full (the counter
+        SO_RXQ_OVFL reports, read with SO_MEMINFO); ``kernel_device`` -- packets for us that did not fit
+        the device's queue (its tx drops in /proc/net/dev)."""
+        out = {}
+        sock = getattr(self.transport, "sock", None)
+        if sock is not None:
+            n = socket_drops(sock)
+            if n:
+                out["kernel_socket"] = n
+        if self.device is not None:
+            n = device_tx_drops(self.device.name)
+            if n:
+                out["kernel_device"] = n
+        return out
+
     def counters(self) -> dict[str, Any]:
         """``{"dev": {...}, "peers": {NAME: {...}}, "drops": {REASON: N}, "datapath": {...}}``
         (docs/ARCHITECTURE.md); each peer also says which datapath it gets."""
@@ -147,7 +168,7 @@ class Relay:
             "dev": self.stats.dev(),
             "peers": {name: p.stats(t.connected(p) if t is not None else False)
                       for name, p in self.table.peers.items()},
-            "drops": dict(sorted(dict(self.stats.drops).items())),
+            "drops": dict(sorted({**self.stats.drops, **self.kernel_drops()}.items())),
         }
         if self.datapath is not None:
             info = self.datapath.info()
@@ -155,6 +176,37 @@ class Relay:
             for name, p in out["peers"].items():
                 p["datapath"] = info.get("peers", {}).get(name, {}).get("datapath", "?")
         return out
+
+
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
+
+
+def socket_drops(sock: Any) -> int:
+    """The kernel's drop counter of ``sock`` (sk_drops: receive buffer overflows and the like)."""
+    import struct
+
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
+    except OSError:
+        return 0
+    if len(raw) < 4 * (SK_MEMINFO_DROPS + 1):
+        return 0
+    return int(struct.unpack_from("I", raw, 4 * SK_MEMINFO_DROPS)[0])
+
+
+def device_tx_drops(name: str) -> int:
+    """Transmit drops of device ``name`` in this network namespace (for a TUN: packets toward the relay
+    that found its queue full)."""
+    try:
+        with open("/proc/net/dev", "rb") as f:
+            for line in f:
+                head, _, rest = line.partition(b":")
+                if head.strip() == name.encode():
+                    return int(rest.split()[11])  # rx: 8 fields, then tx bytes, packets, errs, drop
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def group_counters(relays: Sequence[Relay]) -> dict[str, Any]:
@@ -185,6 +237,22 @@ def write_stats_file(path: str, counters: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot write --stats-file %s: %s", path, exc.strerror)
+
+
+def _summary_line(counters: dict[str, Any]) -> str:
+    """One line of final counters for the log: device packets, per-peer packets, drops."""
+    groups = counters if "dev" not in counters else {"": counters}
+    parts = []
+    for label, c in groups.items():
+        if not isinstance(c, dict) or "dev" not in c:
+            continue
+        dev = c["dev"]
+        peers = ", ".join(f"{n} rx {p.get('rx_packets', 0)} tx {p.get('tx_packets', 0)}"
+                          for n, p in (c.get("peers") or {}).items())
+        drops = ", ".join(f"{k}={v}" for k, v in sorted((c.get("drops") or {}).items())) or "none"
+        parts.append(f"{label + ': ' if label else ''}device rx {dev['rx_packets']} tx {dev['tx_packets']}; "
+                     f"{peers}; drops {drops}")
+    return " | ".join(parts)
 
 
 def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str | None = None,
@@ -245,6 +313,8 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
         # the handlers stay until the counters are written and the relays closed: a second SIGTERM (a
         # teardown signals the relay and its parent at once) must not cut the stats file short
         final = group_counters(relays)
+        if all(r.opened for r in relays):
+            log.info("relay stopping (pid %d): %s", os.getpid(), _summary_line(final))
         if stats_file and all(r.opened for r in relays):
             write_stats_file(stats_file, final)
         if ctl is not None:

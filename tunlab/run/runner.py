@@ -164,6 +164,9 @@ def check_scenario(sc: Scenario, lab: Any, *, result: ScenarioResult | None = No
     except TunlabError as exc:
         result.error = str(exc)
         cap = listening[0] if listening else None
+    dead = _dead_relays(lab)
+    if dead:  # the cause, before any "lost at" of the checks
+        result.error = "; ".join(dead.values()) + (f" ({result.error})" if result.error else "")
     result.duration_s = time.monotonic() - t0
     if evidence is not None and (keep or not result.passed):
         write_evidence(result, cap, counters, evidence())
@@ -216,6 +219,15 @@ def _send(lab: Any, planned: list[PlannedProbe]) -> None:
     finally:
         for inj in injectors.values():
             inj.close()
+
+
+def _dead_relays(lab: Any) -> dict[str, str]:
+    """Node -> how its relay died, for a lab that supervises its relays (else nothing)."""
+    dead = getattr(lab, "dead_relays", None)
+    try:
+        return dict(dead()) if callable(dead) else {}
+    except TunlabError:
+        return {}
 
 
 def _counters(lab: Any) -> dict[str, Any]:

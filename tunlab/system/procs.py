@@ -59,3 +59,23 @@ def pids_in_netns(ids: set[tuple[int, int]]) -> list[int]:
         if netns_id(f"/proc/{d}/ns/net") in ids:
             out.append(int(d))
     return out
+
+
+def set_cmdline(argv: list[str]) -> bool:
+    """Show ``argv`` as this process's command line (``ps``, ``/proc/PID/cmdline``), as far as the memory
+    of the original one reaches (the rest is cut). A process forked from a server (the relays) would
+    otherwise show the server's command line. Returns False when it could not."""
+    import ctypes
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49)
+    except (OSError, IndexError, ValueError):
+        return False
+    size = end - start
+    if size <= 1:
+        return False
+    data = b"\0".join(a.encode(errors="replace") for a in argv)[: size - 1]
+    ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
+    return True

@@ -110,7 +110,7 @@ class Backend(ABC):
         p = subprocess.Popen(["nsenter", f"--net={self.netns_file(node)}", "--", *argv], **kw)
         # nsenter execs the command: this pid is the command's pid
         self.ledger.append({"op": "proc", "node": node, "role": role, "pid": p.pid,
-                            "start": proc_start_time(p.pid), "argv0": argv[0]})
+                            "start": proc_start_time(p.pid), "argv0": argv[0], "argv": list(argv)})
         return p
 
     def teardown(self) -> list[str]:
