@@ -101,6 +101,18 @@ def test_startup_path_imports_no_heavy_packages() -> None:
     assert res.stdout.strip() == "[]"
 
 
+def test_the_relay_command_as_run_imports_no_heavy_packages() -> None:
+    # the whole `tunlab relay ...` entry (the tunlab group, its output set-up, option parsing): what every lab
+    # relay pays at start-up (rich alone costs ~0.2 s, enough to miss a peer's first hellos on a busy machine)
+    code = ("import sys, atexit; atexit.register(lambda: print(sorted(m for m in sys.modules if m.split('.')[0] "
+            "in ('pyroute2', 'scapy', 'rich')), file=sys.stderr)); from tunlab.cli import main; "
+            "main(['relay', '--print-config', '--dev', 'x0', '--addr', '10.9.0.1/24', '--listen', '127.0.0.1:1', "
+            "'--peer', 'b=127.0.0.1:2'])")
+    res = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_public_api() -> None:
     import tunlab.relay as relay
 

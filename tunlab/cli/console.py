@@ -9,9 +9,10 @@ import codecs
 import io
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PIPE_WIDTH = 140
 ERRORS = "tunlab-ascii"
@@ -49,6 +50,8 @@ def ascii_safe_streams() -> None:
 
 
 def make_console(**kw: object) -> Console:
+    from rich.console import Console  # here, not at the top: `tunlab relay` starts without rich
+
     if "width" not in kw and not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
         kw["width"] = PIPE_WIDTH
     return Console(highlight=False, **kw)  # type: ignore[arg-type]

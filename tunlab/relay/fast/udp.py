@@ -56,7 +56,7 @@ TXQLEN = 4096
 class PeerState:
     """What we know about one peer's datapath."""
 
-    __slots__ = ("datapath", "state", "caps", "session", "sent", "next", "first")
+    __slots__ = ("datapath", "state", "caps", "session", "sent", "next", "first", "hurried")
 
     def __init__(self, datapath: str, state: str) -> None:
         self.datapath = datapath  # what we send it: "plain" or "gso"
@@ -66,6 +66,7 @@ class PeerState:
         self.sent = 0
         self.next = 0.0
         self.first = 0.0
+        self.hurried = False  # a hello from it while we probe made our next hello go out at once (once)
 
     def as_dict(self) -> dict[str, Any]:
         return {"datapath": self.datapath, "negotiation": self.state, "caps": self.caps}
@@ -217,7 +218,14 @@ class FastUdpDatapath(Datapath):
         if hello.kind == encap.HELLO_KIND:
             self.hello["hello_rx"] += 1
             self._send_hello(peer, encap.REPLY_KIND, echo=hello.session)
-            if self.mode == "auto" and st.state != "probing" and hello.session != st.session:
+            if self.mode == "auto" and st.state == "probing" and not st.hurried:
+                # it is up now, while our hellos back off (it started after our first ones were lost):
+                # our next hello goes at once, so it is not the last one of a schedule that gives up
+                st.hurried = True
+                st.next = 0.0
+                st.sent = min(st.sent, HELLO_TRIES - 1)
+                self._schedule(0.0)
+            elif self.mode == "auto" and st.state != "probing" and hello.session != st.session:
                 # a tunlab relay that came up after we gave up on it, or one that restarted: ask again
                 # (at most once per REPROBE_GAP, so spoofed hellos cost little)
                 now = time.monotonic()
