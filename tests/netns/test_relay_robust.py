@@ -96,10 +96,18 @@ def test_udp_flood_of_malformed_datagrams(netlab: NetLab) -> None:
             for d in datagrams:
                 flood.sendto(d, ("10.1.0.2", 5000))
                 want[reason] = want.get(reason, 0) + 1
-    wait_until(lambda: all(rb.drops(r) >= n for r, n in want.items()) or rb.drops("foreign"),
-               "the flood to be counted", timeout=20)
+    # every datagram is accounted for: counted by reason, or dropped by the kernel before the relay read it
+    # (its socket buffer is sized for latency, issue 13: a burst of 1100 may not fit)
+    total = sum(want.values())
+
+    def accounted() -> int:
+        d = rb.counters()["drops"]
+        return sum(d.get(r, 0) for r in want) + d.get("kernel_socket", 0)
+
+    wait_until(lambda: accounted() >= total or rb.drops("foreign"), "the flood to be counted", timeout=20)
     drops = rb.counters()["drops"]
-    assert {r: drops.get(r, 0) for r in want} == want
+    assert accounted() == total and not drops.get("foreign"), drops
+    assert all(0 < drops.get(r, 0) <= n for r, n in want.items()), drops
     assert rb.proc.poll() is None
     ping(a, "10.77.0.2")  # still forwarding (a's next datagram also re-latches the reply port)
     ping(b, "10.77.0.1")

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("tunlab.relay")
 
 SOCK_BUF = 4 << 20
+#: a UDP socket's buffers: big enough for a few GSO super-packets, small enough that a loaded hop queues
+#: tens of milliseconds, not seconds (4 MiB queued ~1.7 s of ping at the ~60 Mbit/s a loaded Python relay carries;
+#: bench/load_latency_bench.py). What the kernel drops when it is full is counted (``kernel_socket``).
+UDP_SOCK_BUF = 1 << 20
 BACKOFF_FIRST = 0.05
 #: retries of a refused connection back off up to this; a connect that is not answered (SYNs dropped) is
 #: abandoned after CONNECT_TIMEOUT and tried again at once, so a peer that becomes reachable is connected
@@ -76,14 +80,14 @@ def _bind(sock: socket.socket, host: str, port: int, what: str) -> None:
         raise TunlabError(f"cannot {what} on {where}: {exc.strerror}") from None
 
 
-def _grow_buffers(sock: socket.socket) -> None:
-    """Bigger socket buffers absorb bursts; the FORCE variants need CAP_NET_ADMIN, else use the cap."""
+def _grow_buffers(sock: socket.socket, size: int = SOCK_BUF) -> None:
+    """Socket buffers of ``size``; the FORCE variants need CAP_NET_ADMIN, else use the cap."""
     for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
         try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
         except OSError:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
             except OSError:
                 pass
 
@@ -100,7 +104,7 @@ class UdpTransport:
         sock = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         if fam == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        _grow_buffers(sock)
+        _grow_buffers(sock, UDP_SOCK_BUF)
         host, port = self.relay.config.listen or (_wildcard(fam), 0)
         _bind(sock, host, port, "listen (UDP)")
         self.sock = sock

@@ -44,7 +44,7 @@ ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
 # what a relay does to a TUN it creates itself (tunlab.relay.fast.udp); the lab's TUNs are persistent and
 # attached (--attach: used as they are), so the backend sets the same: a queue long enough for a burst of
 # TCP segments with offload off, and GSO packets small enough for one UDP GSO send with offload on
-TUN_TXQLEN = 4096
+TUN_TXQLEN = 64  # a 45-packet TSO burst fits; 4096 queued ~1.7 s under load (bench/load_latency_bench.py)
 TUN_GSO_MAX_SIZE = 64900
 
 def gso_links(plan: LabPlan) -> frozenset[str]:

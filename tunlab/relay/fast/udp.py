@@ -49,8 +49,9 @@ REPROBE_GAP = 1.0
 #: fits the 65507 bytes of one UDP GSO send over IPv4 (64900 + 10 + 45 * 12 = 65450)
 GSO_MAX_SIZE = 64900
 #: the device's queue toward us (TUN default 500): with offload off, one TSO burst of the kernel is
-#: 45 packets in it, and a relay that was not scheduled for a moment must not lose them
-TXQLEN = 4096
+#: 45 packets in it, and a relay that was not scheduled for a moment must not lose them; longer queues
+#: only add delay under load (4096 queued ~1.7 s behind a loaded relay: bench/load_latency_bench.py)
+TXQLEN = 64
 
 
 class PeerState:
