@@ -78,3 +78,9 @@ def test_clicks_help_lists_the_lab_commands() -> None:
     res = CliRunner().invoke(cli, ["--help"])
     for name in ("show", "up", "down", "ls", "exec", "clean"):
         assert f"  {name} " in res.output
+
+
+def test_show_names_the_interfaces_a_lab_gets(not_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["show", "fork"], capsys)
+    assert code == 0
+    assert "sender ve-RUN-0a 10.0.0.1/30" in out and "rx_b ve-RUN-4b 10.0.2.6/30" in out and "tun-RUN" in out

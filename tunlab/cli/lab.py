@@ -73,10 +73,12 @@ def show_cmd(topology: str, params: tuple[str, ...], routes: bool, as_json: bool
     links = Table(title="links (underlay veth + relay hop)", title_justify="left")
     for col in ("link", "a end", "b end", "transport"):
         links.add_column(col)
-    for lk in t.links:
-        links.add_row(lk.name, f"{lk.a} {lk.a_addr} :{lk.a_port}", f"{lk.b} {lk.b_addr} :{lk.b_port}",
+    for i, lk in enumerate(t.links):  # interface names as the plan makes them, RUN being the lab's run id
+        links.add_row(lk.name, f"{lk.a} ve-RUN-{i}a {lk.a_addr} :{lk.a_port}",
+                      f"{lk.b} ve-RUN-{i}b {lk.b_addr} :{lk.b_port}",
                       lk.transport + (" (b listens)" if lk.transport == "tcp" else f", datapath {t.datapath}"))
     con.print(links)
+    con.print("every node's TUN is tun-RUN; RUN is the run id `tunlab up` prints", style="dim")
     paths = Table(title="paths", title_justify="left")
     paths.add_column("#")
     paths.add_column("hops")
@@ -156,10 +158,12 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
               f"{time.perf_counter() - t0:.2f} s; files in {lab.run_dir}")
     if table if table is not None else len(lab.nodes) <= BIG_LAB:
         rows = Table()
-        for col in ("node", "namespace", "overlay"):
+        for col in ("node", "namespace", "overlay", "underlay interfaces"):
             rows.add_column(col)
         for node_name, node in lab.nodes.items():
-            rows.add_row(node_name, os.path.basename(node.netns_file), f"{node.overlay_dev} {node.overlay_ip}")
+            ifaces = " ".join(f"{i.ifname} {i.addr}" for i in node.plan.ifaces)
+            rows.add_row(node_name, os.path.basename(node.netns_file), f"{node.overlay_dev} {node.overlay_ip}",
+                         ifaces)
         con.print(rows)
     else:
         names = list(lab.nodes)
