@@ -310,7 +310,16 @@ class RelaySupervisor:
             return RelayStartError(f"the relay of node {n.name} did not {what} {peers} in time: "
                                    f"{tail([self._out_path(n), n.log_file]) or 'no output'}")
 
-        wait_connected(self.counters, hops, timeout, error=error)
+        nodes = {h.node for h in hops} | {h.peer for h in hops}
+
+        def counters() -> Counters:
+            # a relay of these hops that died will not connect: say so now, with how it ended
+            dead = {n: how for n, how in self.poll().items() if n in nodes}
+            if dead:
+                raise RelayStartError("; ".join(f"the relay of node {n} {how}" for n, how in sorted(dead.items())))
+            return self.counters()
+
+        wait_connected(counters, hops, timeout, error=error)
 
     def counters(self) -> Counters:
         """Every relay's counters now, through its control socket (nodes whose relay is gone: absent)."""
@@ -319,7 +328,12 @@ class RelaySupervisor:
         out = {}
         for name, rp in list(self.relays.items()):
             if rp.alive():
-                out[name] = query_stats(self.plan.node(name).control)
+                try:
+                    out[name] = query_stats(self.plan.node(name).control)
+                except TunlabError:
+                    if rp.wait(1.0):  # it died between the two looks: absent (poll() records how)
+                        continue
+                    raise
         return out
 
     # ------------------------------------------------------------------ supervision

@@ -164,8 +164,8 @@ def check_scenario(sc: Scenario, lab: Any, *, result: ScenarioResult | None = No
     except TunlabError as exc:
         result.error = str(exc)
         cap = listening[0] if listening else None
-    dead = _dead_relays(lab)
-    if dead:  # the cause, before any "lost at" of the checks
+    dead = {n: how for n, how in _dead_relays(lab).items() if how not in (result.error or "")}
+    if dead:  # the cause, before any "lost at" of the checks (unless the error already says it)
         result.error = "; ".join(dead.values()) + (f" ({result.error})" if result.error else "")
     result.duration_s = time.monotonic() - t0
     if evidence is not None and (keep or not result.passed):
