@@ -51,7 +51,11 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+EPILOG = ("Exit codes: 0 done (run: every check passed), 1 a check failed, 2 a usage or description error, "
+          "3 cannot run here (not root, no namespaces, a missing tool), 4 internal error (a bug).")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(package_name="tunlab")
 def cli() -> None:
     """tunlab: network-namespace labs for VNF chains, and the TUN relay that links them."""
