@@ -9,7 +9,8 @@
 # and ensurepip); by default `python3` from PATH, else Debian's /usr/bin/python3.
 # TUNLAB_LAUNCHER=/path/tunlab: where the `tunlab` launcher goes (default /usr/local/bin/tunlab, on root's and
 # sudo's PATH; "none" for no launcher). It runs this clone's .venv, so `tunlab ...` and `sudo tunlab ...` work
-# from any folder; the last clone set up on a machine owns it.
+# from any folder. A launcher of another clone whose .venv works is left alone (TUNLAB_LAUNCHER_TAKEOVER=1
+# takes it over).
 set -euo pipefail
 TUNLAB_SCRIPT_TAG="setup"
 # shellcheck source=scripts/common.sh
@@ -158,8 +159,13 @@ if [ "$launcher" != "none" ]; then
     want_launcher="$(printf '#!/bin/sh\n%s\n# runs %s/.venv (TUNLAB_LAUNCHER=none skips it)\n%s\n' "$marker" "$TUNLAB_ROOT" \
       "[ -x '$TUNLAB_ROOT/.venv/bin/tunlab' ] || { echo \"tunlab: $TUNLAB_ROOT/.venv is gone: run 'sudo bash $TUNLAB_ROOT/scripts/setup.sh'\" >&2; exit 3; }
 exec '$TUNLAB_ROOT/.venv/bin/tunlab' \"\$@\"")"
-    if [ "$(cat "$launcher" 2>/dev/null)" != "$want_launcher" ]; then
-      previous="$(sed -n 's/^# runs \(.*\)\/\.venv .*/\1/p' "$launcher" 2>/dev/null || true)"
+    previous="$(sed -n 's/^# runs \(.*\)\/\.venv .*/\1/p' "$launcher" 2>/dev/null || true)"
+    if [ "$(cat "$launcher" 2>/dev/null)" != "$want_launcher" ] && [ -n "$previous" ] \
+       && [ "$previous" != "$TUNLAB_ROOT" ] && [ -x "$previous/.venv/bin/tunlab" ] && [ -z "${TUNLAB_LAUNCHER_TAKEOVER:-}" ]; then
+      # another clone on this machine (another user's, perhaps) owns it and still works: not taken over
+      say "$launcher runs $previous/.venv (another clone): left alone; here use $TUNLAB_ROOT/.venv/bin/tunlab," \
+          "or take it over with TUNLAB_LAUNCHER_TAKEOVER=1"
+    elif [ "$(cat "$launcher" 2>/dev/null)" != "$want_launcher" ]; then
       mkdir -p "$(dirname "$launcher")"
       tmp_launcher="$(mktemp "$launcher.XXXXXX")"
       printf '%s\n' "$want_launcher" > "$tmp_launcher"

@@ -93,6 +93,18 @@ def test_setup_launcher_makes_tunlab_work_with_sudos_path(tmp_path: Path) -> Non
     res = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in env.items()), "tunlab", "show", "three_vnf"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "vnf2" in res.stdout, res.stderr
+    # another clone's launcher whose venv works (another user's, on a shared machine) is not taken over
+    clone = tmp_path / "other-clone"
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    (clone / ".venv" / "bin" / "tunlab").write_text("#!/bin/sh\necho other clone\n")
+    (clone / ".venv" / "bin" / "tunlab").chmod(0o755)
+    theirs = launcher.read_text().replace(str(ROOT), str(clone))
+    launcher.write_text(theirs)
+    res = sh(["bash", str(ROOT / "scripts" / "setup.sh")], cwd=ROOT, env={"TUNLAB_LAUNCHER": str(launcher)})
+    assert "(another clone): left alone" in res.stdout and launcher.read_text() == theirs
+    sh(["bash", str(ROOT / "scripts" / "setup.sh")], cwd=ROOT,
+       env={"TUNLAB_LAUNCHER": str(launcher), "TUNLAB_LAUNCHER_TAKEOVER": "1"})
+    assert str(ROOT) in launcher.read_text() and str(clone) not in launcher.read_text()
     other = tmp_path / "bin" / "not-ours"
     other.write_text("#!/bin/sh\necho mine\n")
     res = sh(["bash", str(ROOT / "scripts" / "setup.sh")], cwd=ROOT, env={"TUNLAB_LAUNCHER": str(other)})
