@@ -55,7 +55,7 @@ def test_passing_report_has_a_row_per_hop_and_a_pass_verdict() -> None:
     assert "ICMP echo-request seq=1 ttl=62" in out  # TTL lowered twice at the end
     assert out.count("seen") >= 2 * 8
     assert "EXPECTED" not in out
-    assert str(verdict_line(r)).startswith("PASS demo: 1 probes, 6 checks passed (0.4 s)")
+    assert str(verdict_line(r)).startswith("PASS demo: 1 probes, 7 checks passed (0.4 s)")
 
 
 def test_failing_report_names_the_hop_and_shows_expected_and_received() -> None:
@@ -96,7 +96,7 @@ def test_junit_xml_has_a_case_per_check_with_failure_details(tmp_path: object) -
     root = ET.fromstring(junit_xml([passing(), failing(), ScenarioResult("nolab", error="boom")]))
     suites = root.findall("testsuite")
     assert [s.get("name") for s in suites] == ["demo", "broken", "nolab"]
-    assert suites[0].get("failures") == "0" and int(suites[0].get("tests") or 0) == 6
+    assert suites[0].get("failures") == "0" and int(suites[0].get("tests") or 0) == 7
     fails = suites[1].findall(".//failure")
     assert fails and any("EXPECTED" in (f.text or "") and "RECEIVED" in (f.text or "") for f in fails)
     # a lab that did not come up: a failure of type "error" (the JUnit schema has no <error> in a testcase)

@@ -95,7 +95,8 @@ def test_clean_chain_passes_every_check(transport: str) -> None:
     ch = chain(transport)
     probe, caps = sent_and_reply(ch)
     res = check_flow(ch, caps, probe)
-    assert [(c.name, c.passed) for c in res.checks] == [("every hop", True), ("delivered", True), ("reply", True)]
+    assert [(c.name, c.passed) for c in res.checks] == [("every hop", True), ("delivered", True), ("reply", True),
+                                                        ("nowhere else", True)]
     assert [r.status for r in res.hops] == ["seen"] * len(ch.steps())
     assert res.hops[-1].step.ttl_dec == 2  # two kernel VNFs lowered the TTL
     assert res.hops[1].outer.startswith(("UDP 10.88.0.1:40000 > 10.88.0.2:40001",
@@ -226,7 +227,7 @@ def test_reply_lost_on_the_way_back() -> None:
     res = check_flow(ch, caps, probe)
     reply = next(c for c in res.checks if c.name == "reply")
     assert not reply.passed and reply.hop == "link l2 vnf2>vnf1"
-    assert [c.passed for c in res.checks if c.name != "reply"] == [True, True]
+    assert [c.passed for c in res.checks if c.name != "reply"] == [True, True, True]
 
 
 def test_identity_ignores_ttl_and_checksum_but_not_the_id() -> None:
@@ -236,7 +237,7 @@ def test_identity_ignores_ttl_and_checksum_but_not_the_id() -> None:
     q.id = 778
     assert identity(bytes(p)) != identity(bytes(q))
     t = IP(src="10.77.0.1", dst="10.77.0.2", id=1) / TCP(sport=1, dport=2, seq=5)
-    assert identity(bytes(t))[-1] == 5
+    assert 5 in identity(bytes(t))
 
 
 def test_chain_rejects_links_that_do_not_join_consecutive_nodes() -> None:

@@ -42,6 +42,8 @@ class Probe:
     packet: bytes
     expect: Expect = Expect()
     ignore: tuple[tuple[type[Packet], str], ...] = ()  # do-not-care fields for every comparison
+    #: what VNFs on the way rewrite on purpose: ((node, ("IP.src", "UDP.sport")), ...); "L3", "L4", "any"
+    rewrites: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +76,9 @@ class Ping(Flow):
     header_len = 28
 
     def label(self) -> str:
-        return self.name or f"ping {self.size}"
+        if self.name:
+            return self.name
+        return f"ping {self.header_len + len(self.payload)}" if self.payload else f"ping {self.size}"
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from typing import Any
 from tunlab.errors import DescriptionError, TunlabError
 from tunlab.model.flows import Expect, Flow, Ping, Probe, Tcp, Udp, ignore_field, parse_expect
 from tunlab.model.topofile import import_hint, resolve_topology
-from tunlab.model.topology import Topology, TopologyError
+from tunlab.model.topology import Topology, TopologyError, loading
 
 __all__ = ["Ping", "Udp", "Tcp", "Flow", "Expect", "Probe", "Scenario", "PlannedProbe", "load_scenario", "parse_expect",
            "build_probes", "require_scenarios"]
@@ -98,7 +98,8 @@ def _load_module(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
-        spec.loader.exec_module(module)
+        with loading(src):  # a Topology built in the scenario file belongs to it (relative hook paths)
+            spec.loader.exec_module(module)
     except DescriptionError:
         raise
     except SyntaxError as exc:
@@ -124,7 +125,8 @@ def _topology(module: Any, src: str, path: Path) -> Topology:
                     "write params = {'transport': 'tcp'}")
     try:
         try:
-            return resolve_topology(obj, params, relative_to=path.parent, source=src)
+            with loading(src):  # likewise for a topology function defined in the scenario file
+                return resolve_topology(obj, params, relative_to=path.parent, source=src)
         except DescriptionError as exc:
             if isinstance(obj, (str, os.PathLike)):  # the topology file's error, told from the scenario's side
                 raise _restate(exc, src) from None
@@ -312,6 +314,7 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
         sport = getattr(flow, "sport", None) or rnd.randrange(20000, 60000)
         icmp_id = rnd.randrange(1, 0xFFFF)
         tcp_seq = rnd.randrange(0, 2**32)
+        tcp_ack = rnd.randrange(0, 2**32)
         for k in range(flow.count):
             tag = f"tunlab {sc.name} {i}.{k} ".encode()
             if flow.payload:
@@ -330,7 +333,10 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
             else:
                 assert isinstance(flow, Tcp)
                 seq = (tcp_seq + k * max(len(payload), 1)) & 0xFFFFFFFF
-                pkt = ip / TCP(sport=sport, dport=flow.dport, flags=flow.flags, seq=seq, window=64240) / payload
+                # a segment carrying ACK is reset with seq = its ack number (and IP id 0): each its own
+                ack = (tcp_ack + k) & 0xFFFFFFFF if "A" in flow.flags else 0
+                pkt = ip / TCP(sport=sport, dport=flow.dport, flags=flow.flags, seq=seq, ack=ack,
+                               window=64240) / payload
             name = flow.label() + (f" #{k + 1}" if flow.count > 1 else "")
             out.append(PlannedProbe(i, src, dst_node, nodes, Probe(name, bytes(pkt), expect, ignore)))
     return out

@@ -547,8 +547,12 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
                  port: int = DEFAULT_PORT, overlay_net: str = DEFAULT_OVERLAY,
                  underlay_net: str = DEFAULT_UNDERLAY, mtu: int = DEFAULT_MTU,
                  vnf: Callable[[int, str, str], Vnf] | None = None,
-                 shaping: dict[str, dict[str, Any]] | None = None, datapath: str = "auto") -> Topology:
+                 shaping: dict[str, dict[str, Any]] | None = None, datapath: str = "auto",
+                 prefixes: tuple[str, ...] | list[str] = ()) -> Topology:
     """sender - vnf1 - ... - vnfN - receiver, one /30 per link carved from ``underlay_net``.
+
+    ``prefixes``: destination prefixes the receiver stands for (the path's ``prefixes``): the relays carry
+    them toward the receiver, so a VNF's route or ruleset for them can be checked from a scenario.
 
     ``shaping`` maps link names ("vnf1-vnf2") to link options such as ``{"bw": 10}`` (Mbit/s).
 
@@ -578,6 +582,6 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
     if unknown:
         raise TopologyError(f"no link named {', '.join(unknown)}", field="linear_chain field 'shaping'",
                             hint=f"links are {', '.join(lk.name for lk in links)}")
-    return Topology(name or f"linear{n_vnfs}", eps, tuple(vnfs), tuple(links), (Path(tuple(order)),),
+    return Topology(name or f"linear{n_vnfs}", eps, tuple(vnfs), tuple(links), (Path(tuple(order), tuple(prefixes)),),
                     overlay_net=overlay_net, mtu=mtu, datapath=datapath,
                     description=f"sender, {n_vnfs} kernel VNF(s) in a line, receiver ({transport})")

@@ -19,9 +19,8 @@ from tunlab.errors import TunlabError
 from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root, write_user_file
 from tunlab.model.scenario import PlannedProbe, Scenario, build_probes
 from tunlab.traffic.capture import Capture, CapturePoint
-from tunlab.verdict.checks import (Captures, Chain, LinkInfo, ScenarioResult, check_flow, check_links, identity,
-                                   reply_matcher)
-from tunlab.traffic.decap import Frame, RelayEnd
+from tunlab.verdict.checks import Arrivals, Captures, Chain, LinkInfo, ScenarioResult, check_flow, check_links
+from tunlab.traffic.decap import RelayEnd
 from tunlab.traffic.inject import Injector
 from tunlab.verdict.report import junit_xml, write_text
 
@@ -33,6 +32,19 @@ BeforeSend = Callable[[Any], None]
 # ------------------------------------------------------------------------------------- lab -> chain
 
 
+def _link_info(lk: Any) -> LinkInfo:
+    tcp = lk.transport == "tcp"
+    # TCP: b listens on its port, a connects from a port of its kernel's choosing
+    a = RelayEnd(lk.a.node, lk.a.ip, None if tcp else lk.a.port)
+    b = RelayEnd(lk.b.node, lk.b.ip, lk.b.port)
+    return LinkInfo(lk.name, a, b, lk.transport)
+
+
+def lab_links(lab: Any) -> dict[str, LinkInfo]:
+    """Every underlay link of a running lab, as the checks know links (every one is a witness)."""
+    return {lk.name: _link_info(lk) for lk in lab.underlay_links}
+
+
 def chain_for(lab: Any, nodes: tuple[str, ...]) -> Chain:
     """The :class:`Chain` of ``nodes`` in a running lab: links with their relay addresses and ports."""
     topo = lab.topology
@@ -42,11 +54,7 @@ def chain_for(lab: Any, nodes: tuple[str, ...]) -> Chain:
         lk = by_pair.get(frozenset((x, y)))
         if lk is None:
             raise TunlabError(f"the lab has no underlay link between {x} and {y}")
-        tcp = lk.transport == "tcp"
-        # TCP: b listens on its port, a connects from a port of its kernel's choosing
-        a = RelayEnd(lk.a.node, lk.a.ip, None if tcp else lk.a.port)
-        b = RelayEnd(lk.b.node, lk.b.ip, lk.b.port)
-        links.append(LinkInfo(lk.name, a, b, lk.transport))
+        links.append(_link_info(lk))
     kernel = frozenset(n for n in nodes[1:-1] if getattr(topo.node(n), "kind", None) == "kernel")
     overlay = (topo.overlay_net, *(p for path in topo.paths for p in path.prefixes))
     return Chain(tuple(nodes), tuple(links), kernel, overlay)
@@ -58,50 +66,19 @@ def describe_chain(chain: Chain) -> str:
     return f"{' > '.join(chain.nodes)} ({'/'.join(transports)}{kinds})"
 
 
-def capture_points(lab: Any, chains: list[Chain], probes: list[PlannedProbe]) -> list[CapturePoint]:
-    """Every underlay link of the chains (at its b end) and the TUNs of their endpoints and kernel VNFs."""
-    pairs = sorted({(p.probe.packet[12:16], p.probe.packet[16:20]) for p in probes})
-    import socket
+def capture_points(lab: Any) -> list[CapturePoint]:
+    """Every capture point of the lab: the TUN of every node and every underlay link (at its b end).
 
-    terms = [f"(src host {socket.inet_ntoa(s)} and dst host {socket.inet_ntoa(d)}) or "
-             f"(src host {socket.inet_ntoa(d)} and dst host {socket.inet_ntoa(s)})" for s, d in pairs]
-    tun_bpf = "ip and (" + " or ".join(terms) + ")"
-    points: dict[str, CapturePoint] = {}
-    underlay = {lk.name: lk for lk in lab.underlay_links}
-    for chain in chains:
-        for name in chain.nodes:
-            if name in (chain.sender, chain.receiver) or name in chain.kernel_vnfs:
-                node = lab.node(name)
-                point = chain.tun_point(name)
-                points.setdefault(point, CapturePoint(point, node.netns_file, node.overlay_dev, tun_bpf))
-        for link in chain.links:
-            lk = underlay[link.name]
-            point = chain.link_point(link)
-            # everything IPv4 on an underlay matters: encapsulation, bare inner packets, ICMP errors
-            points.setdefault(point, CapturePoint(point, lab.node(lk.b.node).netns_file, lk.b.ifname, "ip"))
-    return list(points.values())
-
-
-# ------------------------------------------------------------------------------------------ waiting
-
-
-def _arrived(planned: list[PlannedProbe], chains: dict[tuple[str, ...], Chain]) -> Callable[
-        [dict[str, list[Frame]]], bool]:
-    """A predicate over live captures: has every probe that must arrive arrived (and its reply)?"""
-    wanted: list[tuple[str, bool, Callable[[bytes], bool]]] = []
-    for p in planned:
-        chain = chains[p.nodes]
-        if p.probe.expect.delivered:
-            ident = identity(p.probe.packet)
-            wanted.append((chain.tun_point(chain.receiver), False,
-                           lambda d, ident=ident: identity(d) == ident))  # type: ignore[misc]
-            if p.probe.expect.reply:
-                wanted.append((chain.tun_point(chain.sender), False, reply_matcher(p.probe.packet)))
-
-    def done(frames: dict[str, list[Frame]]) -> bool:
-        return all(any(f.outgoing == out and match(f.data) for f in frames.get(point, ()))
-                   for point, out, match in wanted)
-    return done
+    Every one is a witness: a probe must be seen where its path goes and nowhere else, so the TUNs and links
+    off its chain are watched too. Everything IP is kept (encapsulation, bare inner packets, ICMP errors,
+    a rewritten probe whose addresses are no longer the ones it was sent with)."""
+    points: list[CapturePoint] = []
+    for node in lab.topology.nodes:
+        n = lab.node(node.name)
+        points.append(CapturePoint(f"tun@{node.name}", n.netns_file, n.overlay_dev, "ip or ip6"))
+    for lk in lab.underlay_links:
+        points.append(CapturePoint(f"link:{lk.name}", lab.node(lk.b.node).netns_file, lk.b.ifname, "ip or ip6"))
+    return points
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -186,25 +163,25 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
     result.chains = [describe_chain(c) for c in chains.values()]
     # the relays of these chains are connected and their datapaths settled, so probes cross as they will stay
     lab.wait_connected(sc.timeout, links=[lk for ch in chains.values() for lk in ch.links])
-    with Capture(capture_points(lab, list(chains.values()), planned)) as cap:
+    with Capture(capture_points(lab)) as cap:
         if started is not None:
             started.append(cap)
         if before_send is not None:
             before_send(lab)
         cap.touch()
         _send(lab, planned)
-        if not cap.wait_for(_arrived(planned, chains), sc.timeout, quiet=max(GIVE_UP_QUIET, sc.settle)):
+        arrivals = Arrivals([(chains[p.nodes], p.probe) for p in planned])
+        if not cap.wait_for(arrivals, sc.timeout, quiet=max(GIVE_UP_QUIET, sc.settle)):
             result.notes.append("not every expected packet arrived (waited until the links were silent for "
                                 f"{max(GIVE_UP_QUIET, sc.settle):g} s, at most {sc.timeout:g} s)")
         cap.wait_quiet(sc.settle, sc.timeout)
     keyed = bool(getattr(lab.topology, "keyed", False))
-    caps = Captures(cap.frames(), keys=lab.seal_keys() if keyed else None)
+    links = lab_links(lab)
+    caps = Captures(cap.frames(), keys=lab.seal_keys() if keyed else None, links=links)
     result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
-    seen_links: set[str] = set()
-    for chain in chains.values():
-        fresh = [lk for lk in chain.links if lk.name not in seen_links]
-        seen_links.update(lk.name for lk in fresh)
-        result.links += check_links(chain, caps, fresh)
+    # every link of the lab: a bare packet or a broken stream off the probes' chains is a failure too
+    any_chain = next(iter(chains.values()))
+    result.links += check_links(any_chain, caps, list(links.values()))
     result.notes += _capture_notes(cap)
     return cap, _counters(lab)
 

@@ -54,6 +54,31 @@ def parse_ip(data: bytes | Packet) -> Packet:
     return IP(data)
 
 
+# ICMP types whose body quotes the packet that caused them (IPv4: unreachable, source quench, redirect,
+# time exceeded, parameter problem)
+ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
+
+
+def parse_flat(data: bytes | Packet) -> Packet:
+    """Like :func:`parse_ip`, but the body of an ICMP error stays raw bytes (``Raw`` after the 8-byte ICMP
+    header) instead of being dissected as a quoted IP packet: the quote is what the router saw, truncated,
+    with checksums that cannot be recomputed, and scapy >= 2.8 reads a quote past 128 bytes as RFC 4884
+    extensions. Compared byte for byte, it is exactly as reliable as the rest of the packet."""
+    raw = bytes(data)
+    pkt = parse_ip(raw)
+    if isinstance(pkt, IP) and ICMP in pkt and pkt[ICMP].type in ICMP_ERRORS and not pkt.frag and not pkt.flags.MF:
+        ihl = pkt.ihl * 4
+        if len(raw) >= ihl + 8:
+            flat = IP(raw[:ihl + 8])
+            if ICMP in flat:
+                flat[ICMP].remove_payload()
+                body = raw[ihl + 8:]
+                if body:
+                    flat[ICMP].add_payload(Raw(body))
+                return flat
+    return pkt
+
+
 def _name(layer: Packet) -> str:
     return str(layer.name)
 
@@ -89,7 +114,7 @@ def _bytes_diff(layer: str, exp: bytes, rcv: bytes) -> FieldDiff:
 
 def bad_checksums(pkt: Packet) -> list[FieldDiff]:
     """The checksums of ``pkt`` that do not match the bytes they cover ([] when all do)."""
-    fresh = parse_ip(bytes(pkt))
+    fresh = parse_flat(bytes(pkt))
     rebuilt = fresh.copy()
     for layer in _layers(rebuilt):
         if isinstance(layer, _CHECKSUMMED) and layer.fields.get("chksum") is not None:
@@ -97,7 +122,7 @@ def bad_checksums(pkt: Packet) -> list[FieldDiff]:
             if isinstance(layer, UDP) and layer.chksum == 0:
                 continue
             layer.chksum = None
-    rebuilt = parse_ip(bytes(rebuilt))
+    rebuilt = parse_flat(bytes(rebuilt))
     bad = []
     for got, want in zip(_layers(fresh), _layers(rebuilt)):
         if isinstance(got, _CHECKSUMMED) and got.chksum != want.chksum:
@@ -110,7 +135,7 @@ class Mask:
     """An expected packet plus the fields a comparison ignores."""
 
     def __init__(self, expected: Packet | bytes, *, checksums: ChecksumMode = "valid") -> None:
-        self.expected = parse_ip(bytes(expected))  # built once: fields such as len and chksum are filled
+        self.expected = parse_flat(bytes(expected))  # built once: fields such as len and chksum are filled
         self.checksums: ChecksumMode = checksums
         self._ignored: set[tuple[type[Packet], str]] = set()
 
@@ -134,7 +159,7 @@ class Mask:
 
     def diff(self, received: Packet | bytes) -> list[FieldDiff]:
         """Every difference between the expected packet and ``received`` that this mask cares about."""
-        rcv = parse_ip(bytes(received))
+        rcv = parse_flat(bytes(received))
         diffs: list[FieldDiff] = []
         exp_layers, rcv_layers = _layers(self.expected), _layers(rcv)
         for exp, got in zip(exp_layers, rcv_layers):

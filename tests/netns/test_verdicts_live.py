@@ -1,0 +1,110 @@
+"""Issue 12 on real labs: replies to UDP and repeated TCP probes, leaks seen by every capture point (root)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tunlab.model.scenario import load_scenario
+from tunlab.run.runner import run_scenario
+from tunlab.verdict.checks import ScenarioResult
+from tunlab.verdict.report import render_text
+
+pytestmark = pytest.mark.netns
+
+
+def report(result: ScenarioResult) -> str:
+    return render_text(result, 160)
+
+
+def scenario_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "sc.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_five_vnf_chain_udp_replies_and_repeated_tcp(transport: str, tmp_path: Path) -> None:
+    path = scenario_file(tmp_path, f"""
+        from tunlab import Ping, Tcp, Udp, linear_chain
+
+        topology = linear_chain(5, "{transport}", name="five")
+        traffic = [
+            Udp(5001, expect="reply"),                      # ICMP port unreachable comes back
+            Udp(5002, size=600, expect="reply", count=2),   # quoted past 128 bytes, twice
+            Tcp(80, count=3),                               # three RST-ACKs, IP id 0 each
+            Tcp(81, flags="PA", payload=b"data", count=2),  # RSTs with seq = the ack number
+            Ping(count=3),
+            Ping(payload=b"x" * 100),
+        ]
+    """)
+    result = run_scenario(load_scenario(path), results_root=tmp_path / "res")
+    assert result.passed, report(result)
+    assert [f.probe.name for f in result.flows][-1] == "ping 128"
+    for flow in result.flows:
+        assert flow.reply_hops and all(r.status == "seen" for r in flow.reply_hops), report(result)
+
+
+def test_readme_blackhole_flow_is_checked_at_vnf3(tmp_path: Path) -> None:
+    path = scenario_file(tmp_path, """
+        from tunlab import Ping, Udp
+
+        topology = "three_vnf"
+        traffic = [Ping(), Udp(5000, expect="dropped at vnf3", dst="172.16.9.1")]
+    """)
+    result = run_scenario(load_scenario(path), results_root=tmp_path / "res")
+    assert result.passed, report(result)
+    drop = next(c for c in result.flows[1].checks if c.name == "dropped at vnf3")
+    assert drop.passed and "vnf3 TUN in" in drop.message
+
+
+FLOOD_HOOK = '''
+import socket
+import struct
+
+_sock = None
+
+
+def _csum(data):
+    s = int.from_bytes(data, "big") % 0xFFFF
+    return ~s & 0xFFFF
+
+
+def flood(pkt):
+    """Pass every packet on, and copy those for branch a onto branch b as well (forged from this relay's
+    own address and port on that link, so fw_b's relay takes it)."""
+    global _sock
+    if pkt[16:19] == bytes([172, 16, 1]):
+        if _sock is None:
+            _sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        udp = struct.pack("!HHHH", 55555, 55555, 8 + len(pkt), 0) + pkt
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                          socket.inet_aton("10.0.2.1"), socket.inet_aton("10.0.2.2"))
+        hdr = hdr[:10] + _csum(hdr).to_bytes(2, "big") + hdr[12:]
+        _sock.sendto(hdr + udp, ("10.0.2.2", 0))
+    return pkt
+'''
+
+
+def test_flooding_classifier_on_the_fork_is_caught_by_name(tmp_path: Path) -> None:
+    (tmp_path / "flood.py").write_text(FLOOD_HOOK)
+    path = scenario_file(tmp_path, """
+        from dataclasses import replace
+
+        from tunlab import Ping, Udp, Vnf, load_topology
+
+        fork = load_topology("fork", {"datapath": "simple"})
+        topology = replace(fork, source=None, vnfs=tuple(Vnf("classifier", v.overlay, kind="hook", hook="flood.py:flood")
+                                            if v.name == "classifier" else v for v in fork.vnfs))
+        traffic = [Ping(dst="rx_a"), Udp(5000, dst="rx_a")]
+    """)
+    result = run_scenario(load_scenario(path), results_root=tmp_path / "res")
+    assert not result.passed, report(result)
+    for flow in result.flows:
+        by = {c.name: c for c in flow.checks}
+        assert by["every hop"].passed and by["delivered"].passed, report(result)  # its own path is fine
+        assert not by["nowhere else"].passed, report(result)
+        assert "link classifier-fw_b classifier>fw_b" in by["nowhere else"].message, report(result)
+        assert "fw_b TUN in" in by["nowhere else"].message, report(result)

@@ -1,0 +1,210 @@
+"""Issue 12: verdicts that were wrong or impossible, each on hand-built captures (no root).
+
+UDP probes answered by ICMP port unreachable (short and long quotes), TCP count>1 answered by the kernel's
+RSTs (IP id 0, seq 0), a probe leaking onto another branch, declared rewrites (a NAT), the check cost
+(linear in probes), the ping label and relative hook paths of a topology written in a scenario file."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+
+from test_traffic_checks import ADDR, chain, simulate
+
+import tunlab.verdict.checks as checks
+from tunlab.model.flows import Expect, Ping, Probe
+from tunlab.traffic.decap import Frame, RelayEnd
+from tunlab.verdict.checks import Captures, Chain, LinkInfo, check_flow, check_links
+
+
+def port_unreachable(req: bytes, ttl_dec: int = 2) -> bytes:
+    """What Linux answers a UDP datagram to a closed port: the quote is the datagram as received (TTL
+    lowered on the way), cut so that the error fits in 576 bytes."""
+    got = IP(req)
+    got.ttl -= ttl_dec
+    got.chksum = None
+    quote = bytes(got)[:576 - 28]
+    return bytes(IP(src=got.dst, dst=got.src, ttl=64, id=0) / ICMP(type=3, code=3) / quote)
+
+
+def by_name(res: checks.FlowResult) -> dict[str, checks.CheckResult]:
+    return {c.name: c for c in res.checks}
+
+
+@pytest.mark.parametrize("size", [60, 128, 129, 200, 600, 1400])
+def test_udp_probe_with_its_port_unreachable_reply_passes(size: int) -> None:
+    ch = chain()
+    req = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=4242) / UDP(sport=33000, dport=5001) / (b"u" * (size - 28))
+    caps = simulate(ch, [(bytes(req), False), (port_unreachable(bytes(req)), True)])
+    res = check_flow(ch, caps, Probe("udp", bytes(req), Expect(reply=True)))
+    assert res.passed, [c.message for c in res.checks]
+    assert [r.status for r in res.reply_hops] == ["seen"] * len(ch.steps())
+
+
+def test_udp_reply_quoting_another_datagram_is_not_taken() -> None:
+    ch = chain()
+    req = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=4242) / UDP(sport=33000, dport=5001) / b"x"
+    other = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=4243) / UDP(sport=33000, dport=5001) / b"x"
+    caps = simulate(ch, [(bytes(req), False), (port_unreachable(bytes(other)), True)])
+    assert not by_name(check_flow(ch, caps, Probe("udp", bytes(req), Expect(reply=True))))["reply"].passed
+
+
+@pytest.mark.parametrize("flags", ["S", "PA"])
+def test_tcp_count_two_with_kernel_resets_passes(flags: str) -> None:
+    """The kernel's resets all carry IP id 0 (and seq 0 for RST-ACK): only the ACK number tells them apart."""
+    ch = chain()
+    packets, probes = [], []
+    for k in range(2):
+        seg = (IP(src=ADDR["sender"], dst=ADDR["receiver"], id=100 + k)
+               / TCP(sport=40000, dport=80, flags=flags, seq=1000 + k * 5, ack=77 + k if "A" in flags else 0)
+               / (b"hello" if "P" in flags else b""))
+        if "A" in flags:  # RST with seq = the segment's ack, no ACK of its own
+            rst = TCP(sport=80, dport=40000, flags="R", seq=77 + k)
+        else:
+            rst = TCP(sport=80, dport=40000, flags="RA", seq=0, ack=1000 + k * 5 + 1)
+        packets += [(bytes(seg), False), (bytes(IP(src=ADDR["receiver"], dst=ADDR["sender"], id=0) / rst), True)]
+        probes.append(Probe(f"tcp #{k + 1}", bytes(seg), Expect(reply=True)))
+    caps = simulate(ch, packets)
+    results = [check_flow(ch, caps, p) for p in probes]
+    assert all(r.passed for r in results), [c.message for r in results for c in r.checks if not c.passed]
+
+
+def test_tcp_probes_with_ack_carry_distinct_ack_numbers() -> None:
+    """Otherwise the kernel's RSTs to them (seq = their ack, IP id 0) are identical and cannot be told apart."""
+    from tunlab import Tcp
+    from tunlab.model.scenario import Scenario, build_probes
+    from tunlab.model.topology import linear_chain
+
+    sc = Scenario("t", "t", linear_chain(1), (Tcp(80, flags="PA", payload=b"x", count=3),), src="sender",
+                  dst="receiver")
+    acks = [IP(p.probe.packet)[TCP].ack for p in build_probes(sc, seed=1)]
+    assert len(set(acks)) == 3
+
+
+# ----------------------------------------------------------------------------------------- witnesses
+
+
+def fork() -> tuple[Chain, Chain, dict[str, LinkInfo]]:
+    """sender - classifier - fw_a - rx_a, and classifier - fw_b - rx_b (topologies/fork.py)."""
+    def lk(name: str, a: str, b: str, i: int) -> LinkInfo:
+        return LinkInfo(name, RelayEnd(a, f"10.0.{i}.1", 55555), RelayEnd(b, f"10.0.{i}.2", 55555))
+    links = {"sender-classifier": lk("sender-classifier", "sender", "classifier", 0),
+             "classifier-fw_a": lk("classifier-fw_a", "classifier", "fw_a", 1),
+             "fw_a-rx_a": lk("fw_a-rx_a", "fw_a", "rx_a", 2),
+             "classifier-fw_b": lk("classifier-fw_b", "classifier", "fw_b", 3),
+             "fw_b-rx_b": lk("fw_b-rx_b", "fw_b", "rx_b", 4)}
+    kernel = frozenset({"classifier", "fw_a", "fw_b"})
+    a = Chain(("sender", "classifier", "fw_a", "rx_a"), (links["sender-classifier"], links["classifier-fw_a"],
+                                                         links["fw_a-rx_a"]), kernel, ("172.16.0.0/16",))
+    b = Chain(("sender", "classifier", "fw_b", "rx_b"), (links["sender-classifier"], links["classifier-fw_b"],
+                                                         links["fw_b-rx_b"]), kernel, ("172.16.0.0/16",))
+    return a, b, links
+
+
+def test_a_flooding_classifier_is_caught_naming_the_other_branch() -> None:
+    a, b, links = fork()
+    ping = IP(src="172.16.0.1", dst="172.16.1.2", id=900) / ICMP(id=3, seq=1) / b"fork probe"
+    clean = simulate(a, [(bytes(ping), False)])
+    ok = check_flow(a, Captures(clean.frames, links=links), Probe("ping", bytes(ping)))
+    assert ok.passed, [c.message for c in ok.checks]
+    # the classifier copies every packet onto both branches: fw_b forwards it to rx_b as well
+    flooded = simulate(b, [(bytes(ping), False)])
+    frames = dict(clean.frames)
+    for point in ("link:classifier-fw_b", "tun@fw_b", "link:fw_b-rx_b", "tun@rx_b"):
+        frames[point] = flooded.frames[point]
+    res = check_flow(a, Captures(frames, links=links), Probe("ping", bytes(ping)))
+    leak = by_name(res)["nowhere else"]
+    assert not leak.passed
+    assert "link classifier-fw_b classifier>fw_b" in leak.message and "rx_b TUN in" in leak.message
+    assert leak.hop == "link classifier-fw_b classifier>fw_b"
+    assert by_name(res)["every hop"].passed  # its own path is fine: only the witnesses see the leak
+
+
+def test_a_packet_past_its_drop_point_and_a_second_copy_fail() -> None:
+    ch = chain()
+    p = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=99) / UDP(sport=999, dport=53) / b"dns?"
+    caps = simulate(ch, [(bytes(p), False)])
+    res = check_flow(ch, caps, Probe("udp", bytes(p), Expect(delivered=False, dropped_at="vnf2")))
+    assert not res.passed and "not dropped" in res.checks[0].message
+    twice = simulate(ch, [(bytes(p), False)], lambda label, pkt: [pkt, pkt] if label == "vnf2 TUN out" else None)
+    res = check_flow(ch, twice, Probe("udp", bytes(p)))
+    assert not by_name(res)["every hop"].passed and "more than once at vnf2 TUN out" in by_name(res)["every hop"].message
+
+
+def test_bare_packet_on_a_link_off_every_chain_is_caught() -> None:
+    a, b, links = fork()
+    ping = IP(src="172.16.0.1", dst="172.16.1.2", id=901) / ICMP(id=3, seq=1)
+    caps = simulate(a, [(bytes(ping), False)])
+    caps.frames["link:fw_b-rx_b"] = [Frame(2000.0, bytes(ping))]
+    res = {c.name: c for c in check_links(a, Captures(caps.frames, links=links), list(links.values()))}
+    assert not res["link fw_b-rx_b"].passed and "bare" in res["link fw_b-rx_b"].message
+
+
+# ----------------------------------------------------------------------------------------- cost
+
+
+def test_check_cost_is_linear_in_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identities are computed once per captured packet (plus a few per probe), never per pair."""
+    calls = {"n": 0}
+    real = checks.head
+
+    def counting(data: bytes, **kw: object) -> object:
+        calls["n"] += 1
+        return real(data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checks, "head", counting)
+    per: list[float] = []
+    for n in (20, 80):
+        ch = chain()
+        packets = []
+        probes = []
+        for k in range(n):
+            req = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=1000 + k) / ICMP(id=7, seq=k + 1) / (b"p" * 8)
+            rep = IP(src=ADDR["receiver"], dst=ADDR["sender"], id=0) / ICMP(type=0, id=7, seq=k + 1) / (b"p" * 8)
+            packets += [(bytes(req), False), (bytes(rep), True)]
+            probes.append(Probe(f"p{k}", bytes(req), Expect(reply=True)))
+        caps = simulate(ch, packets)
+        frames = sum(len(v) for v in caps.frames.values())
+        calls["n"] = 0
+        results = [check_flow(ch, caps, p) for p in probes]
+        assert all(r.passed for r in results)
+        per.append(calls["n"] / (frames + n))
+    assert per[1] <= per[0] * 1.2, per  # calls per (packet + probe) do not grow with the number of probes
+
+
+# ----------------------------------------------------------------------------------------- small ones
+
+
+def test_ping_label_says_its_real_size() -> None:
+    assert Ping().label() == "ping 84"
+    assert Ping(payload=b"x" * 100).label() == "ping 128"
+    assert Ping(size=300).label() == "ping 300"
+    assert Ping(size="mtu").label() == "ping mtu"
+
+
+def test_relative_hook_path_of_a_topology_in_a_scenario_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunlab.model.scenario import load_scenario
+    from tunlab.model.topology import hook_spec
+
+    folder = tmp_path / "mine"
+    (folder / "hooks").mkdir(parents=True)
+    (folder / "hooks" / "pass.py").write_text("def keep(pkt):\n    return pkt\n")
+    (folder / "sc.py").write_text(textwrap.dedent("""
+        from tunlab import Endpoint, Link, Path, Ping, Topology, Vnf
+
+        topology = Topology(
+            name="hooked",
+            endpoints=(Endpoint("a", "172.16.0.1"), Endpoint("b", "172.16.0.2")),
+            vnfs=(Vnf("h", "172.16.0.3", kind="hook", hook="hooks/pass.py:keep"),),
+            links=(Link("a", "h", "10.0.0.1/30", "10.0.0.2/30"), Link("h", "b", "10.0.0.5/30", "10.0.0.6/30")),
+            paths=(Path(("a", "h", "b")),),
+        )
+        traffic = [Ping()]
+    """))
+    monkeypatch.chdir(tmp_path)  # not the scenario's folder
+    sc = load_scenario(folder / "sc.py")
+    vnf = sc.topology.node("h")
+    assert hook_spec(vnf, sc.topology.base_dir()) == f"{folder / 'hooks' / 'pass.py'}:keep"  # type: ignore[arg-type]
