@@ -108,3 +108,20 @@ def test_flooding_classifier_on_the_fork_is_caught_by_name(tmp_path: Path) -> No
         assert not by["nowhere else"].passed, report(result)
         assert "link classifier-fw_b classifier>fw_b" in by["nowhere else"].message, report(result)
         assert "fw_b TUN in" in by["nowhere else"].message, report(result)
+
+
+@pytest.mark.parametrize("transport,datapath,mtu", [("udp", "plain", 4000), ("udp", "simple", 4000),
+                                                    ("udp", "gso", 9000), ("tcp", "simple", 9000),
+                                                    ("udp", "plain", 1472)])
+def test_probes_at_the_overlay_mtu_cross_whole(transport: str, datapath: str, mtu: int, tmp_path: Path) -> None:
+    """Above 1472 on UDP hops the veths grow with the TUNs: nothing is lost, nothing fragmented outside."""
+    path = scenario_file(tmp_path, f"""
+        from tunlab import Ping, Tcp, Udp, linear_chain
+
+        topology = linear_chain(2, "{transport}", name="bigmtu", mtu={mtu}, datapath="{datapath}")
+        traffic = [Ping(size="mtu"), Udp(5000, size="mtu", expect="reply"), Tcp(80, flags="PA", size="mtu"),
+                   Ping(size={mtu} - 1)]
+    """)
+    result = run_scenario(load_scenario(path), results_root=tmp_path / "res")
+    assert result.passed, report(result)
+    assert all(c.passed and "none bare" in c.message for c in result.links), report(result)

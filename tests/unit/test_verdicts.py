@@ -208,3 +208,30 @@ def test_relative_hook_path_of_a_topology_in_a_scenario_file(tmp_path: Path, mon
     sc = load_scenario(folder / "sc.py")
     vnf = sc.topology.node("h")
     assert hook_spec(vnf, sc.topology.base_dir()) == f"{folder / 'hooks' / 'pass.py'}:keep"  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------- MTU
+
+
+@pytest.mark.parametrize("mtu,transport,veth", [(1472, "udp", 1500), (1400, "udp", 1500), (4000, "udp", 4028),
+                                                (9000, "tcp", 1500), (65000, "udp", 65028)])
+def test_veths_get_the_mtu_the_overlay_needs(mtu: int, transport: str, veth: int) -> None:
+    from tunlab.model.plan import build_plan
+    from tunlab.model.topology import linear_chain
+
+    plan = build_plan(linear_chain(2, transport, mtu=mtu), "t12m", "/run/tunlab/t12m")  # type: ignore[arg-type]
+    assert {lk.mtu for lk in plan.links} == {veth}
+    assert {n.mtu for n in plan.nodes} == {mtu}
+    for n in plan.nodes:
+        assert all(i.link.mtu == veth for i in n.ifaces)
+
+
+def test_a_probe_one_byte_over_the_mtu_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from tunlab.errors import DescriptionError
+    from tunlab.model.scenario import load_scenario
+
+    path = tmp_path / "sc.py"
+    path.write_text("from tunlab import Ping, linear_chain\ntopology = linear_chain(1, mtu=2000)\n"
+                    "traffic = [Ping(size='mtu'), Ping(size=2001)]\n")
+    with pytest.raises(DescriptionError, match=r"traffic\[1\].size.*2001 bytes is more than the overlay MTU \(2000\)"):
+        load_scenario(path)

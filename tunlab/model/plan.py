@@ -22,6 +22,18 @@ LONG_CHAIN = 48
 #: a keyed lab's key, in its run directory (Topology.keyed)
 PSK_FILE = "psk"
 
+UNDERLAY_MTU = 1500
+UDP_ENCAP = 28  # outer IPv4 (20) + UDP (8): what a UDP hop adds to every overlay packet
+
+
+def underlay_mtu(overlay_mtu: int, transport: str) -> int:
+    """The veth MTU a hop needs so that an overlay packet of ``overlay_mtu`` bytes crosses it whole: a UDP
+    hop carries one packet per datagram (so the veth grows past 1500 when the overlay needs it); a TCP hop's
+    stream is cut into segments by TCP itself, so 1500 always does."""
+    if transport == "udp":
+        return max(UNDERLAY_MTU, overlay_mtu + UDP_ENCAP)
+    return UNDERLAY_MTU
+
 
 class LinkEnd(NamedTuple):
     node: str
@@ -39,6 +51,7 @@ class UnderlayLink:
     prefixlen: int
     index: int
     datapath: str = "simple"  # the relays' --datapath on this hop (TCP hops: simple)
+    mtu: int = UNDERLAY_MTU   # the veth's MTU (both ends): room for the overlay MTU plus the encapsulation
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,8 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             a=LinkEnd(lk.a, names.veth_name(run_id, i, "a"), str(a.ip), lk.a_port),
             b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
             transport=lk.transport, prefixlen=a.network.prefixlen, index=i,
-            datapath=topo.datapath if lk.transport == "udp" else "simple"))
+            datapath=topo.datapath if lk.transport == "udp" else "simple",
+            mtu=underlay_mtu(topo.mtu, lk.transport)))
     plen = topo.overlay_prefixlen()
     longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
     ttl = 255 if longest >= LONG_CHAIN else None

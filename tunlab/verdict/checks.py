@@ -640,8 +640,11 @@ def _hops_check(chain: Chain, caps: Captures, steps: list[Step], masks: list[Any
         where = f"on {step.label}" if step.direction == "link" else f"at {step.label}"
         if row.status == "missing":
             prev = [r for r in rows[:i] if r.status != "missing"]
-            lost_at = steps[i - 1].node if prev else chain.sender
-            msg = f"missing {where}: lost at {lost_at}"
+            later = next((s for s, r in zip(steps[i + 1:upto], rows[i + 1:upto]) if r.status != "missing"), None)
+            if later is not None:  # not lost: it went past this hop unseen (e.g. in outer fragments)
+                msg = f"missing {where}, yet seen after it at {later.label}"
+            else:
+                msg = f"missing {where}: lost at {steps[i - 1].node if prev else chain.sender}"
             if step.direction == "link":
                 msg += _link_hint(chain, caps, step)
             return _failure(name, msg, step, row, rows, steps, exp, _candidates(chain, caps, step), mask,

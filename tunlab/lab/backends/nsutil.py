@@ -66,7 +66,8 @@ def configure_node(ipr: Any, sock: socket.socket, n: NodePlan, tx_csum: frozense
         ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
         if iface.link.name not in tx_csum:
             tx_checksum_off(sock, iface.ifname)
-        ipr.link("set", index=idx, state="up")
+        # the overlay MTU plus the encapsulation fits the veth (model/plan.py:underlay_mtu)
+        ipr.link("set", index=idx, mtu=iface.link.mtu, state="up")
     tun = socket.if_nametoindex(n.overlay_dev)
     ipr.link("set", index=tun, mtu=n.mtu, txqlen=TUN_TXQLEN, state="up")
     try:  # the fast datapath sends one GSO packet in one UDP GSO send only if it fits (docs/fastpath.md)

@@ -213,6 +213,11 @@ class MininetBackend(Backend):
                                  gro=False, txo=False, rxo=True, **shaped.tclink_params(), **common)
 
         links = self.plan.links
+        big = [lk for lk in links if lk.mtu > 1500]
+        if self.fabric and big:  # a switch port would stay at 1500 and drop what the veths were sized for
+            raise TunlabError(f"overlay MTU {self.plan.topology.mtu} needs {big[0].mtu}-byte veths on UDP hop "
+                              f"{big[0].name}, and ${SWITCH_ENV}={self.fabric} switches carry 1500",
+                              "unset $TUNLAB_MININET_SWITCH, use mtu <= 1472, or use TCP hops")
         switches = self._create_switches() if self.fabric else {}
         self.ledger.append(*({"op": "mn-link", "name": lk.name, "a": lk.a.node, "ifname": lk.a.ifname,
                               "b": lk.b.node, "peer": lk.b.ifname, "switch": getattr(switches.get(lk.name),
