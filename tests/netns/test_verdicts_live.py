@@ -125,3 +125,19 @@ def test_probes_at_the_overlay_mtu_cross_whole(transport: str, datapath: str, mt
     result = run_scenario(load_scenario(path), results_root=tmp_path / "res")
     assert result.passed, report(result)
     assert all(c.passed and "none bare" in c.message for c in result.links), report(result)
+
+
+def test_nat_scenario_passes_with_its_declared_rewrite_and_fails_without(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "nat.py")
+    result = run_scenario(sc, results_root=tmp_path / "ok")
+    assert result.passed, report(result)
+    assert all(f.reply_hops and all(r.status == "seen" for r in f.reply_hops) for f in result.flows), report(result)
+    undeclared = run_scenario(replace(sc, rewrites=()), results_root=tmp_path / "bad")
+    assert not undeclared.passed and undeclared.error is None, report(undeclared)
+    for flow in undeclared.flows:
+        hops = next(c for c in flow.checks if c.name == "every hop")
+        assert not hops.passed and hops.hop == "vnf2 TUN out", report(undeclared)
+        assert "altered" in hops.message and "IP.src" in hops.message, report(undeclared)
+        assert hops.expected and hops.nearest  # EXPECTED / RECEIVED in the report

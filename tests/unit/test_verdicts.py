@@ -235,3 +235,86 @@ def test_a_probe_one_byte_over_the_mtu_is_refused_with_the_reason(tmp_path: Path
                     "traffic = [Ping(size='mtu'), Ping(size=2001)]\n")
     with pytest.raises(DescriptionError, match=r"traffic\[1\].size.*2001 bytes is more than the overlay MTU \(2000\)"):
         load_scenario(path)
+
+
+# ----------------------------------------------------------------------------------------- rewrites
+
+NAT_ADDR = "10.77.0.9"
+
+
+def nat(tos: int | None = None) -> object:
+    """vnf2 as a source NAT: src -> NAT_ADDR (UDP: sport -> 40000) on the way out, undone on the way back."""
+    def fault(label: str, pkt: bytes) -> list[bytes] | None:
+        if label != "vnf2 TUN out":
+            return None
+        p = IP(pkt)
+        if p.src == ADDR["sender"]:
+            p.src = NAT_ADDR
+            if UDP in p:
+                p[UDP].sport = 40000
+                p[UDP].chksum = None
+            if ICMP in p:
+                p[ICMP].chksum = None
+            if tos is not None:
+                p.tos = tos
+        elif p.dst == NAT_ADDR:
+            p.dst = ADDR["sender"]
+        else:
+            return None
+        p.chksum = None
+        return [bytes(p)]
+    return fault
+
+
+def nat_run(rewrites: tuple[tuple[str, tuple[str, ...]], ...], tos: int | None = None) -> list[checks.FlowResult]:
+    ch = chain()
+    ping = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=501) / ICMP(id=5, seq=1) / b"nat ping"
+    reply = IP(src=ADDR["receiver"], dst=NAT_ADDR, id=0) / ICMP(type=0, id=5, seq=1) / b"nat ping"
+    udp = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=502) / UDP(sport=33000, dport=5001) / b"nat udp"
+    caps = simulate(ch, [(bytes(ping), False), (bytes(reply), True), (bytes(udp), False)], nat(tos))
+    return [check_flow(ch, caps, Probe("ping", bytes(ping), Expect(reply=True), rewrites=rewrites)),
+            check_flow(ch, caps, Probe("udp", bytes(udp), rewrites=rewrites))]
+
+
+def test_declared_nat_is_followed_through_the_rewrite() -> None:
+    results = nat_run((("vnf2", ("IP.src", "UDP.sport")),))
+    assert all(r.passed for r in results), [c.message for r in results for c in r.checks]
+    assert [r.status for r in results[0].reply_hops] == ["seen"] * len(chain().steps())
+    assert "declared rewrites: vnf2: IP.src, UDP.sport" in by_name(results[1])["delivered"].message
+
+
+def test_undeclared_nat_fails_as_altered_at_the_vnf_not_as_lost() -> None:
+    for res in nat_run(()):
+        hops = by_name(res)["every hop"]
+        assert not hops.passed and hops.hop == "vnf2 TUN out", hops.message
+        assert "altered at vnf2 TUN out" in hops.message and "IP.src" in hops.message
+        assert "declare it" in hops.message and "lost" not in hops.message
+        assert hops.expected and hops.nearest  # EXPECTED / RECEIVED
+
+
+def test_a_change_beyond_the_declared_one_still_fails() -> None:
+    results = nat_run((("vnf2", ("IP.src", "UDP.sport")),), tos=0x20)
+    for res in results:
+        hops = by_name(res)["every hop"]
+        assert not hops.passed and "IP.tos" in hops.message and hops.hop == "vnf2 TUN out"
+    assert all(r.passed for r in nat_run((("vnf2", ("L3", "L4")),), tos=0x20))  # "any L3/L4 header"
+    assert all(r.passed for r in nat_run((("vnf2", ("any",)),), tos=0x20))
+
+
+def test_rewrites_are_checked_when_the_scenario_loads(tmp_path: Path) -> None:
+    from tunlab.errors import DescriptionError
+    from tunlab.model.scenario import build_probes, load_scenario
+
+    path = tmp_path / "sc.py"
+    for bad, match in (('{"vnf9": ["IP.src"]}', "no node 'vnf9'"), ('{"sender": ["IP.src"]}', "endpoint"),
+                       ('{"vnf2": ["IP.srcx"]}', "not a field")):
+        path.write_text(f"from tunlab import Ping, linear_chain\ntopology = linear_chain(3)\ntraffic = [Ping()]\n"
+                        f"rewrites = {bad}\n")
+        with pytest.raises(DescriptionError, match=match):
+            load_scenario(path)
+    path.write_text("from tunlab import Ping, Udp, linear_chain\ntopology = linear_chain(3)\n"
+                    "rewrites = {'vnf2': ['IP.src']}\n"
+                    "traffic = [Ping(), Udp(53, rewrites={'vnf2': ['UDP.sport'], 'vnf1': ['IP.tos']})]\n")
+    probes = build_probes(load_scenario(path))
+    assert probes[0].probe.rewrites == (("vnf2", ("IP.src",)),)
+    assert probes[1].probe.rewrites == (("vnf1", ("IP.tos",)), ("vnf2", ("IP.src", "UDP.sport")))

@@ -59,8 +59,17 @@ class Flow:
     name: str | None = None
     size: Size = None
     payload: bytes = b""
+    #: what VNFs on the way change on purpose, by node: {"vnf2": ["IP.src", "UDP.sport"]}, {"vnf1": ["IP.tos"]},
+    #: or a group: "L3" (any IP header field), "L4" (ports, TCP seq/ack, ICMP id), "any" (both)
+    rewrites: Any = None
 
     kind = "flow"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ignore, list):
+            object.__setattr__(self, "ignore", tuple(self.ignore))
+        if isinstance(self.rewrites, dict):  # frozen and hashable: ((node, (spec, ...)), ...)
+            object.__setattr__(self, "rewrites", rewrites_tuple(self.rewrites))
     default_expect = "delivered"
     header_len = 20
 
@@ -103,6 +112,41 @@ class Tcp(Flow):
 
     def label(self) -> str:
         return self.name or f"tcp {self.dport} [{self.flags}]" + (f" {self.size}" if self.size else "")
+
+
+REWRITE_GROUPS = ("L3", "L4", "any")
+
+
+def rewrites_tuple(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """{"vnf2": ["IP.src"]} -> (("vnf2", ("IP.src",)),); a tuple of pairs is returned as it is (unchecked:
+    :func:`check_rewrites` says what is wrong)."""
+    if isinstance(value, dict):
+        return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in value.items())
+    return value  # type: ignore[no-any-return]
+
+
+def check_rewrites(value: Any, nodes: dict[str, str], src: str, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Validate declared rewrites: ``nodes`` maps node names to their kind ("vnf" or "endpoint")."""
+    if value is None:
+        return ()
+    pairs = rewrites_tuple(value)
+    if not isinstance(pairs, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+        raise DescriptionError(f"{value!r} is not a dict of rewrites", source=src, field=where,
+                               hint="write {'vnf2': ['IP.src', 'UDP.sport']}")
+    for node, specs in pairs:
+        if node not in nodes:
+            raise DescriptionError(f"there is no node {node!r}", source=src, field=where,
+                                   hint=f"use one of: {', '.join(sorted(n for n, k in nodes.items() if k == 'vnf'))}")
+        if nodes[node] != "vnf":
+            raise DescriptionError(f"{node!r} is an endpoint; only a VNF rewrites what passes", source=src,
+                                   field=where, hint="name the VNF that rewrites")
+        if not specs or not all(isinstance(x, str) for x in specs):
+            raise DescriptionError(f"{specs!r} is not a list of fields", source=src, field=f"{where}[{node!r}]",
+                                   hint="write ['IP.src', 'UDP.sport'], ['IP.tos'] or ['L3'], ['L4'], ['any']")
+        for spec in specs:
+            if spec not in REWRITE_GROUPS:
+                ignore_field(spec, src, f"{where}[{node!r}]")
+    return pairs
 
 
 _DROP_RE = re.compile(r"^dropped\s+at\s+([a-z][a-z0-9_]*)$")

@@ -24,6 +24,12 @@ A scenario file is a Python module (``scenarios/*.py``) that sets these names:
     ``"delivered"``.
 ``src``, ``dst`` (optional)
     Default sender and receiver nodes: the first and last node of the topology's first path.
+``rewrites`` (optional)
+    What VNFs change on purpose, for every flow that crosses them (a flow takes ``rewrites=`` too):
+    ``{"vnf2": ["IP.src", "UDP.sport", "TCP.sport"]}`` (a NAT), ``{"vnf1": ["IP.tos"]}`` (DSCP marking), or
+    the groups ``"L3"``, ``"L4"``, ``"any"``. The probe is still followed hop by hop through the rewrite (by
+    the fields left alone; by its payload when the IP id may change), the declared fields are not compared
+    after that VNF, and any other change still fails with EXPECTED/RECEIVED.
 ``description`` (optional)
     One line for the report.
 ``timeout`` (5 s), ``settle`` (0.3 s) (optional)
@@ -52,14 +58,15 @@ from pathlib import Path
 from typing import Any
 
 from tunlab.errors import DescriptionError, TunlabError
-from tunlab.model.flows import Expect, Flow, Ping, Probe, Tcp, Udp, ignore_field, parse_expect
+from tunlab.model.flows import (Expect, Flow, Ping, Probe, Tcp, Udp, check_rewrites, ignore_field, parse_expect,
+                                rewrites_tuple)
 from tunlab.model.topofile import import_hint, resolve_topology
 from tunlab.model.topology import Topology, TopologyError, loading
 
 __all__ = ["Ping", "Udp", "Tcp", "Flow", "Expect", "Probe", "Scenario", "PlannedProbe", "load_scenario", "parse_expect",
            "build_probes", "require_scenarios"]
 
-_KNOWN = {"topology", "params", "traffic", "expect", "src", "dst", "description", "timeout", "settle"}
+_KNOWN = {"topology", "params", "traffic", "expect", "src", "dst", "description", "timeout", "settle", "rewrites"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class Scenario:
     description: str = ""
     timeout: float = 5.0
     settle: float = 0.3
+    #: what VNFs change on purpose, for every flow crossing them (a flow's own ``rewrites`` adds to it)
+    rewrites: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def with_topology(self, topology: Topology) -> Scenario:
         """The same scenario on another lab (tests use it to swap in a faulty VNF)."""
@@ -233,9 +242,13 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
         close = difflib.get_close_matches(name, sorted(_KNOWN), n=1, cutoff=0.75)
         if close:
             raise _fail(src, name, "is not a scenario field", f"did you mean '{close[0]}'?")
+    kinds = {n.name: "endpoint" if n in topology.endpoints else "vnf" for n in topology.nodes}
+    rewrites = check_rewrites(getattr(module, "rewrites", None), kinds, src, "rewrites")
+    for i, flow in enumerate(traffic):
+        check_rewrites(flow.rewrites, kinds, src, f"traffic[{i}].rewrites")
     sc = Scenario(name=p.stem, source=src, topology=topology, traffic=tuple(traffic), expect=expect,
                   src=sc_src, dst=sc_dst, description=description, timeout=numbers["timeout"],
-                  settle=numbers["settle"])
+                  settle=numbers["settle"], rewrites=rewrites)
     build_probes(sc)  # every flow can be built and routed: fail now, not after the lab is up
     return sc
 
@@ -307,6 +320,10 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
             raise _fail(sc.source, f"{where}.expect", f"'{expect.dropped_at}' is not on the way from "
                         f"'{src}' to '{dst_node}' ({' > '.join(nodes)})", "name a node of that chain")
         ignore = tuple(ignore_field(x, sc.source, f"{where}.ignore") for x in flow.ignore)
+        declared: dict[str, tuple[str, ...]] = {}
+        for node, specs in (*rewrites_tuple(sc.rewrites or ()), *rewrites_tuple(flow.rewrites or ())):
+            declared[node] = declared.get(node, ()) + tuple(specs)
+        rewrites = tuple((n, declared[n]) for n in nodes if n in declared)
         size = topo.mtu if flow.size == "mtu" else flow.size
         if size is not None and size > topo.mtu:
             raise _fail(sc.source, f"{where}.size", f"{size} bytes is more than the overlay MTU ({topo.mtu})",
@@ -338,7 +355,7 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
                 pkt = ip / TCP(sport=sport, dport=flow.dport, flags=flow.flags, seq=seq, ack=ack,
                                window=64240) / payload
             name = flow.label() + (f" #{k + 1}" if flow.count > 1 else "")
-            out.append(PlannedProbe(i, src, dst_node, nodes, Probe(name, bytes(pkt), expect, ignore)))
+            out.append(PlannedProbe(i, src, dst_node, nodes, Probe(name, bytes(pkt), expect, ignore, rewrites)))
     return out
 
 

@@ -314,7 +314,6 @@ def rewrite_fields(specs: Sequence[str], *, reply: bool = False) -> tuple[frozen
         except KeyError:
             continue
     if ident:  # the packet an ICMP error quotes is rewritten with it (conntrack fixes the quote)
-        fields.append((Raw, "load"))
         ident |= {"quote"}
     return ident, fields
 
@@ -498,10 +497,11 @@ class ScenarioResult:
         return self.error is None and bool(self.flows) and not self.failed
 
 
-def _masks(steps: Sequence[Step], probe: Probe, *, reply: bool = False
+def _masks(steps: Sequence[Step], probe: Probe, *, reply: bool = False, quote: bool = False
            ) -> list[tuple[frozenset[str], list[tuple[type[Packet], str]]]]:
     """Per step: (identity fields left out, fields not compared): the probe's ``ignore`` plus what the VNFs
-    crossed before that step are declared to rewrite."""
+    crossed before that step are declared to rewrite (``quote``: the packet is an ICMP error, whose quote
+    the rewriting VNF rewrites too, so its body is not compared after it)."""
     declared = dict(probe.rewrites)
     out = []
     memo: dict[tuple[str, ...], tuple[frozenset[str], list[tuple[type[Packet], str]]]] = {}
@@ -509,6 +509,8 @@ def _masks(steps: Sequence[Step], probe: Probe, *, reply: bool = False
         specs = tuple(s for node in step.after for s in declared.get(node, ()))
         if specs not in memo:
             ident, fields = rewrite_fields(specs, reply=reply)
+            if quote and ident:
+                fields.append((Raw, "load"))
             memo[specs] = (ident, list(probe.ignore) + fields)
         out.append(memo[specs])
     return out
@@ -741,7 +743,8 @@ def _reply_check(chain: Chain, caps: Captures, probe: Probe, delivered: bytes | 
             "reply", False, f"{chain.receiver} sent no reply into its TUN", hop=steps[0].label,
             expected=None, nearest=[o.packet for o in caps.at(chain, start)][:MAX_NEAREST]), None
     reference = first[0].packet
-    masks = _masks(steps, probe, reply=True)
+    ref_head = head(reference)
+    masks = _masks(steps, probe, reply=True, quote=ref_head is not None and ref_head["quote"] is not None)
     rows = _walk(chain, caps, steps, reference, masks, t0)
     for i, (step, row) in enumerate(zip(steps, rows)):
         if row.status != "seen":
@@ -772,7 +775,7 @@ def _witness_check(chain: Chain, caps: Captures, probe: Probe, steps: list[Step]
     paths = [(probe.packet, steps, masks)]
     if reply_ref is not None:
         back = chain.steps(reverse=True)
-        paths.append((reply_ref, back, _masks(back, probe, reply=True)))
+        paths.append((reply_ref, back, _masks(back, probe, reply=True, quote=True)))
     for reference, path, path_masks in paths:
         ref = head(reference)
         if ref is None:

@@ -167,7 +167,7 @@ class Mask:
                 diffs.append(FieldDiff(_name(exp), "(layer)", _name(exp), _name(got)))
                 return diffs
             if isinstance(exp, _PAYLOAD_LAYERS):
-                if bytes(exp) != bytes(got):
+                if self._cares(exp, "load") and bytes(exp) != bytes(got):
                     diffs.append(_bytes_diff(_name(exp), bytes(exp), bytes(got)))
                 continue
             for fdesc in _present_fields(exp):
