@@ -25,7 +25,7 @@ def report(result: ScenarioResult) -> str:
     return render_text(result, 160)
 
 
-@pytest.mark.parametrize("name", ["three_vnf", "tunconnector_pair", "firewall", "tcp_chain", "nat"])
+@pytest.mark.parametrize("name", ["three_vnf", "tunconnector_pair", "firewall", "tcp_chain", "nat", "dual_stack"])
 def test_shipped_scenario_passes(name: str, tmp_path: Path) -> None:
     sc = load_scenario(SCENARIOS / f"{name}.py")
     result = run_scenario(sc, results_root=tmp_path)

@@ -141,3 +141,35 @@ def test_nat_scenario_passes_with_its_declared_rewrite_and_fails_without(tmp_pat
         assert not hops.passed and hops.hop == "vnf2 TUN out", report(undeclared)
         assert "altered" in hops.message and "IP.src" in hops.message, report(undeclared)
         assert hops.expected and hops.nearest  # EXPECTED / RECEIVED in the report
+
+
+NO_DNS = "table inet f {\n chain c {\n type filter hook forward priority 0;\n udp dport 53 drop\n }\n}\n"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_ipv6_overlay_chain(transport: str, tmp_path: Path) -> None:
+    path = scenario_file(tmp_path, f"""
+        from tunlab import Ping, Tcp, Udp, Vnf, linear_chain
+
+        NO_DNS = {NO_DNS!r}
+
+        def vnf(i, name, overlay):
+            return Vnf(name, overlay, nft=NO_DNS) if i == 3 else Vnf(name, overlay)
+
+        topology = linear_chain(5, "{transport}", name="v6chain", overlay_net="fd00:16::/64", vnf=vnf)
+        traffic = [Ping(count=2), Ping(size="mtu"), Udp(5000, expect="reply"), Udp(5001, size=900, expect="reply"),
+                   Tcp(80, count=2), Tcp(81, flags="PA", payload=b"data", count=2),
+                   Udp(53, expect="dropped at vnf3")]
+    """)
+    result = run_scenario(load_scenario(path), results_root=tmp_path / "res")
+    assert result.passed, report(result)
+    assert all(f.probe.packet[0] >> 4 == 6 for f in result.flows)
+    assert result.flows[0].hops[-1].received and result.flows[0].hops[-1].received[7] == 64 - 5  # hop limit
+
+
+def test_dual_stack_scenario_ships_and_passes(tmp_path: Path) -> None:
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "dual_stack.py")
+    result = run_scenario(sc, results_root=tmp_path)
+    assert result.passed, report(result)
+    versions = {f.probe.packet[0] >> 4 for f in result.flows}
+    assert versions == {4, 6}

@@ -318,3 +318,82 @@ def test_rewrites_are_checked_when_the_scenario_loads(tmp_path: Path) -> None:
     probes = build_probes(load_scenario(path))
     assert probes[0].probe.rewrites == (("vnf2", ("IP.src",)),)
     assert probes[1].probe.rewrites == (("vnf1", ("IP.tos",)), ("vnf2", ("IP.src", "UDP.sport")))
+
+
+# ----------------------------------------------------------------------------------------- IPv6
+
+
+def test_ipv6_and_dual_stack_overlays_in_the_model() -> None:
+    from tunlab.errors import DescriptionError
+    from tunlab.model.plan import build_plan
+    from tunlab.model.topology import Endpoint, Link, Path as TPath, Topology, linear_chain
+
+    v6 = linear_chain(2, overlay_net="fd00:16::/64")
+    assert v6.families == (6,) and v6.node("vnf1").overlay == "fd00:16::101"
+    assert v6.routes_for("vnf1")["fd00:16::2/128"] == "vnf2"
+    dual = linear_chain(2, overlay_net6="fd00:16::/64")
+    assert dual.families == (4, 6) and dual.node("receiver").addresses == ("172.16.0.2", "fd00:16::2")
+    plan = build_plan(dual, "t12v", "/run/tunlab/t12v")
+    n = plan.node("vnf1")
+    assert n.ipv6 and n.extra_addrs == ("fd00:16::101/64",)
+    assert "fd00:16::2/128=vnf2" in " ".join(n.relay_args)
+    assert not build_plan(linear_chain(2), "t12v", "/x").node("vnf1").ipv6
+    eps = (Endpoint("a", "172.16.0.1"), Endpoint("b", "172.16.0.2", "fd00:16::2"))
+    with pytest.raises(DescriptionError, match="overlay6.*no overlay_net6"):
+        Topology("t", eps, (), (Link("a", "b", "10.0.0.1/30", "10.0.0.2/30"),), (TPath(("a", "b")),))
+    with pytest.raises(DescriptionError, match="overlay6.*needs an IPv6 address"):
+        Topology("t", eps, (), (Link("a", "b", "10.0.0.1/30", "10.0.0.2/30"),), (TPath(("a", "b")),),
+                 overlay_net6="fd00:16::/64")
+    with pytest.raises(DescriptionError, match="IPv6 minimum MTU"):
+        linear_chain(1, overlay_net="fd00:16::/64", mtu=1000)
+
+
+def test_ipv6_probes_are_built_with_a_unique_flow_label(tmp_path: Path) -> None:
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    from tunlab.errors import DescriptionError
+    from tunlab.model.scenario import build_probes, load_scenario
+
+    path = tmp_path / "sc.py"
+    path.write_text("from tunlab import Ping, Tcp, Udp, linear_chain\n"
+                    "topology = linear_chain(1, overlay_net6='fd00:16::/64', mtu=1400)\n"
+                    "traffic = [Ping(family=6, count=2), Udp(53, family=6, size='mtu'), Tcp(80, dst='fd00:16::2'),"
+                    " Ping(), Ping(family=6, payload=b'x' * 10)]\n")
+    probes = [p.probe for p in build_probes(load_scenario(path))]
+    six = [IPv6(p.packet) for p in probes if p.packet[0] >> 4 == 6]
+    assert len(six) == 5 and len({p.fl for p in six}) == 5
+    assert six[0].src == "fd00:16::1" and six[0].dst == "fd00:16::2" and ICMPv6EchoRequest in six[0]
+    assert len(six[2]) == 1400  # size='mtu' is the IPv6 packet length
+    assert probes[4].packet[0] >> 4 == 4  # the first overlay by default
+    assert probes[5].name == "ping6 58"
+    path.write_text("from tunlab import Ping, linear_chain\ntopology = linear_chain(1)\ntraffic = [Ping(family=6)]\n")
+    with pytest.raises(DescriptionError, match=r"traffic\[0\].family.*carries no IPv6"):
+        load_scenario(path)
+
+
+def test_ipv6_chain_checks_hop_by_hop_with_replies() -> None:
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+
+    def lowered6(pkt: bytes, n: int) -> bytes:
+        q = IPv6(pkt)
+        q.hlim -= n
+        return bytes(q)
+
+    import test_traffic_checks as t
+
+    ch = Chain(t.NODES, chain().links, frozenset({"vnf1", "vnf2"}), ("fd00:77::/64",))
+    a, b = "fd00:77::1", "fd00:77::2"
+    ping = IPv6(src=a, dst=b, fl=7001) / ICMPv6EchoRequest(id=9, seq=1, data=b"v6 ping")
+    pong = IPv6(src=b, dst=a, fl=99) / ICMPv6EchoReply(id=9, seq=1, data=b"v6 ping")
+    udp = IPv6(src=a, dst=b, fl=7002) / UDP(sport=3000, dport=5001) / (b"u" * 400)
+    unreach = IPv6(src=b, dst=a) / ICMPv6DestUnreach(code=4) / lowered6(bytes(udp), 2)
+    orig = t.lowered
+    t.lowered = lowered6  # the simulator lowers the hop limit instead of the TTL
+    try:
+        caps = simulate(ch, [(bytes(ping), False), (bytes(pong), True), (bytes(udp), False), (bytes(unreach), True)])
+    finally:
+        t.lowered = orig
+    for probe in (Probe("ping6", bytes(ping), Expect(reply=True)), Probe("udp6", bytes(udp), Expect(reply=True))):
+        res = check_flow(ch, caps, probe)
+        assert res.passed, [c.message for c in res.checks]
+        assert res.hops[-1].received and IPv6(res.hops[-1].received).hlim == 62

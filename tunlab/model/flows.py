@@ -62,6 +62,9 @@ class Flow:
     #: what VNFs on the way change on purpose, by node: {"vnf2": ["IP.src", "UDP.sport"]}, {"vnf1": ["IP.tos"]},
     #: or a group: "L3" (any IP header field), "L4" (ports, TCP seq/ack, ICMP id), "any" (both)
     rewrites: Any = None
+    #: 4 or 6: which overlay the probe uses when ``dst`` is a node name (default: the topology's first;
+    #: an address as ``dst`` says it itself)
+    family: int | None = None
 
     kind = "flow"
 
@@ -87,7 +90,9 @@ class Ping(Flow):
     def label(self) -> str:
         if self.name:
             return self.name
-        return f"ping {self.header_len + len(self.payload)}" if self.payload else f"ping {self.size}"
+        v6 = self.family == 6 or (self.dst is not None and ":" in self.dst)
+        size = f"{self.header_len + (20 if v6 else 0) + len(self.payload)}" if self.payload else f"{self.size}"
+        return f"ping{'6' if v6 else ''} {size}"
 
 
 @dataclass(frozen=True)

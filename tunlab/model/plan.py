@@ -79,6 +79,8 @@ class NodePlan:
     control: str
     stats_file: str
     log_file: str
+    extra_addrs: tuple[str, ...] = ()  # "addr/plen" on the TUN besides overlay_ip (dual stack: the IPv6 one)
+    ipv6: bool = False                 # the overlay carries IPv6: the node's IPv6 stack is on (quietly)
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,12 @@ class LabPlan:
 
 def collapse_routes(routes: dict[str, str]) -> list[tuple[str, str]]:
     """prefix -> peer, merged per peer into the fewest prefixes covering exactly the same addresses."""
-    spans: dict[str, list[tuple[int, int]]] = {}
+    spans: dict[tuple[int, str], list[tuple[int, int]]] = {}
     for prefix, peer in routes.items():
-        net = ipaddress.IPv4Network(prefix)
-        spans.setdefault(peer, []).append((int(net.network_address), int(net.broadcast_address)))
-    out: list[tuple[int, int, str]] = []
-    for peer, ranges in spans.items():
+        net = ipaddress.ip_network(prefix)
+        spans.setdefault((net.version, peer), []).append((int(net.network_address), int(net.broadcast_address)))
+    out: list[tuple[int, int, int, str]] = []
+    for (version, peer), ranges in spans.items():
         ranges.sort()
         merged: list[list[int]] = []
         for lo, hi in ranges:
@@ -111,20 +113,22 @@ def collapse_routes(routes: dict[str, str]) -> list[tuple[str, str]]:
                 merged[-1][1] = max(merged[-1][1], hi)
             else:
                 merged.append([lo, hi])
+        bits = 32 if version == 4 else 128
         for lo, hi in merged:
-            out += [(start, plen, peer) for start, plen in _cidrs(lo, hi)]
+            out += [(version, start, plen, peer) for start, plen in _cidrs(lo, hi, bits)]
     out.sort()
-    return [(f"{ipaddress.IPv4Address(start)}/{plen}", peer) for start, plen, peer in out]
+    return [(f"{ipaddress.ip_address(start) if v == 6 else ipaddress.IPv4Address(start)}/{plen}", peer)
+            for v, start, plen, peer in out]
 
 
-def _cidrs(lo: int, hi: int) -> list[tuple[int, int]]:
+def _cidrs(lo: int, hi: int, bits: int = 32) -> list[tuple[int, int]]:
     """The aligned blocks that cover [lo, hi] exactly, as (start, prefix length)."""
     blocks = []
     while lo <= hi:
-        size = lo & -lo if lo else 1 << 32
+        size = lo & -lo if lo else 1 << bits
         while size > hi - lo + 1:
             size >>= 1
-        blocks.append((lo, 33 - size.bit_length()))
+        blocks.append((lo, bits + 1 - size.bit_length()))
         lo += size
     return blocks
 
@@ -143,6 +147,7 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             datapath=topo.datapath if lk.transport == "udp" else "simple",
             mtu=underlay_mtu(topo.mtu, lk.transport)))
     plen = topo.overlay_prefixlen()
+    v6 = 6 in topo.families
     longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
     ttl = 255 if longest >= LONG_CHAIN else None
     tun = names.tun_name(run_id)
@@ -162,7 +167,10 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             forward=is_vnf and n.kind == "kernel", default_ttl=ttl,
             nft=n.nft if is_vnf else None, routes=n.routes if is_vnf else (),
             ifaces=ifaces, relay_args=args,
-            control=f"{base}.ctl", stats_file=f"{base}.stats.json", log_file=f"{base}.log"))
+            control=f"{base}.ctl", stats_file=f"{base}.stats.json", log_file=f"{base}.log",
+            extra_addrs=tuple(f"{a}/{ipaddress.ip_network(topo.overlay_net6).prefixlen}"
+                              for a in n.addresses[1:]) if topo.overlay_net6 else (),
+            ipv6=v6))
     return LabPlan(run_id, run_dir, topo, tuple(nodes), tuple(links))
 
 

@@ -224,10 +224,14 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
                         f"use one of: {', '.join(sorted(nodes))}")
         if flow.dst is not None and flow.dst not in nodes:
             try:
-                ipaddress.IPv4Address(flow.dst)
+                ipaddress.ip_address(flow.dst)
             except ValueError:
-                raise _fail(src, f"traffic[{i}].dst", f"{flow.dst!r} is neither a node nor an IPv4 address",
+                raise _fail(src, f"traffic[{i}].dst", f"{flow.dst!r} is neither a node nor an IP address",
                             f"use one of: {', '.join(sorted(nodes))}, or an overlay address") from None
+        if flow.family is not None and flow.family not in topology.families:
+            raise _fail(src, f"traffic[{i}].family", f"the overlay of '{topology.name}' carries no IPv{flow.family}",
+                        f"use family={' or '.join(map(str, topology.families))}, or give the topology "
+                        "overlay_net6 (dual stack)" if flow.family in (4, 6) else "use 4 or 6")
     numbers: dict[str, float] = {}
     for fld, default in (("timeout", 5.0), ("settle", 0.3)):
         value = getattr(module, fld, default)
@@ -275,17 +279,26 @@ def chain_nodes(topology: Topology, src: str, dst: str) -> tuple[str, ...] | Non
     return None
 
 
-def _destination(topology: Topology, src: str, dst: str) -> tuple[str, str]:
-    """(receiving node, address) for a flow's ``dst``: a node name or an overlay address."""
+def _address(node: Any, family: int) -> str | None:
+    """The overlay address of ``node`` in IP version ``family`` (None when it has none)."""
+    return next((a for a in node.addresses if ipaddress.ip_address(a).version == family), None)
+
+
+def _destination(topology: Topology, src: str, dst: str, family: int | None = None) -> tuple[str, str]:
+    """(receiving node, address) for a flow's ``dst``: a node name (its address in ``family``, default the
+    topology's first) or an overlay address."""
     names = {n.name: n for n in topology.nodes}
     if dst in names:
-        return dst, names[dst].overlay
-    addr = ipaddress.IPv4Address(dst)
+        addr_s = _address(names[dst], family or topology.families[0])
+        if addr_s is None:
+            raise LookupError(f"'{dst}' has no IPv{family} overlay address")
+        return dst, addr_s
+    addr = ipaddress.ip_address(dst)
     for n in topology.nodes:
-        if ipaddress.IPv4Address(n.overlay) == addr:
+        if any(ipaddress.ip_address(a) == addr for a in n.addresses):
             return n.name, dst
     for path in topology.paths:
-        if src in path.nodes and any(addr in ipaddress.IPv4Network(p, strict=False) for p in path.prefixes):
+        if src in path.nodes and any(addr in ipaddress.ip_network(p, strict=False) for p in path.prefixes):
             return path.nodes[-1], dst
     raise LookupError(f"no path from '{src}' carries {dst}")
 
@@ -298,6 +311,7 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
     import random
 
     from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
     rnd = random.Random(seed)
     ip_id = rnd.randrange(0x1000, 0xE000)
@@ -307,7 +321,7 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
         where = f"traffic[{i}]"
         src = flow.src or sc.src or topo.paths[0].nodes[0]
         try:
-            dst_node, dst_ip = _destination(topo, src, flow.dst or sc.dst or topo.paths[0].nodes[-1])
+            dst_node, dst_ip = _destination(topo, src, flow.dst or sc.dst or topo.paths[0].nodes[-1], flow.family)
         except LookupError as exc:
             raise _fail(sc.source, f"{where}.dst", str(exc), "send between nodes on one path") from None
         nodes = chain_nodes(topo, src, dst_node)
@@ -324,6 +338,12 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
         for node, specs in (*rewrites_tuple(sc.rewrites or ()), *rewrites_tuple(flow.rewrites or ())):
             declared[node] = declared.get(node, ()) + tuple(specs)
         rewrites = tuple((n, declared[n]) for n in nodes if n in declared)
+        v6 = ipaddress.ip_address(dst_ip).version == 6
+        src_ip = _address(topo.node(src), 6 if v6 else 4)
+        if src_ip is None:
+            raise _fail(sc.source, f"{where}.src", f"'{src}' has no IPv{6 if v6 else 4} overlay address",
+                        "send from a node of that overlay")
+        header_len = flow.header_len + (20 if v6 else 0)  # an IPv6 header is 40 bytes, not 20
         size = topo.mtu if flow.size == "mtu" else flow.size
         if size is not None and size > topo.mtu:
             raise _fail(sc.source, f"{where}.size", f"{size} bytes is more than the overlay MTU ({topo.mtu})",
@@ -337,14 +357,20 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
             if flow.payload:
                 payload = flow.payload
             elif size is not None:
-                n = size - flow.header_len
+                n = size - header_len
+                if n < 0:
+                    raise _fail(sc.source, f"{where}.size", f"{size} bytes is less than the headers ({header_len})",
+                                f"use at least {header_len}")
                 payload = (tag * (n // len(tag) + 1))[:n]
             else:
                 payload = b"" if flow.kind == "tcp" else tag
-            ip = IP(src=topo.node(src).overlay, dst=dst_ip, ttl=flow.ttl, id=ip_id)
+            # IPv4: a unique IP id per probe; IPv6 (no id): a unique flow label, which routers leave alone
+            ip = IPv6(src=src_ip, dst=dst_ip, hlim=flow.ttl, fl=ip_id) if v6 else \
+                IP(src=src_ip, dst=dst_ip, ttl=flow.ttl, id=ip_id)
             ip_id = (ip_id + 1) & 0xFFFF or 1
             if isinstance(flow, Ping):
-                pkt = ip / ICMP(id=icmp_id, seq=k + 1) / payload
+                pkt = ip / (ICMPv6EchoRequest(id=icmp_id, seq=k + 1, data=payload) if v6
+                            else ICMP(id=icmp_id, seq=k + 1) / payload)
             elif isinstance(flow, Udp):
                 pkt = ip / UDP(sport=sport, dport=flow.dport) / payload
             else:

@@ -117,8 +117,30 @@ def _ipv4_net(where: str, fld: str, text: object) -> ipaddress.IPv4Network:
         raise _fail(where, fld, f"{text!r} is not an IPv4 prefix", "write it like 172.16.1.0/24") from None
 
 
-def _check_lab_range(where: str, fld: str, net: ipaddress.IPv4Network | ipaddress.IPv4Interface) -> None:
-    n = net.network if isinstance(net, ipaddress.IPv4Interface) else net
+def _ip(where: str, fld: str, text: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An overlay address: IPv4 or IPv6."""
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise _fail(where, fld, f"{text!r} is not an IPv4 or IPv6 address",
+                    "write it like 172.16.0.1 or fd00:16::1") from None
+
+
+def _ip_net(where: str, fld: str, text: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An overlay prefix: IPv4 or IPv6."""
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _fail(where, fld, f"{text!r} is not an IPv4 or IPv6 prefix",
+                    "write it like 172.16.1.0/24 or fd00:16:1::/64") from None
+
+
+def _check_lab_range(where: str, fld: str, net: Any) -> None:
+    n = net.network if isinstance(net, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)) else net
     if n.is_loopback or n.is_multicast or n.is_link_local or n.is_unspecified or n.is_reserved:
         raise _fail(where, fld, f"{n} is not usable inside a lab (loopback, multicast, link-local or reserved)",
                     "use private ranges such as 10.0.0.0/8 or 172.16.0.0/12")
@@ -132,11 +154,18 @@ class Endpoint:
     """A host at the end of the chain (sender, receiver, or both): its TUN carries the overlay address."""
 
     name: str
-    overlay: str  # IPv4 address inside Topology.overlay_net, without prefix length
+    overlay: str  # IPv4 or IPv6 address inside Topology.overlay_net, without prefix length
+    overlay6: str | None = None  # dual stack: the IPv6 address inside Topology.overlay_net6
 
     def __post_init__(self) -> None:
         _check_name(self.name)
-        _ipv4(self.where, "overlay", self.overlay)
+        _ip(self.where, "overlay", self.overlay)
+        if self.overlay6 is not None and _ip(self.where, "overlay6", self.overlay6).version != 6:
+            raise _fail(self.where, "overlay6", f"{self.overlay6} is not an IPv6 address", "write it like fd00:16::1")
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.overlay,) + ((self.overlay6,) if self.overlay6 else ())
 
     @property
     def where(self) -> str:
@@ -164,12 +193,19 @@ class Vnf:
     nft: str | None = None
     routes: tuple[Route, ...] = ()
     hook: Callable[[bytes], bytes | None] | str | None = None
+    overlay6: str | None = None  # dual stack: the IPv6 address inside Topology.overlay_net6
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.overlay,) + ((self.overlay6,) if self.overlay6 else ())
 
     def __post_init__(self) -> None:
         _check_name(self.name)
         _tuple(self, "routes")
         w = self.where
-        _ipv4(w, "overlay", self.overlay)
+        _ip(w, "overlay", self.overlay)
+        if self.overlay6 is not None and _ip(w, "overlay6", self.overlay6).version != 6:
+            raise _fail(w, "overlay6", f"{self.overlay6} is not an IPv6 address", "write it like fd00:16::1")
         if self.kind not in ("kernel", "hook"):
             raise _fail(w, "kind", f"{self.kind!r} is not a VNF kind", "use 'kernel' or 'hook'")
         if self.kind == "hook":
@@ -188,7 +224,7 @@ class Vnf:
         for i, r in enumerate(self.routes):
             if not isinstance(r, Route):
                 raise _fail(w, f"routes[{i}]", f"{r!r} is not a Route", "write Route('172.16.9.0/24')")
-            net = _ipv4_net(w, f"routes[{i}].dst", r.dst)
+            net = _ip_net(w, f"routes[{i}].dst", r.dst)
             _check_lab_range(w, f"routes[{i}].dst", net)
             if r.type not in ROUTE_TYPES:
                 raise _fail(w, f"routes[{i}].type", f"{r.type!r} is not a route type",
@@ -307,6 +343,8 @@ class Topology:
     #: every link sealed with a key the lab makes (relay --psk-file; UDP links; the MTU loses 29 bytes)
     keyed: bool = False
     source: str | None = field(default=None, compare=False)
+    #: dual stack: an IPv6 overlay beside an IPv4 ``overlay_net`` (every node then has ``overlay6``)
+    overlay_net6: str | None = None
     _link_index: dict[frozenset[str], Link] = field(default_factory=dict, init=False, repr=False, compare=False)
     _route_table: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -334,7 +372,16 @@ class Topology:
         raise KeyError(name)
 
     def overlay_prefixlen(self) -> int:
-        return ipaddress.IPv4Network(self.overlay_net).prefixlen
+        return ipaddress.ip_network(self.overlay_net).prefixlen
+
+    def overlay_nets(self) -> tuple[str, ...]:
+        """The overlay networks: ``overlay_net`` (IPv4 or IPv6), then ``overlay_net6`` in dual stack."""
+        return (self.overlay_net,) + ((self.overlay_net6,) if self.overlay_net6 else ())
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """IP versions of the overlay, primary first: (4,), (6,) or (4, 6)."""
+        return tuple(ipaddress.ip_network(n).version for n in self.overlay_nets())
 
     def links_of(self, name: str) -> list[Link]:
         return [lk for pair, lk in self._link_index.items() if name in pair]
@@ -353,11 +400,10 @@ class Topology:
 def _routes(topo: Topology) -> dict[str, dict[str, str]]:
     """Per node: prefix -> neighbour, and which path asked for it (for conflict messages)."""
     table: dict[str, dict[str, tuple[str, int]]] = {n.name: {} for n in topo.nodes}
-    plen = 32
     for pi, path in enumerate(topo.paths):
         owners: list[tuple[int, str]] = [
-            (j, f"{topo.node(nm).overlay}/{plen}") for j, nm in enumerate(path.nodes)]
-        owners += [(len(path.nodes) - 1, str(ipaddress.IPv4Network(p, strict=False))) for p in path.prefixes]
+            (j, str(ipaddress.ip_network(a))) for j, nm in enumerate(path.nodes) for a in topo.node(nm).addresses]
+        owners += [(len(path.nodes) - 1, str(ipaddress.ip_network(p, strict=False))) for p in path.prefixes]
         for i, nm in enumerate(path.nodes):
             for j, prefix in owners:
                 if j == i:
@@ -403,23 +449,41 @@ def _validate(topo: Topology) -> None:
     if topo.datapath not in DATAPATHS:
         raise _fail("topology", "datapath", f"{topo.datapath!r} is not a relay datapath",
                     f"use one of {', '.join(DATAPATHS)}; auto means gso between tunlab relays")
-    overlay = _ipv4_net("topology", "overlay_net", topo.overlay_net)
+    overlay = _ip_net("topology", "overlay_net", topo.overlay_net)
     _check_lab_range("topology", "overlay_net", overlay)
+    nets = [("overlay_net", overlay)]
+    if topo.overlay_net6 is not None:
+        net6 = _ip_net("topology", "overlay_net6", topo.overlay_net6)
+        _check_lab_range("topology", "overlay_net6", net6)
+        if overlay.version != 4 or net6.version != 6:
+            raise _fail("topology", "overlay_net6", "dual stack is an IPv4 overlay_net and an IPv6 overlay_net6",
+                        "e.g. overlay_net='172.16.0.0/16', overlay_net6='fd00:16::/64'")
+        nets.append(("overlay_net6", net6))
+    if any(net.version == 6 for _, net in nets) and topo.mtu < 1280:
+        raise _fail("topology", "mtu", f"{topo.mtu} is below the IPv6 minimum MTU", "use 1280 or more")
 
     names: dict[str, Node] = {}
-    addrs: dict[ipaddress.IPv4Address, str] = {}
+    addrs: dict[Any, str] = {}
     for n in topo.nodes:
         if n.name in names:
             raise _fail(n.where, "name", "two nodes have this name", "give every node its own name")
         names[n.name] = n
-        ip = ipaddress.IPv4Address(n.overlay)
-        if ip not in overlay or ip in (overlay.network_address, overlay.broadcast_address):
-            raise _fail(n.where, "overlay", f"{ip} is not a host address of overlay_net {overlay}",
-                        f"pick an address inside {overlay}, or change overlay_net")
-        if ip in addrs:
-            raise _fail(n.where, "overlay", f"{ip} is also the overlay address of '{addrs[ip]}'",
-                        "give every node its own overlay address")
-        addrs[ip] = n.name
+        if len(n.addresses) != len(nets):
+            fld = "overlay6"
+            raise _fail(n.where, fld, "needs an IPv6 address too (the overlay is dual stack)" if len(nets) == 2
+                        else "is set but the topology has no overlay_net6",
+                        "give every node overlay6 inside overlay_net6" if len(nets) == 2
+                        else "set overlay_net6 on the topology, or drop overlay6")
+        for (net_field, net), text, fld in zip(nets, n.addresses, ("overlay", "overlay6")):
+            ip = ipaddress.ip_address(text)
+            if ip.version != net.version or ip not in net or ip == net.network_address or \
+                    (net.version == 4 and ip == net.broadcast_address):
+                raise _fail(n.where, fld, f"{ip} is not a host address of {net_field} {net}",
+                            f"pick an address inside {net}, or change {net_field}")
+            if ip in addrs:
+                raise _fail(n.where, fld, f"{ip} is also the overlay address of '{addrs[ip]}'",
+                            "give every node its own overlay address")
+            addrs[ip] = n.name
 
     subnets: list[tuple[int, int, Link]] = []
     pairs: set[frozenset[str]] = set()
@@ -435,7 +499,7 @@ def _validate(topo: Topology) -> None:
         pairs.add(pair)
         topo._link_index[pair] = lk
         net = ipaddress.IPv4Interface(lk.a_addr).network
-        if net.overlaps(overlay):
+        if net.version == overlay.version and net.overlaps(overlay):  # type: ignore[arg-type]
             raise _fail(w, "a_addr", f"{net} overlaps the overlay {overlay}",
                         "keep underlay and overlay addresses apart (e.g. underlay in 10.0.0.0/8)")
         subnets.append((int(net.network_address), int(net.broadcast_address), lk))
@@ -482,7 +546,7 @@ def _validate(topo: Topology) -> None:
                 raise _fail(w, "nodes", f"no link joins '{x}' and '{y}'", f"add Link('{x}', '{y}', ...)")
             used.add(frozenset((x, y)))
         for i, p in enumerate(path.prefixes):
-            net = _ipv4_net(w, f"prefixes[{i}]", p)
+            net = _ip_net(w, f"prefixes[{i}]", p)
             _check_lab_range(w, f"prefixes[{i}]", net)
         on_path.update(path.nodes)
     for n in topo.nodes:
@@ -548,7 +612,7 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
                  underlay_net: str = DEFAULT_UNDERLAY, mtu: int = DEFAULT_MTU,
                  vnf: Callable[[int, str, str], Vnf] | None = None,
                  shaping: dict[str, dict[str, Any]] | None = None, datapath: str = "auto",
-                 prefixes: tuple[str, ...] | list[str] = ()) -> Topology:
+                 prefixes: tuple[str, ...] | list[str] = (), overlay_net6: str | None = None) -> Topology:
     """sender - vnf1 - ... - vnfN - receiver, one /30 per link carved from ``underlay_net``.
 
     ``prefixes``: destination prefixes the receiver stands for (the path's ``prefixes``): the relays carry
@@ -561,17 +625,27 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
     if not isinstance(n_vnfs, int) or isinstance(n_vnfs, bool) or not 0 <= n_vnfs <= 4000:
         raise TopologyError(f"{n_vnfs!r} is not a number of VNFs", field="linear_chain field 'n_vnfs'",
                             hint="use 0-4000")
-    ov = _ipv4_net("linear_chain", "overlay_net", overlay_net)
+    ov = _ip_net("linear_chain", "overlay_net", overlay_net)
+    ov6 = _ip_net("linear_chain", "overlay_net6", overlay_net6) if overlay_net6 else None
     un = _ipv4_net("linear_chain", "underlay_net", underlay_net)
     if ov.num_addresses < 260 + n_vnfs or un.num_addresses < 4 * (n_vnfs + 1):
         raise TopologyError(f"{n_vnfs} VNFs do not fit in {ov} / {un}", field="linear_chain field 'n_vnfs'",
                             hint="use bigger overlay_net / underlay_net")
     base = ov.network_address
-    eps = (Endpoint("sender", str(base + 1)), Endpoint("receiver", str(base + 2)))
+    b6 = ov6.network_address if ov6 is not None else None
+
+    def six(k: int) -> str | None:
+        return str(b6 + k) if b6 is not None else None
+    eps = (Endpoint("sender", str(base + 1), six(1)), Endpoint("receiver", str(base + 2), six(2)))
     vnfs = []
     for i in range(1, n_vnfs + 1):
         nm, addr = f"vnf{i}", str(base + 256 + i)
-        vnfs.append(vnf(i, nm, addr) if vnf else Vnf(nm, addr))
+        made = vnf(i, nm, addr) if vnf else Vnf(nm, addr)
+        if b6 is not None and made.overlay6 is None:
+            from dataclasses import replace as _replace
+
+            made = _replace(made, overlay6=six(256 + i))
+        vnfs.append(made)
     order = ["sender", *(v.name for v in vnfs), "receiver"]
     links = []
     for k, (x, y) in enumerate(zip(order, order[1:])):
@@ -583,5 +657,5 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
         raise TopologyError(f"no link named {', '.join(unknown)}", field="linear_chain field 'shaping'",
                             hint=f"links are {', '.join(lk.name for lk in links)}")
     return Topology(name or f"linear{n_vnfs}", eps, tuple(vnfs), tuple(links), (Path(tuple(order), tuple(prefixes)),),
-                    overlay_net=overlay_net, mtu=mtu, datapath=datapath,
+                    overlay_net=overlay_net, overlay_net6=overlay_net6, mtu=mtu, datapath=datapath,
                     description=f"sender, {n_vnfs} kernel VNF(s) in a line, receiver ({transport})")

@@ -56,7 +56,7 @@ def chain_for(lab: Any, nodes: tuple[str, ...]) -> Chain:
             raise TunlabError(f"the lab has no underlay link between {x} and {y}")
         links.append(_link_info(lk))
     kernel = frozenset(n for n in nodes[1:-1] if getattr(topo.node(n), "kind", None) == "kernel")
-    overlay = (topo.overlay_net, *(p for path in topo.paths for p in path.prefixes))
+    overlay = (*topo.overlay_nets(), *(p for path in topo.paths for p in path.prefixes))
     return Chain(tuple(nodes), tuple(links), kernel, overlay)
 
 

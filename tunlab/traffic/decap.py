@@ -209,6 +209,13 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
     for fr in frames:
         ip = parse_ipv4(fr.data)
         if ip is None:
+            if len(fr.data) >= 40 and fr.data[0] >> 4 == 6:  # an IPv6 overlay packet bare on the underlay?
+                src6 = str(ipaddress.IPv6Address(fr.data[8:24]))
+                dst6 = str(ipaddress.IPv6Address(fr.data[24:40]))
+                if in_overlay(src6) or in_overlay(dst6):
+                    out.append(Sighting(fr.ts, "bare", src6, dst6, f"bare IPv6 {src6} > {dst6} nh={fr.data[6]}",
+                                        fr.data))
+                    continue
             out.append(Sighting(fr.ts, "other", "?", "?", f"non-IPv4 {len(fr.data)} bytes", None))
             continue
         if in_overlay(ip.src) or in_overlay(ip.dst):

@@ -66,6 +66,11 @@ def parse_flat(data: bytes | Packet) -> Packet:
     extensions. Compared byte for byte, it is exactly as reliable as the rest of the packet."""
     raw = bytes(data)
     pkt = parse_ip(raw)
+    if isinstance(pkt, IPv6) and pkt.nh == 58 and len(raw) > 48 and raw[40] in (1, 2, 3, 4):
+        flat = IPv6(raw[:48])  # ICMPv6 error header, then the quote as bytes
+        flat.payload.remove_payload()
+        flat.payload.add_payload(Raw(raw[48:]))
+        return flat
     if isinstance(pkt, IP) and ICMP in pkt and pkt[ICMP].type in ICMP_ERRORS and not pkt.frag and not pkt.flags.MF:
         ihl = pkt.ihl * 4
         if len(raw) >= ihl + 8:
@@ -203,7 +208,12 @@ def summary(data: Packet | bytes, *, brief: bool = False) -> str:
         head = f"hlim={pkt.hlim}" if brief else f"{pkt.src} > {pkt.dst} hlim={pkt.hlim}"
     else:
         return f"{pkt.name} {len(bytes(pkt))} bytes"
-    if ICMP in pkt:
+    if isinstance(pkt, IPv6) and pkt.nh == 58 and len(bytes(pkt)) >= 48:
+        raw = bytes(pkt)
+        kind = {128: "echo-request", 129: "echo-reply", 1: "dest-unreach", 3: "time-exceeded"}.get(raw[40], str(raw[40]))
+        seq = int.from_bytes(raw[46:48], "big")
+        tail = f"ICMPv6 {kind} seq={seq}" if brief else f"ICMPv6 {kind} id={int.from_bytes(raw[44:46], 'big')} seq={seq}"
+    elif ICMP in pkt:
         icmp = pkt[ICMP]
         kind = icmp.sprintf("%ICMP.type%")
         tail = f"ICMP {kind} seq={icmp.seq}" if brief else f"ICMP {kind} id={icmp.id} seq={icmp.seq}"

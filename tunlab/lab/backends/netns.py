@@ -57,11 +57,8 @@ class NetnsBackend(Backend):
         def work() -> None:
             for n in nodes:
                 with netns.create_named(n.netns):
-                    for key, value in nsutil.QUIET:
+                    for key, value in nsutil.node_sysctls(n):
                         nsutil.write_sysctl(key, value)
-                    nsutil.write_sysctl("net.ipv4.ip_forward", "1" if n.forward else "0")
-                    if n.default_ttl:
-                        nsutil.write_sysctl("net.ipv4.ip_default_ttl", str(n.default_ttl))
                     with IPRoute() as ipr:
                         ipr.link("set", index=1, state="up")
                     create_persistent(n.overlay_dev)

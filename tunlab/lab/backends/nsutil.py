@@ -40,6 +40,41 @@ QUIET = (
     ("net.ipv4.conf.all.accept_redirects", "0"),
     ("net.ipv4.conf.default.accept_redirects", "0"),
 )
+# an IPv6 overlay: the stack on, but quiet (no link-local addresses, no DAD, no router solicitations or
+# advertisements), so that no packet appears in a capture that the scenario did not send
+QUIET_IPV6 = (
+    ("net.ipv6.conf.all.disable_ipv6", "0"),
+    ("net.ipv6.conf.default.disable_ipv6", "0"),
+    ("net.ipv6.conf.default.addr_gen_mode", "1"),
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.default.dad_transmits", "0"),
+    ("net.ipv6.conf.all.router_solicitations", "0"),
+    ("net.ipv6.conf.default.router_solicitations", "0"),
+    ("net.ipv6.conf.all.accept_ra", "0"),
+    ("net.ipv6.conf.default.accept_ra", "0"),
+    ("net.ipv6.conf.all.accept_redirects", "0"),
+    ("net.ipv6.conf.default.accept_redirects", "0"),
+)
+
+
+def node_sysctls(n: NodePlan) -> list[tuple[str, str]]:
+    """Every sysctl of one node, in order, before any interface exists: the quiet profile, IPv6 on when the
+    overlay carries it, forwarding in kernel VNFs, a default TTL for long chains. Both backends write these."""
+    out = list(QUIET)
+    fwd = "1" if n.forward else "0"
+    out.append(("net.ipv4.ip_forward", fwd))
+    if getattr(n, "ipv6", False):
+        out += list(QUIET_IPV6)
+        out.append(("net.ipv6.conf.all.forwarding", fwd))
+    ttl = getattr(n, "default_ttl", None)
+    if ttl:
+        out.append(("net.ipv4.ip_default_ttl", str(ttl)))
+        if getattr(n, "ipv6", False):
+            out += [("net.ipv6.conf.all.hop_limit", str(ttl)), ("net.ipv6.conf.default.hop_limit", str(ttl))]
+    return out
+
+
 ROUTE_TYPES = {"unicast": 1, "blackhole": 6, "unreachable": 7, "prohibit": 8}
 # what a relay does to a TUN it creates itself (tunlab.relay.fast.udp); the lab's TUNs are persistent and
 # attached (--attach: used as they are), so the backend sets the same: a queue long enough for a burst of
@@ -75,9 +110,14 @@ def configure_node(ipr: Any, sock: socket.socket, n: NodePlan, tx_csum: frozense
     except Exception:  # noqa: BLE001 - an older kernel: super-packets then take two sends
         pass
     ipr.addr("add", index=tun, address=n.overlay_ip, prefixlen=n.overlay_prefixlen)
+    for extra in getattr(n, "extra_addrs", ()):  # dual stack: the IPv6 address (no DAD: the sysctls say so)
+        ip, plen = extra.split("/")
+        ipr.addr("add", index=tun, address=ip, prefixlen=int(plen))
     for r in n.routes:
         dst, _, plen_s = r.dst.partition("/")
-        kw: dict[str, Any] = {"dst": dst, "dst_len": int(plen_s or 32), "type": ROUTE_TYPES[r.type]}
+        v6 = ":" in dst
+        kw: dict[str, Any] = {"dst": dst, "dst_len": int(plen_s or (128 if v6 else 32)), "type": ROUTE_TYPES[r.type],
+                              "family": socket.AF_INET6 if v6 else socket.AF_INET}
         if r.type == "unicast":
             kw["oif"] = tun
         ipr.route("add", **kw)

@@ -170,12 +170,8 @@ class MininetBackend(Backend):
         def work() -> None:
             for n in self.plan.nodes:
                 with netns.entered(files[n.name]):
-                    for key, value in nsutil.QUIET:
+                    for key, value in nsutil.node_sysctls(n):
                         nsutil.write_sysctl(key, value)
-                    nsutil.write_sysctl("net.ipv4.ip_forward", "1" if n.forward else "0")
-                    ttl = getattr(n, "default_ttl", None)
-                    if ttl:
-                        nsutil.write_sysctl("net.ipv4.ip_default_ttl", str(ttl))
                     from pyroute2 import IPRoute
 
                     with IPRoute() as ipr:
