@@ -173,3 +173,19 @@ def test_dual_stack_scenario_ships_and_passes(tmp_path: Path) -> None:
     assert result.passed, report(result)
     versions = {f.probe.packet[0] >> 4 for f in result.flows}
     assert versions == {4, 6}
+
+
+@pytest.mark.parametrize("transport,datapath", [("udp", "auto"), ("udp", "plain"), ("tcp", "simple")])
+def test_relays_over_an_ipv6_underlay(transport: str, datapath: str, tmp_path: Path) -> None:
+    path = scenario_file(tmp_path, f"""
+        from tunlab import Ping, Tcp, Udp, linear_chain
+
+        topology = linear_chain(3, "{transport}", name="u6", overlay_net6="fd00:16::/64", underlay_net="fd01::/64",
+                                datapath="{datapath}")
+        traffic = [Ping(), Ping(size="mtu"), Ping(family=6, size="mtu"), Udp(5000, family=6, expect="reply"),
+                   Tcp(80, count=2), Tcp(81, family=6)]
+    """)
+    result = run_scenario(load_scenario(path), results_root=tmp_path / "res")
+    assert result.passed, report(result)
+    outer = [r.outer for f in result.flows for r in f.hops if r.step.direction == "link"]
+    assert outer and all("[fd01::" in o for o in outer), outer

@@ -397,3 +397,38 @@ def test_ipv6_chain_checks_hop_by_hop_with_replies() -> None:
         res = check_flow(ch, caps, probe)
         assert res.passed, [c.message for c in res.checks]
         assert res.hops[-1].received and IPv6(res.hops[-1].received).hlim == 62
+
+
+def test_ipv6_underlay_in_the_model_and_the_relay_command_lines() -> None:
+    from tunlab.errors import DescriptionError
+    from tunlab.model.plan import build_plan
+    from tunlab.model.topology import Endpoint, Link, Path as TPath, Topology, Vnf, linear_chain
+    from tunlab.relay.command import configs_from_args
+
+    plan = build_plan(linear_chain(2, "udp", underlay_net="fd01::/64"), "t12u", "/run/tunlab/t12u")
+    assert {lk.mtu for lk in plan.links} == {1472 + 48}  # outer IPv6 + UDP
+    args = plan.node("vnf1").relay_args
+    assert "sender=[fd01::1]:55555" in args and "[::]:55555" in args
+    assert configs_from_args(list(args))[0].listen == ("::", 55555)  # the relay takes them
+    tcp = build_plan(linear_chain(1, "tcp", underlay_net="fd01::/64"), "t12u", "/x")
+    assert "[fd01::2]:55555" in " ".join(tcp.node("sender").relay_args)
+    with pytest.raises(DescriptionError, match="mix IPv4 and IPv6"):
+        Topology("t", (Endpoint("a", "172.16.0.1"), Endpoint("b", "172.16.0.2")), (Vnf("v", "172.16.0.3"),),
+                 (Link("a", "v", "fd01::1/64", "fd01::2/64"), Link("v", "b", "10.0.0.1/30", "10.0.0.2/30")),
+                 (TPath(("a", "v", "b")),))
+    with pytest.raises(DescriptionError, match="not in the same subnet"):
+        Link("a", "b", "fd01::1/64", "fd02::2/64")
+
+
+def test_decap_reads_ipv6_outer_headers() -> None:
+    from scapy.layers.inet6 import IPv6
+
+    from tunlab.traffic.decap import decode_link
+
+    a, b = RelayEnd("a", "fd01::1", 55555), RelayEnd("b", "fd01::2", 55555)
+    inner = bytes(IP(src="172.16.0.1", dst="172.16.0.2") / ICMP())
+    frames = [Frame(1.0, bytes(IPv6(src="fd01::1", dst="fd01::2") / UDP(sport=55555, dport=55555) / inner)),
+              Frame(2.0, bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=2)))]
+    got = decode_link(frames, a, b, "udp", ["172.16.0.0/16", "fd00::/64"])
+    assert [s.kind for s in got] == ["encap", "bare"]
+    assert got[0].inner == inner and got[0].outer == "UDP [fd01::1]:55555 > [fd01::2]:55555"

@@ -24,14 +24,15 @@ PSK_FILE = "psk"
 
 UNDERLAY_MTU = 1500
 UDP_ENCAP = 28  # outer IPv4 (20) + UDP (8): what a UDP hop adds to every overlay packet
+UDP6_ENCAP = 48  # outer IPv6 (40) + UDP (8)
 
 
-def underlay_mtu(overlay_mtu: int, transport: str) -> int:
+def underlay_mtu(overlay_mtu: int, transport: str, version: int = 4) -> int:
     """The veth MTU a hop needs so that an overlay packet of ``overlay_mtu`` bytes crosses it whole: a UDP
     hop carries one packet per datagram (so the veth grows past 1500 when the overlay needs it); a TCP hop's
     stream is cut into segments by TCP itself, so 1500 always does."""
     if transport == "udp":
-        return max(UNDERLAY_MTU, overlay_mtu + UDP_ENCAP)
+        return max(UNDERLAY_MTU, overlay_mtu + (UDP6_ENCAP if version == 6 else UDP_ENCAP))
     return UNDERLAY_MTU
 
 
@@ -137,17 +138,17 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
     run_dir = str(run_dir)
     links = []
     for i, lk in enumerate(topo.links):
-        a = ipaddress.IPv4Interface(lk.a_addr)
-        b = ipaddress.IPv4Interface(lk.b_addr)
+        a = ipaddress.ip_interface(lk.a_addr)
+        b = ipaddress.ip_interface(lk.b_addr)
         links.append(UnderlayLink(
             name=lk.name,
             a=LinkEnd(lk.a, names.veth_name(run_id, i, "a"), str(a.ip), lk.a_port),
             b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
             transport=lk.transport, prefixlen=a.network.prefixlen, index=i,
             datapath=topo.datapath if lk.transport == "udp" else "simple",
-            mtu=underlay_mtu(topo.mtu, lk.transport)))
+            mtu=underlay_mtu(topo.mtu, lk.transport, a.version)))
     plen = topo.overlay_prefixlen()
-    v6 = 6 in topo.families
+    v6 = 6 in topo.families or any(":" in lk.a_addr for lk in topo.links)
     longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
     ttl = 255 if longest >= LONG_CHAIN else None
     tun = names.tun_name(run_id)
@@ -203,18 +204,22 @@ def relay_argv(*, device: Sequence[str], transport: str, hops: Sequence[RelayHop
     if datapath is not None:
         args += ["--datapath", datapath]
     listens: list[RelayHop] = []
+
+    def hp(ip: str, port: int) -> str:  # IPv6 in brackets
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     for hop in hops:
         if transport == "udp":
             listens.append(hop)
-            args += ["--peer", f"{hop.peer}={hop.peer_ip}:{hop.peer_port}"]
+            args += ["--peer", f"{hop.peer}={hp(hop.peer_ip, hop.peer_port)}"]
         elif hop.listens:
             listens.append(hop)
             args += ["--accept", f"{hop.peer}={hop.peer_ip}"]
         else:
-            args += ["--peer", f"{hop.peer}={hop.peer_ip}:{hop.peer_port}"]
+            args += ["--peer", f"{hop.peer}={hp(hop.peer_ip, hop.peer_port)}"]
     if listens:
         ips = {h.my_ip for h in listens}
-        args += ["--listen", f"{ips.pop() if len(ips) == 1 else '0.0.0.0'}:{listens[0].my_port}"]
+        wildcard = "::" if any(":" in h.my_ip for h in listens) else "0.0.0.0"
+        args += ["--listen", hp(ips.pop() if len(ips) == 1 else wildcard, listens[0].my_port)]
     for prefix, peer in collapse_routes(routes):
         args += ["--route", f"{prefix}={peer}"]
     args += ["--vnf", "hook", "--hook", hook] if hook is not None else ["--vnf", "kernel"]

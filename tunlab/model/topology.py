@@ -108,6 +108,23 @@ def _ipv4_iface(where: str, fld: str, text: object) -> ipaddress.IPv4Interface:
     return iface
 
 
+def _ip_iface(where: str, fld: str, text: object) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """An underlay address with its prefix length: IPv4 (10.0.0.1/30) or IPv6 (fd01::1/64)."""
+    if isinstance(text, str) and ":" in text:
+        try:
+            if "/" not in text:
+                raise ValueError
+            iface6 = ipaddress.IPv6Interface(text)
+        except ValueError:
+            raise _fail(where, fld, f"{text!r} is not an IPv6 address with a prefix length",
+                        "write it like fd01::1/64") from None
+        if iface6.ip == iface6.network.network_address and iface6.network.prefixlen < 127:
+            raise _fail(where, fld, f"{text} is the subnet-router anycast address of {iface6.network}",
+                        "pick a host address inside the subnet")
+        return iface6
+    return _ipv4_iface(where, fld, text)
+
+
 def _ipv4_net(where: str, fld: str, text: object) -> ipaddress.IPv4Network:
     try:
         if not isinstance(text, str):
@@ -284,8 +301,8 @@ class Link:
                 raise _fail(w, side, f"{getattr(self, side)!r} is not a node name", "give the node's name")
         if self.a == self.b:
             raise _fail(w, "b", "a link joins two different nodes", "link the node to its neighbour")
-        ia = _ipv4_iface(w, "a_addr", self.a_addr)
-        ib = _ipv4_iface(w, "b_addr", self.b_addr)
+        ia = _ip_iface(w, "a_addr", self.a_addr)
+        ib = _ip_iface(w, "b_addr", self.b_addr)
         _check_lab_range(w, "a_addr", ia)
         if ia.network != ib.network:
             raise _fail(w, "b_addr", f"{self.b_addr} is not in the same subnet as a_addr {self.a_addr}",
@@ -498,19 +515,22 @@ def _validate(topo: Topology) -> None:
             raise _fail(w, "b", f"'{lk.a}' and '{lk.b}' are already linked", "one link per pair of nodes")
         pairs.add(pair)
         topo._link_index[pair] = lk
-        net = ipaddress.IPv4Interface(lk.a_addr).network
-        if net.version == overlay.version and net.overlaps(overlay):  # type: ignore[arg-type]
+        net = ipaddress.ip_interface(lk.a_addr).network
+        if any(net.version == o.version and net.overlaps(o) for _, o in nets):  # type: ignore[arg-type]
             raise _fail(w, "a_addr", f"{net} overlaps the overlay {overlay}",
                         "keep underlay and overlay addresses apart (e.g. underlay in 10.0.0.0/8)")
-        subnets.append((int(net.network_address), int(net.broadcast_address), lk))
-    subnets.sort(key=lambda s: (s[0], s[1]))
-    for (_, end, prev), (start, _, lk) in zip(subnets, subnets[1:]):
-        if start <= end:
+        subnets.append((net.version, int(net.network_address), int(net.broadcast_address), lk))
+    subnets.sort(key=lambda s: (s[0], s[1], s[2]))
+    for (v0, _, end, prev), (v1, start, _, lk) in zip(subnets, subnets[1:]):
+        if v0 == v1 and start <= end:
             first, second = sorted((prev, lk), key=topo.links.index)
-            raise _fail(second.where, "a_addr", f"{ipaddress.IPv4Interface(second.a_addr).network} overlaps "
+            raise _fail(second.where, "a_addr", f"{ipaddress.ip_interface(second.a_addr).network} overlaps "
                         f"the subnet of link '{first.name}'", "give every link its own subnet")
     for n in topo.nodes:
         lks = topo.links_of(n.name)
+        if len({ipaddress.ip_interface(lk.a_addr).version for lk in lks}) > 1:
+            raise _fail(n.where, "a_addr", "its links mix IPv4 and IPv6 underlay addresses",
+                        "one relay has one socket: give all links of this node the same IP version")
         if len({lk.transport for lk in lks}) > 1:
             desc = ", ".join(f"{lk.transport} on '{lk.name}'" for lk in lks)
             raise _fail(n.where, "transport", f"its links use different transports ({desc})",
@@ -627,7 +647,7 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
                             hint="use 0-4000")
     ov = _ip_net("linear_chain", "overlay_net", overlay_net)
     ov6 = _ip_net("linear_chain", "overlay_net6", overlay_net6) if overlay_net6 else None
-    un = _ipv4_net("linear_chain", "underlay_net", underlay_net)
+    un = _ip_net("linear_chain", "underlay_net", underlay_net)
     if ov.num_addresses < 260 + n_vnfs or un.num_addresses < 4 * (n_vnfs + 1):
         raise TopologyError(f"{n_vnfs} VNFs do not fit in {ov} / {un}", field="linear_chain field 'n_vnfs'",
                             hint="use bigger overlay_net / underlay_net")
@@ -650,7 +670,8 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
     links = []
     for k, (x, y) in enumerate(zip(order, order[1:])):
         sub = un.network_address + 4 * k
-        links.append(Link(x, y, f"{sub + 1}/30", f"{sub + 2}/30", transport, port, port,
+        plen = 30 if un.version == 4 else 126
+        links.append(Link(x, y, f"{sub + 1}/{plen}", f"{sub + 2}/{plen}", transport, port, port,
                           shaping=(shaping or {}).get(f"{x}-{y}")))
     unknown = sorted(set(shaping or {}) - {lk.name for lk in links})
     if unknown:

@@ -91,6 +91,23 @@ def parse_ipv4(data: bytes) -> _Ip | None:
     return _Ip(src, dst, data[9], fragment, ihl, data[ihl:end])
 
 
+def parse_ipv6(data: bytes) -> _Ip | None:
+    """The same fields of an IPv6 header (the next header is the protocol; a fragment header makes it a
+    fragment), or None when ``data`` is not IPv6."""
+    if len(data) < 40 or data[0] >> 4 != 6:
+        return None
+    plen = struct.unpack_from("!H", data, 4)[0]
+    end = len(data) if plen == 0 or 40 + plen > len(data) else 40 + plen
+    src = str(ipaddress.IPv6Address(data[8:24]))
+    dst = str(ipaddress.IPv6Address(data[24:40]))
+    return _Ip(src, dst, data[6], data[6] == 44, 40, data[40:end])
+
+
+def parse_outer(data: bytes) -> _Ip | None:
+    """An underlay packet's IP header, IPv4 or IPv6."""
+    return parse_ipv4(data) or parse_ipv6(data)
+
+
 def _sum16(data: bytes | bytearray | memoryview) -> int:
     """The ones' complement sum of ``data`` as 16-bit big-endian words (2**16 = 1 modulo 0xFFFF, so it is
     the number the bytes spell, modulo 0xFFFF: one C-speed pass even over a 64 KiB GSO packet)."""
@@ -169,6 +186,10 @@ def _ports(payload: bytes) -> tuple[int, int] | None:
     return struct.unpack_from("!HH", payload, 0)
 
 
+def _hp(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def _direction(ip: _Ip, sport: int, dport: int, a: RelayEnd, b: RelayEnd) -> tuple[RelayEnd, RelayEnd] | None:
     """(sender end, receiver end) when the packet runs between the two relay ends with their ports."""
     for x, y in ((a, b), (b, a)):
@@ -207,16 +228,9 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
     streams: dict[tuple[str, int, str, int], _Stream] = {}
     chunks = _ChunkDecoder(keys)
     for fr in frames:
-        ip = parse_ipv4(fr.data)
+        ip = parse_outer(fr.data)
         if ip is None:
-            if len(fr.data) >= 40 and fr.data[0] >> 4 == 6:  # an IPv6 overlay packet bare on the underlay?
-                src6 = str(ipaddress.IPv6Address(fr.data[8:24]))
-                dst6 = str(ipaddress.IPv6Address(fr.data[24:40]))
-                if in_overlay(src6) or in_overlay(dst6):
-                    out.append(Sighting(fr.ts, "bare", src6, dst6, f"bare IPv6 {src6} > {dst6} nh={fr.data[6]}",
-                                        fr.data))
-                    continue
-            out.append(Sighting(fr.ts, "other", "?", "?", f"non-IPv4 {len(fr.data)} bytes", None))
+            out.append(Sighting(fr.ts, "other", "?", "?", f"non-IP {len(fr.data)} bytes", None))
             continue
         if in_overlay(ip.src) or in_overlay(ip.dst):
             out.append(Sighting(fr.ts, "bare", ip.src, ip.dst, f"bare IP {ip.src} > {ip.dst} proto={ip.proto}",
@@ -232,7 +246,7 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
             out.append(Sighting(fr.ts, "other", ip.src, ip.dst, f"IP {ip.src} > {ip.dst} proto={ip.proto}", None))
             continue
         sport, dport = ports
-        src, dst = f"{ip.src}:{sport}", f"{ip.dst}:{dport}"
+        src, dst = _hp(ip.src, sport), _hp(ip.dst, dport)
         if ip.proto == 17 and transport == "udp":
             out.extend(chunks.datagram(fr.ts, (ip.src, sport), src, dst, ip.payload[8:], ends))
         elif ip.proto == 6 and transport == "tcp":
@@ -355,7 +369,7 @@ def _add_segment(streams: dict[tuple[str, int, str, int], _Stream], ip: _Ip, spo
     key = (ip.src, sport, ip.dst, dport)
     stream = streams.get(key)
     if stream is None:
-        stream = streams[key] = _Stream(ends[0], ends[1], (f"{ip.src}:{sport}", f"{ip.dst}:{dport}"))
+        stream = streams[key] = _Stream(ends[0], ends[1], (_hp(ip.src, sport), _hp(ip.dst, dport)))
     if flags & 0x02:  # SYN: the stream starts at seq + 1
         stream.isn = (seq + 1) & 0xFFFFFFFF
     payload = tcp[doff:]
