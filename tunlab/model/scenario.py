@@ -16,7 +16,9 @@ A scenario file is a Python module (``scenarios/*.py``) that sets these names:
     - ``Tcp(dport, flags="S", payload=b"")``: a TCP segment (a SYN by default, or data with ``flags="PA"``).
 
     Every flow takes ``count`` (packets, 1), ``expect`` (below), ``src``/``dst`` (node names or, for ``dst``,
-    an overlay address), ``ttl`` (64), ``ignore`` (fields the path may change, e.g. ``["IP.tos"]``) and ``name``.
+    an overlay address, IPv4 or IPv6), ``family`` (4 or 6: which overlay a node name means; default the
+    topology's first), ``ttl`` (64; the hop limit in IPv6), ``ignore`` (fields the path may change, e.g.
+    ``["IP.tos"]``), ``rewrites`` (below, for this flow) and ``name``.
 ``expect`` (optional)
     What flows without their own ``expect`` should do: ``"delivered"``, ``"reply"`` (delivered, and the
     receiver's kernel answer comes back through the chain: echo reply, SYN-ACK/RST, ICMP port unreachable),
