@@ -432,3 +432,22 @@ def test_decap_reads_ipv6_outer_headers() -> None:
     got = decode_link(frames, a, b, "udp", ["172.16.0.0/16", "fd00::/64"])
     assert [s.kind for s in got] == ["encap", "bare"]
     assert got[0].inner == inner and got[0].outer == "UDP [fd01::1]:55555 > [fd01::2]:55555"
+
+
+def test_declared_dscp_marking_passes_and_undeclared_fails() -> None:
+    ch = chain()
+    p = IP(src=ADDR["sender"], dst=ADDR["receiver"], id=601) / UDP(sport=3000, dport=5001) / b"dscp"
+
+    def mark(label: str, pkt: bytes) -> list[bytes] | None:
+        if label != "vnf1 TUN out":
+            return None
+        q = IP(pkt)
+        q.tos = 0xB8  # EF
+        q.chksum = None
+        return [bytes(q)]
+
+    caps = simulate(ch, [(bytes(p), False)], mark)
+    assert check_flow(ch, caps, Probe("udp", bytes(p), rewrites=(("vnf1", ("IP.tos",)),))).passed
+    wrong_vnf = check_flow(ch, caps, Probe("udp", bytes(p), rewrites=(("vnf2", ("IP.tos",)),)))
+    hops = by_name(wrong_vnf)["every hop"]
+    assert not hops.passed and hops.hop == "vnf1 TUN out" and "IP.tos" in hops.message
