@@ -451,3 +451,15 @@ def test_declared_dscp_marking_passes_and_undeclared_fails() -> None:
     wrong_vnf = check_flow(ch, caps, Probe("udp", bytes(p), rewrites=(("vnf2", ("IP.tos",)),)))
     hops = by_name(wrong_vnf)["every hop"]
     assert not hops.passed and hops.hop == "vnf1 TUN out" and "IP.tos" in hops.message
+
+
+def test_icmpv6_checksums_are_followed_too() -> None:
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    from tunlab.verdict.masks import bad_checksums
+
+    good = bytes(IPv6(src="fd00::1", dst="fd00::2") / ICMPv6EchoRequest(id=1, seq=2, data=b"abc"))
+    bad = bytearray(good)
+    bad[-1] ^= 1  # payload changed, checksum not
+    assert bad_checksums(good) == []
+    assert [d.field for d in bad_checksums(bytes(bad))] == ["cksum"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6, _ICMPv6
 from scapy.fields import ConditionalField
 from scapy.packet import NoPayload, Packet, Padding, Raw
 
@@ -29,6 +29,7 @@ ChecksumMode = Literal["valid", "equal", "ignore"]
 
 # layers whose "chksum" field is a checksum over bytes scapy can recompute
 _CHECKSUMMED = (IP, ICMP, UDP, TCP)
+_ICMPV6 = _ICMPv6
 _PAYLOAD_LAYERS = (Raw, Padding)
 
 
@@ -127,12 +128,17 @@ def bad_checksums(pkt: Packet) -> list[FieldDiff]:
             if isinstance(layer, UDP) and layer.chksum == 0:
                 continue
             layer.chksum = None
+        elif isinstance(layer, _ICMPV6) and layer.fields.get("cksum") is not None:
+            layer.cksum = None  # ICMPv6 names its checksum "cksum" (over the IPv6 pseudo-header)
     rebuilt = parse_flat(bytes(rebuilt))
     bad = []
     for got, want in zip(_layers(fresh), _layers(rebuilt)):
         if isinstance(got, _CHECKSUMMED) and got.chksum != want.chksum:
             bad.append(FieldDiff(_name(got), "chksum", f"0x{want.chksum:04x} (what the bytes give)",
                                  f"0x{got.chksum:04x}"))
+        elif isinstance(got, _ICMPV6) and getattr(got, "cksum", None) != getattr(want, "cksum", None):
+            bad.append(FieldDiff(_name(got), "cksum", f"0x{want.cksum:04x} (what the bytes give)",
+                                 f"0x{got.cksum:04x}"))
     return bad
 
 
