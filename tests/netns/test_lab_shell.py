@@ -113,3 +113,32 @@ def test_capture_inner_writes_the_inner_packets_of_a_link(tmp_path: Path, params
         assert len(inner) == 6, [p.summary() for p in inner]
         assert {p[IP].src for p in inner} == {"172.16.0.1", "172.16.0.2"}
         assert all(len(p[IP]) == 1028 for p in inner)
+
+
+@pytest.mark.skipif(__import__("shutil").which("tshark") is None, reason="tshark is not installed (setup installs it)")
+def test_capture_streams_to_tshark_while_a_scenario_runs(tmp_path: Path) -> None:
+    from tunlab.model.scenario import load_scenario
+    from tunlab.run.runner import check_scenario
+
+    with Lab(load_topology("three_vnf")) as lab:
+        cap = subprocess.Popen([sys.executable, "-m", "tunlab", "capture", lab.run_id, "vnf1-vnf2", "-c", "6"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        tshark = subprocess.Popen(["tshark", "-r", "-", "-T", "fields", "-e", "ip.src", "-e", "udp.dstport"],
+                                  stdin=cap.stdout, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert cap.stdout is not None and cap.stderr is not None
+        cap.stdout.close()  # tshark owns the pipe now
+        deadline = time.monotonic() + 30
+        line = b""
+        while b"listening on" not in line and time.monotonic() < deadline:
+            line = cap.stderr.readline()
+            if not line and cap.poll() is not None:
+                break
+        assert b"listening on" in line
+        sc = tmp_path / "sc.py"
+        sc.write_text("from tunlab import Ping\ntopology = 'three_vnf'\ntraffic = [Ping(count=3)]\n")
+        result = check_scenario(load_scenario(sc), lab)
+        assert result.passed
+        out, _ = tshark.communicate(timeout=60)
+        assert cap.wait(timeout=30) == 0
+        rows = [r.split("\t") for r in out.strip().splitlines()]
+        assert len(rows) == 6 and all(r[0] in ("10.0.0.5", "10.0.0.6") and r[1] == "55555" for r in rows), rows

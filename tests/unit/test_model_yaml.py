@@ -189,3 +189,24 @@ def test_schema_command_prints_the_schema() -> None:
     out = subprocess.run([sys.executable, "-m", "tunlab", "schema"], capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out) == json_schema()
+
+
+MERMAID_LINE = __import__("re").compile(
+    r'^(flowchart LR'
+    r'|  n_\w+\["[^"]*"\]'                     # an endpoint: a box
+    r'|  n_\w+\("[^"]*"\)'                      # a VNF: rounded
+    r'|  n_\w+ ---\|"[^"|]*"\| n_\w+'           # a link with its label
+    r'|  classDef \w+ stroke:\w+,stroke-width:\d+px'
+    r'|  class n_\w+ \w+'
+    r'|  %%.*)$')
+
+
+@pytest.mark.parametrize("topology", ["fork", "three_vnf", "topologies/linear.yaml"])
+def test_mermaid_output_follows_the_flowchart_grammar(topology: str) -> None:
+    g = graph_data(load_topology(topology))
+    for state in (None, {n["name"]: "up" for n in g["nodes"]}):
+        text = to_mermaid(g, state)
+        bad = [ln for ln in text.splitlines() if not MERMAID_LINE.match(ln)]
+        assert not bad, bad
+        ids = {m for m in __import__("re").findall(r"n_\w+", text)}
+        assert ids == {f"n_{n['name']}" for n in g["nodes"]}  # every edge and class names a declared node
