@@ -3,7 +3,9 @@
 # provisioning all run this. Idempotent: a second run changes nothing and takes a second or two.
 #
 #   sudo bash scripts/setup.sh            # as root: Debian packages, .venv, tunlab editable + test extras
-#   sudo bash scripts/setup.sh --vagrant  # also Vagrant (+ vagrant-libvirt): for a host that runs the VM
+#   sudo bash scripts/setup.sh --vagrant  # also what runs the VM: Vagrant, vagrant-libvirt, libvirt, QEMU and
+#                                         # the box builder's tools (vagrant/README.md)
+#   bash scripts/setup.sh --print-debs    # print the Debian packages of the lab (one a line) and stop
 #
 # Environment: TUNLAB_PYTHON=/path/to/python3 picks the interpreter for a new .venv (>= 3.11, with venv
 # and ensurepip); by default `python3` from PATH, else Debian's /usr/bin/python3.
@@ -17,23 +19,29 @@ TUNLAB_SCRIPT_TAG="setup"
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TUNLAB_ROOT"
 
+# ---- Debian packages (apt-get update only when something is missing) -----------------------------
+# Keep these lists in step with README.md ("What setup does"). vagrant/build-box.sh puts debs in the box.
+debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
+      socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz)
+# --vagrant: the VM host (vagrant/): Vagrant and its libvirt provider, libvirt with QEMU (its NAT network
+# needs dnsmasq), and what vagrant/build-box.sh builds the box with.
+vm_debs=(vagrant libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base
+         mmdebstrap e2fsprogs dosfstools mtools syslinux syslinux-common fdisk)
+
 with_vagrant=0
 for arg in "$@"; do
   case "$arg" in
     --vagrant) with_vagrant=1 ;;
+    --print-debs) printf '%s\n' "${debs[@]}"; exit 0 ;;
     -h|--help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) die "unknown option '$arg' (known: --vagrant)" ;;
+    *) die "unknown option '$arg' (known: --vagrant, --print-debs)" ;;
   esac
 done
 
 require_lab_machine
 
-# ---- Debian packages (apt-get update only when something is missing) -----------------------------
-# Keep this list in step with README.md ("What setup does").
-debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
-      socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz)
 if [ "$with_vagrant" -eq 1 ]; then
-  debs+=(vagrant)
+  debs+=("${vm_debs[@]}")
 fi
 
 is_installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]; }
