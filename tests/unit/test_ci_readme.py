@@ -55,6 +55,21 @@ def test_readme_lists_the_packages_setup_installs() -> None:
     assert [p.strip() for p in listed.group(1).replace("\n", " ").split(",")] == debs
 
 
+def test_readme_lists_the_packages_setup_installs_for_the_vm() -> None:
+    vm_debs = bash_array(ROOT / "scripts/setup.sh", "vm_debs")
+    listed = re.search(r"`--vagrant` also installs what [^:]*?\):\s(.*?)\.\n", README.read_text(), re.S)
+    assert listed, "README: the --vagrant package list in 'What setup does' moved; update this test"
+    assert [p.strip() for p in listed.group(1).replace("\n", " ").split(",")] == vm_debs
+
+
+def test_setup_prints_the_lab_packages_for_the_box_builder() -> None:
+    """vagrant/build-box.sh puts exactly setup.sh's debs into the box (so provisioning needs no apt)."""
+    out = subprocess.run(["bash", str(ROOT / "scripts/setup.sh"), "--print-debs"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.split() == bash_array(ROOT / "scripts/setup.sh", "debs")
+    assert "setup.sh --print-debs" in (ROOT / "vagrant/build-box.sh").read_text()
+
+
 def test_vagrant_docs_and_vagrantfile_agree() -> None:
     cmd = marked_block(README, "vagrant-command")
     assert cmd == marked_block(ROOT / "vagrant/README.md", "vagrant-command")
@@ -63,12 +78,14 @@ def test_vagrant_docs_and_vagrantfile_agree() -> None:
     assert guest_dir, "Vagrantfile: GUEST_DIR not found"
     test_cmd = marked_block(README, "test-command")
     assert f"vagrant ssh -c 'cd {guest_dir.group(1)} && {test_cmd}'" in cmd
-    assert 'config.vm.box = "debian/bookworm64"' in vagrantfile
+    assert 'config.vm.box = "tunlab/debian12"' in vagrantfile
+    assert 'BOX_NAME="tunlab/debian12"' in (ROOT / "vagrant/build-box.sh").read_text()
     assert re.search(r'provision "shell".*privileged: true.*bash scripts/setup\.sh', vagrantfile, re.S)
 
 
 @pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh",
-                                    "scripts/common.sh", ".ci/run"])
+                                    "scripts/common.sh", ".ci/run", "vagrant/build-box.sh", "vagrant/vm.sh",
+                                    "vagrant/accel.sh"])
 def test_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(ROOT / script)], check=True, timeout=30)
 
@@ -77,7 +94,8 @@ def test_scripts_pass_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (Debian package shellcheck)")
-    scripts = ["scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh", "scripts/common.sh", ".ci/run"]
+    scripts = ["scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh", "scripts/common.sh", ".ci/run",
+               "vagrant/build-box.sh", "vagrant/vm.sh", "vagrant/accel.sh"]
     r = subprocess.run([shellcheck, "-x", *scripts], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
