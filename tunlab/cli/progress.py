@@ -74,5 +74,6 @@ class BringUpProgress:
                     self.stream.flush()
                     self.lines.append(text)
                 last_counts = now_counts
-            if self._stop.wait(0.1 if self._tty else self.every):
+            # until the ledger exists there is nothing to count: look again soon, not a whole period later
+            if self._stop.wait(0.1 if self._tty or text is None else self.every):
                 return
