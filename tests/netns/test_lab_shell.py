@@ -19,6 +19,19 @@ from tunlab import Lab, load_topology
 pytestmark = pytest.mark.netns
 
 
+def wait_listening(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Until `tunlab capture`'s tcpdump says it listens (its readiness line on stderr)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    line: str | bytes = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        text = line.decode() if isinstance(line, bytes) else line
+        if "listening on" in text or (not line and proc.poll() is not None):
+            break
+    assert "listening on" in (line.decode() if isinstance(line, bytes) else line), line
+
+
 def _tunlab(*args: str, stdin: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tunlab", *args], input=stdin, capture_output=True, text=True,
                           timeout=120, check=check)
@@ -58,14 +71,7 @@ def test_capture_streams_a_link_and_relay_stats_names_a_node(tmp_path: Path) -> 
         pcap = tmp_path / "l.pcap"
         proc = subprocess.Popen([sys.executable, "-m", "tunlab", "capture", lab.run_id, "vnf1-vnf2", "-w", str(pcap),
                                  "-c", "4"], stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        line = ""
-        while "listening on" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-        assert "listening on" in line, line
+        wait_listening(proc)
         lab.node("sender").cmd_raises(["ping", "-c2", "-i", "0.2", lab.node("receiver").overlay_ip])
         assert proc.wait(timeout=30) == 0
         packets = rdpcap(str(pcap))
@@ -97,14 +103,7 @@ def test_capture_inner_writes_the_inner_packets_of_a_link(tmp_path: Path, params
         pcap = tmp_path / "inner.pcap"
         proc = subprocess.Popen([sys.executable, "-m", "tunlab", "capture", lab.run_id, "vnf1-vnf2", "--inner",
                                  "-w", str(pcap), "--filter", "tcp or udp"], stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        line = ""
-        while "listening on" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                break
-        assert "listening on" in line, line
+        wait_listening(proc)
         lab.node("sender").cmd_raises(["ping", "-c3", "-i", "0.2", "-s", "1000", lab.node("receiver").overlay_ip])
         proc.send_signal(__import__("signal").SIGINT)
         proc.wait(timeout=30)
@@ -127,13 +126,7 @@ def test_capture_streams_to_tshark_while_a_scenario_runs(tmp_path: Path) -> None
                                   stdin=cap.stdout, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert cap.stdout is not None and cap.stderr is not None
         cap.stdout.close()  # tshark owns the pipe now
-        deadline = time.monotonic() + 30
-        line = b""
-        while b"listening on" not in line and time.monotonic() < deadline:
-            line = cap.stderr.readline()
-            if not line and cap.poll() is not None:
-                break
-        assert b"listening on" in line
+        wait_listening(cap)
         sc = tmp_path / "sc.py"
         sc.write_text("from tunlab import Ping\ntopology = 'three_vnf'\ntraffic = [Ping(count=3)]\n")
         result = check_scenario(load_scenario(sc), lab)
