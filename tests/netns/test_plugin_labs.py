@@ -111,17 +111,24 @@ def test_ping(tunlab_lab):
     assert_gone(run_id)
     (session,) = sessions(pytester)
     folder = session / safe_name("test_lab.py::test_ping")
-    # pcaps of every link, each holding the encapsulated pings (2 requests + 2 replies)
-    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == ["link_sender-vnf1.pcap", "link_vnf1-receiver.pcap"]
-    for pcap in (folder / "pcaps").iterdir():
+    # pcaps of every link, each holding the encapsulated pings (2 requests + 2 replies), and of every TUN (the
+    # names and formats of `tunlab run`), the pings bare, each with its direction
+    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == [
+        "link_sender-vnf1.pcap", "link_vnf1-receiver.pcap", "tun_receiver.pcapng", "tun_sender.pcapng",
+        "tun_vnf1.pcapng"]
+    for pcap in (folder / "pcaps").glob("link_*.pcap"):
         assert encapsulated_frames(pcap) >= 4
+    from scapy.layers.inet import ICMP
+    from scapy.utils import rdpcap
+
+    assert sum(1 for p in rdpcap(str(folder / "pcaps" / "tun_sender.pcapng")) if p.haslayer(ICMP)) >= 4
     # relay logs and counters of every node, and the failure text
     logs = {p.name for p in (folder / run_id).iterdir()}
     assert {"sender.log", "vnf1.log", "receiver.log", "vnf1.stats.json"} <= logs
     assert "the VNF did something wrong" in (folder / "failure.txt").read_text()
     result.stdout.fnmatch_lines(["*- tunlab artefacts -*", f"kept in {folder}", "  failure.txt"])
     result.stdout.fnmatch_lines([f"  {run_id}/ (*): *receiver.log *sender.log*"])
-    result.stdout.fnmatch_lines(["  pcaps/ (2): link_sender-vnf1.pcap link_vnf1-receiver.pcap"])
+    result.stdout.fnmatch_lines(["  pcaps/ (5): link_sender-vnf1.pcap link_vnf1-receiver.pcap tun_receiver.pcapng*"])
     assert junit_properties(pytester.path / "junit.xml")["test_ping"] == [("tunlab_artefacts", str(folder))]
 
 
@@ -208,7 +215,7 @@ def test_passes(tunlab_lab):
     assert_gone(run_id)
     (session,) = sessions(pytester)
     folder = session / "test_shared.py--module"
-    assert sorted(p.name for p in (folder / "pcaps").iterdir()) == ["link_sender-vnf1.pcap", "link_vnf1-receiver.pcap"]
+    assert sorted(p.name for p in (folder / "pcaps").glob("link_*")) == ["link_sender-vnf1.pcap", "link_vnf1-receiver.pcap"]
     assert (folder / run_id / "vnf1.log").is_file()
     result.stdout.fnmatch_lines(["*- tunlab artefacts -*", f"kept in {folder}"])
     props = junit_properties(pytester.path / "junit.xml")

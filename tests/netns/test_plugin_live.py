@@ -14,7 +14,8 @@ import pytest
 
 from tunlab.errors import TunlabError
 from tunlab.lab.ledger import log_run, proc_start_time
-from tunlab.testing import gating, leaks, pcaps
+from tunlab.testing import gating, leaks
+from tunlab.traffic.capture import Capture, CapturePoint
 
 pytestmark = pytest.mark.netns
 
@@ -46,25 +47,28 @@ def test_netns_check_passes_here() -> None:
     assert gating.netns_unavailable_reason() is None
 
 
-def test_capture_is_ready_before_traffic_and_flushed_on_stop(netns: str, tmp_path: Path) -> None:
+def test_spooled_capture_is_ready_before_traffic_and_written_as_it_comes(netns: str, tmp_path: Path) -> None:
     from scapy.layers.inet import ICMP
     from scapy.utils import rdpcap
 
-    caps = pcaps.start([("lo", _popen_in(netns), "lo", tmp_path / "pcaps" / "lo.pcap")])
-    try:
-        # no wait between start() and sending: start() returned only once tcpdump listens
+    cap = Capture([CapturePoint("link:lo", f"/run/netns/{netns}", "lo", "ip")], spool=tmp_path / "pcaps")
+    with cap:
+        # no wait between entering and sending: __enter__ returned only once the socket was bound
         subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "3", "-i", "0.01", "-W", "1", "127.0.0.1"],
                        check=True, capture_output=True)
-    finally:
-        pcaps.stop(caps)
-    assert all(c.proc.returncode is not None for c in caps)
-    echoes = [p for p in rdpcap(str(tmp_path / "pcaps" / "lo.pcap")) if p.haslayer(ICMP)]
-    assert [p[ICMP].type for p in echoes].count(8) == 3  # every request, none lost to a late start
+        assert cap.wait_for(lambda _: cap.counts["link:lo"] >= 6, timeout=10)
+        # already on disk while the capture runs (flushed after every batch), as tcpdump -U would
+        echoes = [p for p in rdpcap(str(tmp_path / "pcaps" / "link_lo.pcap")) if p.haslayer(ICMP)]
+        assert [p[ICMP].type for p in echoes].count(8) == 3  # every request, none lost to a late start
+        with pytest.raises(ValueError, match="keeps no frames in memory"):
+            cap.frames()
+    assert cap.files == [tmp_path / "pcaps" / "link_lo.pcap"]
 
 
 def test_capture_on_missing_interface_fails_naming_it(netns: str, tmp_path: Path) -> None:
-    with pytest.raises(TunlabError, match=r"capture on link-x \(tcpdump -i nosuchdev\) did not start: .*No such dev"):
-        pcaps.start([("link-x", _popen_in(netns), "nosuchdev", tmp_path / "x.pcap")])
+    cap = Capture([CapturePoint("link:x", f"/run/netns/{netns}", "nosuchdev", "ip")], spool=tmp_path)
+    with pytest.raises(TunlabError, match=r"cannot capture on nosuchdev for link:x: No such device"):
+        cap.__enter__()
 
 
 def test_leak_check_finds_namespaces_and_tagged_processes() -> None:

@@ -1,7 +1,8 @@
 """Build labs for tests and take them down whatever the test did, then check nothing was left behind.
 
 A :class:`LabFactory` belongs to one artefact folder (a test's, or a module's for shared labs). Each lab it
-builds gets a pcap of every underlay link (tcpdump in the nodes' namespaces) and writes its results (relay
+builds gets a pcap of every underlay link and every TUN (the capture `tunlab run` uses, with its names:
+``pcaps/link_<link>.pcap``, ``pcaps/tun_<node>.pcapng``, spooled to disk for the test's life) and writes its results (relay
 logs, counters) into that folder; ``close()`` stops the captures, tears the labs down in reverse order and
 returns what leaked, as text for a loud teardown error.
 """
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from tunlab.testing import leaks, pcaps
+from tunlab.testing import leaks
 
 if TYPE_CHECKING:
     import os
+
+    from tunlab.traffic.capture import Capture
 
     from tunlab.lab.lab import Lab
     from tunlab.model.topology import Topology
@@ -37,7 +40,7 @@ def resolve_topology(spec: TopologySpec, params: dict[str, Any] | None = None) -
 class _Running:
     lab: Any
     recorded: leaks.Recorded
-    captures: list[pcaps.LinkPcap] = field(default_factory=list)
+    captures: list[Capture] = field(default_factory=list)
 
 
 def _recorded(lab: Any) -> leaks.Recorded:
@@ -102,16 +105,19 @@ class LabFactory:
         running = _Running(lab, _recorded(lab))
         self._running.append(running)
         if self.capture if capture is None else capture:
-            running.captures = pcaps.start(self._capture_targets(lab))
+            running.captures = [self._start_capture(lab, first=len(self._running) == 1)]
         return lab
 
-    def _capture_targets(self, lab: Any) -> list[tuple[str, Callable[..., Any], str, Path]]:
-        folder = self.results_dir / "pcaps"
-        targets = []
-        for link in lab.underlay_links:  # the point and name `tunlab run` uses: the link's b end, link_<name>
-            node = lab.node(link.b.node)
-            targets.append((str(link.name), node.popen, str(link.b.ifname), folder / f"link_{link.name}.pcap"))
-        return targets
+    def _start_capture(self, lab: Any, *, first: bool) -> Capture:
+        """Every TUN and underlay link of ``lab`` (the points and names of `tunlab run`), spooled into
+        ``pcaps/`` (a second lab of the same test into ``pcaps/<run id>/``); returns once every socket listens."""
+        from tunlab.run.runner import capture_points
+        from tunlab.traffic.capture import Capture
+
+        folder = self.results_dir / "pcaps" if first else self.results_dir / "pcaps" / str(lab.run_id)
+        cap = Capture(capture_points(lab), spool=folder)
+        cap.__enter__()  # raises TunlabError naming the point; close() still takes the lab down
+        return cap
 
     def snapshot(self) -> None:
         """Copy every running lab's relay logs and counters into the results folder now (at a failure, while
@@ -129,7 +135,8 @@ class LabFactory:
         problems: list[str] = []
         while self._running:
             running = self._running.pop()
-            pcaps.stop(running.captures)
+            for cap in running.captures:
+                cap.__exit__(None, None, None)
             running.recorded = _refresh(running)
             try:
                 running.lab.__exit__(None, None, None)

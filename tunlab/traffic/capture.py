@@ -34,6 +34,7 @@ SOL_PACKET = 263
 PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
 PACKET_AUXDATA = 8
+ARPHRD_LOOPBACK = 772
 TP_STATUS_CSUMNOTREADY = 8
 SO_TIMESTAMPNS = 35
 SO_ATTACH_FILTER = 26
@@ -92,10 +93,18 @@ def _open(point: CapturePoint, program: bytes) -> socket.socket:
 
 
 class Capture:
-    """Listen on every point until the context exits; ``frames()`` gives what each point saw so far."""
+    """Listen on every point until the context exits; ``frames()`` gives what each point saw so far.
 
-    def __init__(self, points: Iterable[CapturePoint], *, ready_timeout: float = 10.0) -> None:
+    With ``spool=FOLDER`` nothing is kept in memory: each point's frames go to its pcap in that folder
+    (:func:`pcap_path`) as they arrive, flushed after every batch, for captures that last as long as a test
+    whatever it sends (the pytest plugin's pcaps of every link). ``files`` lists them."""
+
+    def __init__(self, points: Iterable[CapturePoint], *, ready_timeout: float = 10.0,
+                 spool: str | os.PathLike[str] | None = None) -> None:
         self.points = list(points)
+        self.spool = Path(spool) if spool is not None else None
+        self._writers: dict[str, PcapWriter] = {}
+        self.counts: dict[str, int] = {p.name: 0 for p in self.points}
         names = [p.name for p in self.points]
         if len(set(names)) != len(names):
             raise ValueError(f"capture point names repeat: {names}")
@@ -114,6 +123,13 @@ class Capture:
     # -- lifecycle
     def __enter__(self) -> Capture:
         programs = {bpf: compile_bpf(bpf) for bpf in {p.bpf for p in self.points}}
+        if self.spool is not None:
+            try:
+                for p in self.points:
+                    self._writers[p.name] = open_writer(self.spool, p.name)
+            except BaseException:
+                self._close_writers()
+                raise
         self._thread = threading.Thread(target=self._run, args=(programs,), name="tunlab-capture", daemon=True)
         self._thread.start()
         if not self._ready.wait(self._ready_timeout):
@@ -141,6 +157,19 @@ class Capture:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+        self._close_writers()
+
+    def _close_writers(self) -> None:
+        for w in self._writers.values():
+            try:
+                w.close()
+            except OSError:
+                pass
+
+    @property
+    def files(self) -> list[Path]:
+        """The spooled pcaps (one per point), empty for an in-memory capture."""
+        return [w.path for w in self._writers.values()]
 
     def _run(self, programs: dict[str, bytes]) -> None:
         try:
@@ -178,6 +207,8 @@ class Capture:
                 break
             except OSError:
                 break
+            if addr[2] == PACKET_OUTGOING and addr[3] == ARPHRD_LOOPBACK:
+                continue  # loopback shows each packet twice, going out and coming in: keep one, as libpcap does
             ts = time.time()
             pending = False
             for level, kind, value in anc:
@@ -187,8 +218,21 @@ class Capture:
                 elif level == SOL_PACKET and kind == PACKET_AUXDATA and len(value) >= 4:
                     pending = bool(struct.unpack_from("I", value)[0] & TP_STATUS_CSUMNOTREADY)
             got.append(Frame(ts, data, addr[2] == PACKET_OUTGOING, pending))
-        if got:
+        if got and self._writers:
+            writer = self._writers[point.name]
+            try:
+                writer.write(Frame(f.ts, complete_checksum(f.data), f.outgoing) if f.csum_pending else f
+                             for f in got)
+                writer.flush()
+            except (OSError, ValueError):  # a full disk ends that point's file, never the capture thread
+                pass
             with self._cond:
+                self.counts[point.name] += len(got)
+                self._last = time.monotonic()
+                self._cond.notify_all()
+        elif got:
+            with self._cond:
+                self.counts[point.name] += len(got)
                 self._frames[point.name].extend(got)
                 self._last = time.monotonic()
                 self._cond.notify_all()
@@ -196,6 +240,8 @@ class Capture:
     # -- reading
     def frames(self) -> dict[str, list[Frame]]:
         """Every point's frames so far, checksums left to offload completed (once, in place)."""
+        if self.spool is not None:
+            raise ValueError(f"a spooled capture keeps no frames in memory: read its files in {self.spool}")
         with self._cond:
             for frames in self._frames.values():
                 for i, f in enumerate(frames):
@@ -243,35 +289,54 @@ class Capture:
                 self._cond.wait(min(quiet - (now - self._last), deadline - now))
 
     def write_pcaps(self, folder: str | os.PathLike[str]) -> list[Path]:
-        """One file per point in ``folder``, ':' and '@' made file-name safe: ``link_<name>.pcap`` for an
-        underlay link, ``tun_<node>.pcapng`` for a TUN (pcapng: each packet says whether it went out of the
-        TUN, toward the relay, or came in from it)."""
+        """One file per point in ``folder`` (named by :func:`pcap_path`): ``link_<name>.pcap`` for an underlay
+        link, ``tun_<node>.pcapng`` for a TUN (pcapng: each packet says whether it went out of the TUN, toward
+        the relay, or came in from it)."""
         out = []
         for name, frames in self.frames().items():
-            stem = name.replace(":", "_").replace("@", "_").replace("/", "_")
-            if name.startswith("tun@"):
-                path = Path(folder) / f"{stem}.pcapng"
-                write_pcapng(path, frames, ifname=name)
-            else:
-                path = Path(folder) / f"{stem}.pcap"
-                write_pcap(path, frames)
-            out.append(path)
+            with open_writer(folder, name) as w:
+                w.write(frames)
+            out.append(w.path)
         return out
 
 
-def write_pcap(path: str | os.PathLike[str], frames: Iterable[Frame]) -> None:
-    """A nanosecond-resolution pcap of raw IP packets."""
-    from tunlab.system.privileges import open_user_file
+class PcapWriter:
+    """A nanosecond-resolution pcap of raw IP packets, written frame by frame (never through a link planted
+    in the results folder: :func:`open_user_file`)."""
 
-    with open_user_file(path, "wb") as f:  # never through a link planted in the results folder
-        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, SNAPLEN, LINKTYPE_RAW))
-        for fr in frames:
-            sec = int(fr.ts)
-            nsec = int(round((fr.ts - sec) * 1e9))
-            if nsec >= 1_000_000_000:
-                sec, nsec = sec + 1, nsec - 1_000_000_000
-            f.write(struct.pack("<IIII", sec, nsec, len(fr.data), len(fr.data)))
-            f.write(fr.data)
+    suffix = ".pcap"
+
+    def __init__(self, path: str | os.PathLike[str], *, ifname: str = "") -> None:
+        from tunlab.system.privileges import open_user_file
+
+        self.path = Path(path)
+        self._f = open_user_file(self.path, "wb")
+        self._f.write(self._header(ifname))
+
+    def _header(self, ifname: str) -> bytes:
+        return struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, SNAPLEN, LINKTYPE_RAW)
+
+    def _record(self, fr: Frame) -> bytes:
+        sec = int(fr.ts)
+        nsec = int(round((fr.ts - sec) * 1e9))
+        if nsec >= 1_000_000_000:
+            sec, nsec = sec + 1, nsec - 1_000_000_000
+        return struct.pack("<IIII", sec, nsec, len(fr.data), len(fr.data)) + fr.data
+
+    def write(self, frames: Iterable[Frame]) -> None:
+        self._f.write(b"".join(self._record(fr) for fr in frames))
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "PcapWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _pcapng_block(kind: int, body: bytes) -> bytes:
@@ -284,16 +349,44 @@ def _option(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + bytes(-len(value) % 4)
 
 
-def write_pcapng(path: str | os.PathLike[str], frames: Iterable[Frame], *, ifname: str = "") -> None:
+class PcapngWriter(PcapWriter):
     """A pcapng of raw IP packets, nanosecond timestamps, and each packet's direction (the ``epb_flags``
     inbound/outbound bits: Wireshark's ``frame.packet_flags_direction``, tcpdump's ``-Q``'s sense)."""
-    with open(path, "wb") as f:
-        f.write(_pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _option(0, b"")))
+
+    suffix = ".pcapng"
+
+    def _header(self, ifname: str) -> bytes:
+        shb = _pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _option(0, b""))
         idb_opts = _option(2, ifname.encode()) + _option(9, bytes([9])) + _option(0, b"")  # if_name, if_tsresol=ns
-        f.write(_pcapng_block(1, struct.pack("<HHI", LINKTYPE_RAW, 0, SNAPLEN) + idb_opts))
-        for fr in frames:
-            ts = int(round(fr.ts * 1e9))
-            flags = 2 if fr.outgoing else 1  # epb_flags bits 0-1: 1 inbound, 2 outbound
-            body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(fr.data), len(fr.data))
-            body += fr.data + bytes(-len(fr.data) % 4) + _option(2, struct.pack("<I", flags)) + _option(0, b"")
-            f.write(_pcapng_block(6, body))
+        return shb + _pcapng_block(1, struct.pack("<HHI", LINKTYPE_RAW, 0, SNAPLEN) + idb_opts)
+
+    def _record(self, fr: Frame) -> bytes:
+        ts = int(round(fr.ts * 1e9))
+        flags = 2 if fr.outgoing else 1  # epb_flags bits 0-1: 1 inbound, 2 outbound
+        body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(fr.data), len(fr.data))
+        body += fr.data + bytes(-len(fr.data) % 4) + _option(2, struct.pack("<I", flags)) + _option(0, b"")
+        return _pcapng_block(6, body)
+
+
+def pcap_path(folder: str | os.PathLike[str], point: str) -> Path:
+    """The one naming scheme: ``link_<name>.pcap`` for an underlay link (``link:<name>``), ``tun_<node>.pcapng``
+    for a TUN (``tun@<node>``); ':', '@' and '/' made file-name safe."""
+    stem = point.replace(":", "_").replace("@", "_").replace("/", "_")
+    return Path(folder) / (stem + (".pcapng" if point.startswith("tun@") else ".pcap"))
+
+
+def open_writer(folder: str | os.PathLike[str], point: str) -> PcapWriter:
+    path = pcap_path(folder, point)
+    return (PcapngWriter if path.suffix == ".pcapng" else PcapWriter)(path, ifname=point)
+
+
+def write_pcap(path: str | os.PathLike[str], frames: Iterable[Frame]) -> None:
+    """A nanosecond-resolution pcap of raw IP packets."""
+    with PcapWriter(path) as w:
+        w.write(frames)
+
+
+def write_pcapng(path: str | os.PathLike[str], frames: Iterable[Frame], *, ifname: str = "") -> None:
+    """A pcapng of raw IP packets with each packet's direction."""
+    with PcapngWriter(path, ifname=ifname) as w:
+        w.write(frames)
