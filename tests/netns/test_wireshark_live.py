@@ -58,3 +58,26 @@ def test_tshark_decodes_the_inner_packets_of_a_link_pcap(tmp_path: Path, transpo
     assert all(p[IP].src in (SENDER, RECEIVER) for p in got)
     assert sum(1 for p in got if p.haslayer(ICMP) and p[ICMP].type in (0, 8)) == 6
     assert sum(1 for p in got if p.haslayer(UDP) and not p.haslayer(ICMP)) == 2
+
+
+def test_tshark_says_sealed_on_a_keyed_link(tmp_path: Path) -> None:
+    import dataclasses
+
+    scenario = tmp_path / "keyed.py"
+    scenario.write_text("from tunlab import Ping\ntopology = 'linear'\nparams = {'n_vnfs': 1}\n"
+                        "traffic = [Ping(count=3)]\n")
+    sc = load_scenario(scenario)
+    sc = sc.with_topology(dataclasses.replace(sc.topology, keyed=True))
+    with Lab(sc.topology) as lab:
+        result = check_scenario(sc, lab, seed=7, evidence=lambda: tmp_path / "evidence", keep=True)
+    assert result.passed, result.error or [c.message for c in result.failed]
+    pcap = tmp_path / "evidence" / "pcaps" / "link_sender-vnf1.pcap"
+    res = subprocess.run(["tshark", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-T", "fields", "-e", "tunlab.sealed",
+                          "-e", "tunlab.sealed.counter", "-e", "icmp.type", "-e", "_ws.col.Info"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [line.split("\t") for line in res.stdout.splitlines()]
+    data = [r for r in rows if r[0] == "data"]
+    assert len(data) >= 6, res.stdout  # 3 echo requests and 3 replies, each sealed
+    assert all(r[1].isdigit() for r in data) and all(not r[2] for r in rows), res.stdout  # nothing inner in clear
+    assert all("keyed link" in r[3] for r in data), res.stdout

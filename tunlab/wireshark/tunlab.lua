@@ -8,6 +8,9 @@
 --   UDP, hellos:  a 44-byte IPv4 packet, protocol 253, source and destination 0.0.0.0, a wrong header
 --                 checksum on purpose, then "TUNLAB\0H", kind, version, caps, session, echo, chunk size.
 --   TCP:          2-byte big-endian length + one packet (TunConnector's framing), over TCP segments.
+--   UDP, sealed:  keyed links (--psk-file): 0x01 hello (58 bytes: version, time, nonces, tag) or 0x02 data
+--                 (key id, counter, ChaCha20-Poly1305 ciphertext + tag): shown as "sealed", not decoded
+--                 (docs/sealing.md; `tunlab capture --inner` and the per-hop checks open them with the keylog).
 --
 -- Use:   wireshark -X lua_script:tunlab.lua link_sender-vnf1.pcap
 --        tshark -X lua_script:tunlab.lua -r link_sender-vnf1.pcap
@@ -46,6 +49,14 @@ f.hello_session = ProtoField.uint32("tunlab.hello.session", "Session", base.HEX)
 f.hello_echo = ProtoField.uint32("tunlab.hello.echo", "Echo", base.HEX)
 f.hello_segment = ProtoField.uint16("tunlab.hello.segment", "Chunk datagram size", base.DEC)
 f.frame_len = ProtoField.uint16("tunlab.frame_len", "Frame length", base.DEC)
+f.sealed = ProtoField.string("tunlab.sealed", "Sealed")
+f.seal_key_id = ProtoField.uint32("tunlab.sealed.key_id", "Key id", base.HEX)
+f.seal_counter = ProtoField.uint64("tunlab.sealed.counter", "Counter", base.DEC)
+f.seal_ciphertext = ProtoField.bytes("tunlab.sealed.ciphertext", "Ciphertext and tag")
+f.seal_time = ProtoField.uint64("tunlab.sealed.hello.time", "Hello time (ns)", base.DEC)
+f.seal_nonce = ProtoField.bytes("tunlab.sealed.hello.nonce", "Sender nonce")
+f.seal_echo = ProtoField.bytes("tunlab.sealed.hello.echo", "Echo of the peer's nonce")
+f.seal_tag = ProtoField.bytes("tunlab.sealed.hello.tag", "Tag (HMAC-SHA256, 16 bytes)")
 
 tunlab.prefs.udp_ports = Pref.range("UDP ports", "55555", "UDP ports of tunlab relays", 65535)
 tunlab.prefs.tcp_ports = Pref.range("TCP ports", "55555", "TCP ports of tunlab relays (length-framed)", 65535)
@@ -150,6 +161,31 @@ local function chunk(tvb, pinfo, tree)
     end
 end
 
+-- a keyed link's datagram: a sealed hello (58 bytes) or sealed data (13-byte header + ciphertext + 16-byte tag)
+local function is_sealed(tvb, off, rest)
+    local b0 = tvb(off, 1):uint()
+    return (b0 == 0x01 and rest == 58 and tvb(off + 1, 1):uint() == 0x01) or (b0 == 0x02 and rest >= 29)
+end
+
+local function sealed(tvb, pinfo, tree)
+    if tvb(0, 1):uint() == 0x01 then
+        local t = tree:add(tunlab, tvb(), "tunlab sealed hello (keyed link)")
+        t:add(f.sealed, "hello")
+        t:add(f.seal_time, tvb(2, 8))
+        t:add(f.seal_nonce, tvb(10, 16))
+        t:add(f.seal_echo, tvb(26, 16))
+        t:add(f.seal_tag, tvb(42, 16))
+        return "sealed hello"
+    end
+    local t = tree:add(tunlab, tvb(), string.format("tunlab sealed data (keyed link): %d bytes sealed",
+        tvb:len() - 29))
+    t:add(f.sealed, "data")
+    t:add(f.seal_key_id, tvb(1, 4))
+    t:add(f.seal_counter, tvb(5, 8))
+    t:add(f.seal_ciphertext, tvb(13))
+    return "sealed data"
+end
+
 -- every tunlab datagram glued into one UDP payload (a veth capture of one UDP GSO send)
 local function datagrams(tvb, pinfo, tree)
     local off, n = 0, tvb:len()
@@ -158,7 +194,10 @@ local function datagrams(tvb, pinfo, tree)
         local rest = n - off
         local b0 = tvb(off, 1):uint()
         local len
-        if b0 == 0xA7 and rest >= 12 and tvb(off + 1, 1):uint() == 0x1B then
+        if off == 0 and is_sealed(tvb, off, rest) then
+            kinds[sealed(tvb, pinfo, tree)] = true
+            break
+        elseif b0 == 0xA7 and rest >= 12 and tvb(off + 1, 1):uint() == 0x1B then
             local index, count, csize = tvb(off + 8, 1):uint(), tvb(off + 9, 1):uint(), tvb(off + 10, 2):uint()
             len = rest
             if index + 1 < count and 12 + csize < rest then len = 12 + csize end
@@ -201,6 +240,9 @@ function tunlab.dissector(tvb, pinfo, tree)
     if what == "chunks" or what == "hello" or what == "reply" then
         pinfo.cols.protocol:prepend("TUNLAB/")  -- the inner protocol, if any, stays visible
         if what ~= "chunks" then pinfo.cols.info = "tunlab " .. what end
+    elseif what == "sealed data" or what == "sealed hello" then
+        pinfo.cols.protocol = "TUNLAB"
+        pinfo.cols.info = "tunlab " .. what .. " (keyed link: authenticated and encrypted)"
     end
     return tvb:len()
 end
