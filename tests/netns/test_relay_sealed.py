@@ -152,3 +152,113 @@ def test_a_peer_that_roams_to_a_new_port_is_followed(netlab: NetLab, tmp_path: P
     ping(a, "10.77.0.2")
     ping(b, "10.77.0.1")
     assert rb.counters()["peers"]["a"]["rx_packets"] >= 6
+
+
+# -- keyed TCP: every frame a sealed record
+
+def keyed_tcp_pair(lab: NetLab, a: str, b: str, key_a: str, key_b: str):
+    dev = lab.ifname("t")
+    rb = lab.relay(b, "rb", "--transport", "tcp", "--dev", dev, "--addr", "10.77.0.2/24", "--listen", "10.1.0.2:5000",
+                   "--accept", "a=10.1.0.1", "--psk-file", key_b)
+    ra = lab.relay(a, "ra", "--transport", "tcp", "--dev", dev, "--addr", "10.77.0.1/24",
+                   "--peer", "b=10.1.0.2:5000", "--psk-file", key_a)
+    return ra, rb
+
+
+def test_a_keyed_tcp_tunnel_carries_traffic_sealed_and_survives_a_reconnect(netlab: NetLab, tmp_path: Path) -> None:
+    a, b = two_nodes(netlab)
+    k = key(tmp_path)
+    ra, rb = keyed_tcp_pair(netlab, a, b, k, k)
+    wait_until(lambda: rb.counters()["datapath"]["peers"]["a"]["session"], "the session is up")
+    cap = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", netlab.ifname("vb"), "-U", "-n", "-c", "8",
+                            "-A", "--immediate-mode", "tcp port 5000 and greater 100"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert cap.stderr is not None
+    wait_until(lambda: "listening" in (cap.stderr.readline() or ""), "tcpdump listening")
+    ping(a, "10.77.0.2", size=100)
+    ping(a, "10.77.0.2", size=1443 - 28)  # the keyed MTU: the same as over UDP
+    out, _ = cap.communicate(timeout=30)
+    assert "abcdefghijklmnop" not in out  # ping's payload pattern never appears on the wire
+    c = rb.counters()
+    assert c["datapath"]["datapath"] == "sealed" and c["peers"]["a"]["rx_packets"] >= 6
+    assert not {r for r in c["drops"] if r.startswith("seal_")} - {"seal_no_session"}, c["drops"]
+    # the client comes back (a new connection, a fresh session): traffic flows again, both ways
+    assert ra.stop() == 0
+    netlab.relay(a, "ra2", "--transport", "tcp", "--dev", netlab.ifname("t"), "--addr", "10.77.0.1/24",
+                 "--peer", "b=10.1.0.2:5000", "--psk-file", k)
+    ping(a, "10.77.0.2")
+    ping(b, "10.77.0.1")
+
+
+def test_keyed_tcp_with_different_keys_never_talks(netlab: NetLab, tmp_path: Path) -> None:
+    a, b = two_nodes(netlab)
+    ra, rb = keyed_tcp_pair(netlab, a, b, key(tmp_path, "ka"), key(tmp_path, "kb"))
+    wait_until(lambda: rb.drops("seal_bad_hello") >= 1, "a hello under the wrong key refused")
+    assert ping(a, "10.77.0.2", count=1, deadline=2, check=False).returncode != 0
+    assert rb.counters()["dev"]["tx_packets"] == 0 and not rb.counters()["datapath"]["peers"]["a"]["session"]
+
+
+def test_keyed_tcp_forgeries_and_replays_on_a_second_connection_change_nothing(netlab: NetLab,
+                                                                               tmp_path: Path) -> None:
+    a, b = two_nodes(netlab)
+    k = key(tmp_path)
+    ra, rb = keyed_tcp_pair(netlab, a, b, k, k)
+    wait_until(lambda: rb.counters()["datapath"]["peers"]["a"]["session"], "the session is up")
+    # record a's side of the live connection (its hello and sealed echo requests), to replay it
+    cap = tmp_path / "a.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", netlab.ifname("vb"), "-U", "-w", str(cap),
+                             "--immediate-mode", "-Z", "root", "tcp and dst port 5000 and src host 10.1.0.1"],
+                            stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    wait_until(lambda: "listening" in (dump.stderr.readline() or ""), "tcpdump listening")
+    try:
+        ping(a, "10.77.0.2")
+    finally:
+        dump.terminate()
+        dump.wait(timeout=10)
+    from relay_helpers import deframe_exact, tcp_streams
+
+    records = [r for stream in tcp_streams(cap).values() for r in deframe_exact(b"".join(stream))]
+    assert len(records) >= 3
+    before, sent_before = rb.counters(), ra.counters()["peers"]["b"]["tx_packets"]
+    # an attacker on a's machine connects from a's address: its connection waits on probation
+    atk = ns_socket(a, socket.AF_INET, socket.SOCK_STREAM)
+    atk.settimeout(10)
+    atk.connect(("10.1.0.2", 5000))
+    rnd = __import__("random").Random(5)
+    forged = b"".join(len(r).to_bytes(2, "big") + r for r in
+                      (bytes([2]) + rnd.randbytes(rnd.randrange(12, 200)) for _ in range(2000)))
+    atk.sendall(forged + b"".join(len(r).to_bytes(2, "big") + r for r in records))  # then a replay of a's records
+
+    def dropped() -> int:
+        return sum(v for r, v in rb.counters()["drops"].items() if r.startswith("seal_"))
+    wait_until(lambda: dropped() - sum(v for r, v in before["drops"].items() if r.startswith("seal_"))
+               >= 2000 + len(records), "the forgeries and replays counted", timeout=30)
+    after, sent_after = rb.counters(), ra.counters()["peers"]["b"]["tx_packets"]
+    assert after["dev"]["tx_packets"] - before["dev"]["tx_packets"] == sent_after - sent_before
+    gained = {r: v - before["drops"].get(r, 0) for r, v in after["drops"].items()}
+    assert gained.get("seal_replay", 0) >= len(records) - 1, gained  # the hello and every data record refused
+    # the live connection was never replaced: traffic between the real ends still flows both ways
+    ping(a, "10.77.0.2")
+    ping(b, "10.77.0.1")
+    assert "replaced" not in rb.output()
+    atk.close()
+
+
+def test_a_keyed_lab_over_tcp_links_passes_the_per_hop_checks(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tunlab import run_scenario
+    from tunlab.model.scenario import load_scenario
+
+    scenario = tmp_path / "keyed_tcp.py"
+    scenario.write_text("from tunlab import Ping, Tcp, Udp\ntopology = 'linear'\n"
+                        "params = {'n_vnfs': 2, 'transport': 'tcp'}\n"
+                        "traffic = [Ping(), Ping(size='mtu'), Udp(5000, size=300), Tcp(80)]\n")
+    sc = load_scenario(scenario)
+    sc = sc.with_topology(dataclasses.replace(sc.topology, keyed=True))
+    result = run_scenario(sc, results_root=tmp_path / "results")
+    assert result.passed, [c.message for f in result.flows for c in f.checks if not c.passed] + \
+        [c.message for c in result.links if not c.passed] + [result.error or ""]
+    outers = {row.outer for f in result.flows for row in f.hops if row.outer}
+    assert any(o.startswith("TCP sealed") for o in outers), outers

@@ -454,10 +454,6 @@ def _validate(topo: Topology) -> None:
     if not isinstance(topo.keyed, bool):
         raise _fail("topology", "keyed", f"{topo.keyed!r} is not true or false", "write keyed=True")
     if topo.keyed:
-        tcp = [lk.name for lk in topo.links if lk.transport != "udp"]
-        if tcp:
-            raise _fail("topology", "keyed", f"keyed links are UDP only so far, and {', '.join(tcp)} use TCP",
-                        "use transport='udp' on every link, or keyed=False")
         if topo.mtu == DEFAULT_MTU:  # the default leaves room for the seal (relay/seal.py: 29 bytes)
             object.__setattr__(topo, "mtu", DEFAULT_MTU - SEAL_OVERHEAD)
         elif topo.mtu > DEFAULT_MTU - SEAL_OVERHEAD:

@@ -134,8 +134,8 @@ disappears with it.
 @click.option("--datapath", default="auto", show_default=True, metavar="NAME",
               help="auto|plain|gso|simple: how packets are moved (see above)")
 @click.option("--psk-file", default=None, metavar="PATH",
-              help="seal every datagram with the 32-byte key in PATH (mode 0600; UDP; tunlab peers only, "
-                   "not socat)")
+              help="seal every datagram (TCP: frame) with the 32-byte key in PATH (mode 0600; tunlab peers "
+                   "only: not socat, simpletun or TunConnector)")
 @click.option("--seal-keylog", default=None, metavar="PATH",
               help="append each session's keys to PATH (0600) so captures can be opened (labs, debugging)")
 @click.option("--print-config", is_flag=True, help="print the resulting configuration as JSON and exit")

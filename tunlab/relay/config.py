@@ -340,8 +340,6 @@ def build_configs(o: RelayOptions) -> list[RelayConfig]:
     if o.mode not in MODES:
         raise ConfigError("-m/--mode", f"{o.mode!r} is not one of {', '.join(MODES)}")
     vnf = o.vnf or ("hook" if o.hook else "kernel")
-    if o.psk_file and o.transport != "udp":
-        raise ConfigError("--psk-file", "keyed links are UDP only for now", "use --transport udp with a key")
     common = dict(tap=o.tap, attach=o.attach, mtu=o.mtu, transport=o.transport, vnf=vnf, hook=o.hook,
                   datapath=o.datapath, psk_file=o.psk_file, seal_keylog=o.seal_keylog)
     if o.seal_keylog and not o.psk_file:

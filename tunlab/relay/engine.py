@@ -60,10 +60,10 @@ class Relay:
         cfg = self.config
         try:
             dp_cls = datapath_class(cfg.datapath, cfg.transport, tap=cfg.tap)
-            if cfg.psk_file:  # a keyed link: every datagram sealed, whatever --datapath says
-                from .sealed import SealedUdpDatapath
+            if cfg.psk_file:  # a keyed link: every datagram (TCP: frame) sealed, whatever --datapath says
+                from .sealed import SealedTcpDatapath, SealedUdpDatapath
 
-                dp_cls = SealedUdpDatapath
+                dp_cls = SealedTcpDatapath if cfg.transport == "tcp" else SealedUdpDatapath
             if self.hook is None and cfg.hook:
                 from .hook import load_hook
 

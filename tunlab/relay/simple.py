@@ -212,6 +212,9 @@ class SimpleTcpDatapath(Datapath):
             st.dev_rx_packets += rx_p
             st.dev_rx_bytes += rx_b
 
+    def on_connected(self, conn: "Conn") -> None:
+        """A connection became its peer's live one (a keyed datapath starts its session here)."""
+
     def flush(self, peer: Peer, frames: memoryview, packets: int, nbytes: int) -> None:
         conn = peer.conn
         if conn is None:

@@ -164,6 +164,10 @@ class TcpTransport:
         self.candidates: dict[str, Conn] = {}  # peer name -> the connection on probation (at most one)
         self.dp: SimpleTcpDatapath | None = None
         self.max_frame = frame_limit(relay.packet_limit)
+        if relay.config.psk_file:  # a keyed link's frames carry sealed records: header and tag on top
+            from .seal import OVERHEAD
+
+            self.max_frame += OVERHEAD
         self.closing = False
 
     def open(self) -> None:
@@ -299,6 +303,7 @@ class TcpTransport:
             self.lost(peer.conn, f"replaced by a new connection from {remote}")
         peer.conn = conn
         log.info("peer %s connected (%s)", peer.name, remote)
+        dp.on_connected(conn)
 
     def promote(self, conn: Conn, why: str = "it sent a valid frame") -> None:
         """A connection on probation becomes its peer's live connection."""

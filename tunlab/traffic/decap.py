@@ -254,7 +254,7 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
         else:
             out.append(Sighting(fr.ts, "other", src, dst, f"proto={ip.proto} {src} > {dst}", None))
     for stream in streams.values():
-        out.extend(_deframe_stream(stream, deframe or relay_deframe))
+        out.extend(_deframe_stream(stream, deframe or relay_deframe, keys))
     out.extend(chunks.leftovers())
     out.sort(key=lambda s: s.ts)
     return out
@@ -377,8 +377,9 @@ def _add_segment(streams: dict[tuple[str, int, str, int], _Stream], ip: _Ip, spo
         stream.segments[seq] = (payload, ts)
 
 
-def _deframe_stream(stream: _Stream, deframe: Deframer) -> list[Sighting]:
-    """Reassemble one direction of a relay TCP connection and cut it into inner packets."""
+def _deframe_stream(stream: _Stream, deframe: Deframer, keys: dict[int, bytes] | None = None) -> list[Sighting]:
+    """Reassemble one direction of a relay TCP connection and cut it into inner packets (with ``keys``, a
+    keyed link's: every frame a sealed record, opened with the lab's session keys)."""
     if not stream.segments:
         return []
     base = stream.isn
@@ -408,8 +409,21 @@ def _deframe_stream(stream: _Stream, deframe: Deframer) -> list[Sighting]:
     for i, pkt in enumerate(packets):
         pos += _FRAME_HDR + len(pkt)
         ts = next((t for end, t in ends if end >= pos), ends[-1][1])
-        err = frame_error(pkt)
         outer = f"TCP {src} > {dst} frame #{i + 1} ({len(pkt)} bytes)"
+        if keys is not None:  # a keyed link (relay/sealed.py): hellos and sealed data records
+            from tunlab.relay.seal import HELLO, open_with
+
+            if pkt[:1] == bytes([HELLO]):
+                out.append(Sighting(ts, "hello", src, dst, f"{outer}: sealed hello", None))
+                continue
+            inner = open_with(keys, pkt)
+            if inner is None:
+                out.append(Sighting(ts, "other", src, dst, f"{outer}: sealed, opened by no key of the lab", None))
+                continue
+            out.append(Sighting(ts, "encap", src, dst, f"TCP sealed {src} > {dst} frame #{i + 1}", inner,
+                                stream.src.node, stream.dst.node))
+            continue
+        err = frame_error(pkt)
         if err:
             out.append(Sighting(ts, "stream-error", src, dst, f"{outer}: {err}", pkt))
             break
