@@ -196,6 +196,10 @@ def run_vm_tier(root: Path, suite_id: str, timeout_s: float, workdir: Path, leak
                                f"times are above)")
     settle_s = float(os.environ.get("TUNLAB_LEAK_SETTLE", 5.0))
     left = leakcheck.settled_leaks(before, suite_id, settle_s) if before is not None else []
+    # the VM tier makes no network namespace and no lab process on this host (its labs are inside the guest):
+    # a namespace or tunlab process that appeared meanwhile is another user's; its links (libvirt's) and the
+    # processes it started itself are judged
+    left = [line for line in left if line.split(None, 1)[0] == "link" or line.endswith("[this suite]")]
     if left:
         result.problems.append(f"tier {VM_TIER} left {len(left)} thing(s) behind (not removed):")
         result.problems.extend(f"    {line}" for line in left)

@@ -28,6 +28,7 @@ from tunlab.errors import TunlabError
 from tunlab.lab.ledger import ENV_GROUP, ENV_TAG, Ledger
 from tunlab.model.plan import LabPlan, NodePlan
 from tunlab.system.procs import proc_start_time, process_alive
+from tunlab.system.pace import patient
 
 if TYPE_CHECKING:
     from tunlab.lab.backends.base import Backend
@@ -218,7 +219,7 @@ class RelaySupervisor:
         A relay that exits, reports an error or is not ready by the deadline raises RelayStartError
         naming the node and quoting its output (the caller tears the lab down)."""
         nodes = self.plan.nodes
-        deadline = time.monotonic() + (timeout if timeout is not None else 10.0 + 0.1 * len(nodes))
+        deadline = time.monotonic() + (timeout if timeout is not None else patient(10.0 + 0.1 * len(nodes)))
         pending: dict[int, NodePlan] = {}
         sel = selectors.DefaultSelector()
         server, self._fork_server = self._fork_server or self._start_fork_server(), None
@@ -301,7 +302,7 @@ class RelaySupervisor:
         if not hops:
             return
         if timeout is None:
-            timeout = 10.0 + 0.05 * len({h.node for h in hops})
+            timeout = patient(10.0 + 0.05 * len({h.node for h in hops}))
 
         def error(down: list[Hop]) -> TunlabError:
             n = self.plan.node(down[0].node)

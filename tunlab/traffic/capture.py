@@ -28,6 +28,7 @@ from pathlib import Path
 from tunlab.errors import TunlabError
 from tunlab.traffic.decap import Frame, complete_checksum
 from tunlab.system.netns import entered
+from tunlab.system.pace import patient
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -99,7 +100,7 @@ class Capture:
     (:func:`pcap_path`) as they arrive, flushed after every batch, for captures that last as long as a test
     whatever it sends (the pytest plugin's pcaps of every link). ``files`` lists them."""
 
-    def __init__(self, points: Iterable[CapturePoint], *, ready_timeout: float = 10.0,
+    def __init__(self, points: Iterable[CapturePoint], *, ready_timeout: float | None = None,
                  spool: str | os.PathLike[str] | None = None) -> None:
         self.points = list(points)
         self.spool = Path(spool) if spool is not None else None
@@ -117,7 +118,7 @@ class Capture:
         self._wake_r, self._wake_w = os.pipe()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._ready_timeout = ready_timeout
+        self._ready_timeout = ready_timeout if ready_timeout is not None else patient(10.0)
         self.stats: dict[str, tuple[int, int]] = {}  # point -> (packets, drops) as the kernel counted them
 
     # -- lifecycle

@@ -38,6 +38,7 @@ from tunlab.lab.backends.mininet import proc as mininet_proc
 from tunlab.errors import TunlabError
 from tunlab.lab.relays import Hop, wait_connected
 from tunlab.model.plan import RelayHop, relay_argv
+from tunlab.system.pace import patient
 
 DEFAULT_OVERLAY = "172.31.0.0/24"
 DEFAULT_PORT = 55555
@@ -250,7 +251,7 @@ def plan_chain(net: Any, hosts: Sequence[Any], *, transport: str = "udp", overla
 
 def add_relay_chain(net: Any, hosts: Sequence[Any], *, transport: str = "udp", overlay: str = DEFAULT_OVERLAY,
                     port: int = DEFAULT_PORT, dev: str = DEFAULT_DEV, hooks: Mapping[str, str] | None = None,
-                    mtu: int | None = None, ready_timeout: float = 10.0,
+                    mtu: int | None = None, ready_timeout: float | None = None,
                     log_level: str = "warning") -> RelayChain:
     """Start a chain of tunlab relays in ``hosts`` (names or Host objects) of a started Mininet ``net``.
 
@@ -260,6 +261,8 @@ def add_relay_chain(net: Any, hosts: Sequence[Any], *, transport: str = "udp", o
     from tunlab.system.privileges import require_root
 
     require_root("add_relay_chain")
+    if ready_timeout is None:
+        ready_timeout = patient(10.0)
     names = [_host(net, h).name for h in hosts]
     ledger = Ledger.create({"backend": "mininet-api", "chain": names, "transport": transport})
     run_dir = ledger.dir
