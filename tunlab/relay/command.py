@@ -138,6 +138,13 @@ disappears with it.
                    "only: not socat, simpletun or TunConnector)")
 @click.option("--seal-keylog", default=None, metavar="PATH",
               help="append each session's keys to PATH (0600) so captures can be opened (labs, debugging)")
+@click.option("--impair", multiple=True, metavar="PEER=SPEC",
+              help="impair what is sent to PEER: delay=20ms jitter=5ms loss=1%% duplicate= reorder= corrupt= "
+                   "rate=10mbit limit= slot= flap=UP/DOWN (issue 17; the peer gets the per-packet datapath)")
+@click.option("--link-label", multiple=True, metavar="PEER=LINK,DIR",
+              help="the link and direction names of PEER's path in the decision log and the random streams")
+@click.option("--seed", default=None, type=int, metavar="N", help="run seed of the impairments (default: random)")
+@click.option("--impair-log", default=None, metavar="PATH", help="decision log of the impairments (JSON lines)")
 @click.option("--print-config", is_flag=True, help="print the resulting configuration as JSON and exit")
 def relay_cmd(**kw: Any) -> None:
     ctx = click.get_current_context()
@@ -172,7 +179,9 @@ def configs_from_params(ctx: click.Context, kw: dict[str, Any]) -> list[RelayCon
         attach=kw["attach"], mtu=kw["mtu"], listen=kw["listen"], peer=tuple(kw["peer"]),
         accept=tuple(kw["accept"]), route=tuple(kw["route"]), vnf=kw["vnf"], hook=kw["hook"],
         datapath=kw["datapath"], psk_file=kw["psk_file"],
-        seal_keylog=kw["seal_keylog"], explicit=explicit)
+        seal_keylog=kw["seal_keylog"], impair=tuple(kw.get("impair") or ()),
+        link_label=tuple(kw.get("link_label") or ()), seed=kw.get("seed"), impair_log=kw.get("impair_log"),
+        explicit=explicit)
     return build_configs(opts)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
 
 from tunlab.errors import TunlabError
 
@@ -164,6 +164,10 @@ class RelayConfig:
     datapath: str = "simple"
     psk_file: str | None = None  # --psk-file: every datagram sealed (relay/sealed.py); never the key itself
     seal_keylog: str | None = None  # --seal-keylog: session keys appended here (labs open their captures)
+    impair: tuple[tuple[str, str], ...] = ()   # --impair PEER=SPEC: what is sent to PEER is impaired (issue 17)
+    link_labels: tuple[tuple[str, str, str], ...] = ()  # --link-label PEER=LINK,DIR: names in logs and streams
+    seed: int | None = None                    # --seed: the run seed of the impairments (random when None)
+    impair_log: str | None = None              # --impair-log: the decision log (JSON lines)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -214,6 +218,8 @@ class RelayConfig:
             "peers": [{"name": p.name, "ip": p.ip, "port": p.port, "outgoing": p.outgoing} for p in self.peers],
             "routes": [{"prefix": r.prefix, "peer": r.peer} for r in self.routes],
             "vnf": self.vnf, "hook": self.hook, "datapath": self.datapath, "psk_file": self.psk_file,
+            "impair": {p: spec for p, spec in self.impair}, "seed": self.seed, "impair_log": self.impair_log,
+            "link_labels": {p: [link, d] for p, link, d in self.link_labels},
         }
 
 
@@ -255,6 +261,19 @@ def validate(cfg: RelayConfig) -> None:
     if cfg.transport == "tcp" and cfg.listen is not None and not accepting:
         raise ConfigError("--listen", "a TCP listener with no --accept lets nobody in",
                           "add --accept NAME=IP for each peer that connects")
+    for opt, entries in (("--impair", cfg.impair), ("--link-label", cfg.link_labels)):
+        for entry in entries:
+            if entry[0] not in names:
+                raise ConfigError(opt, f"no peer is named {entry[0]!r}", f"peers: {', '.join(sorted(names))}")
+    for peer, spec in cfg.impair:
+        from .impair import ImpairError, parse_spec
+
+        try:
+            parse_spec(spec)
+        except ImpairError as exc:
+            raise ConfigError("--impair", f"{peer}: {exc.message}", exc.hint) from None
+    if cfg.seed is not None and not 0 <= cfg.seed < 2 ** 63:
+        raise ConfigError("--seed", f"{cfg.seed} is out of range", "use 0 .. 2**63-1")
     for r in cfg.routes:
         if r.peer not in names:
             raise ConfigError("--route", f"{r.prefix}={r.peer}: no peer is named {r.peer!r}",
@@ -280,6 +299,23 @@ def parse_accept(text: str) -> PeerSpec:
     if not sep:
         raise ConfigError("--accept", f"{text!r} is not NAME=IP", "example: --accept prev=10.0.0.1")
     return PeerSpec(check_peer_name(name.strip(), "--accept"), parse_ip(rest, "--accept"))
+
+
+def parse_impair(text: str) -> tuple[str, str]:
+    """``--impair PEER=SPEC`` (SPEC: impair.parse_spec's words, e.g. "delay=20ms loss=1%")."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError("--impair", f"{text!r} is not PEER=SPEC", "example: --impair next='delay=20ms loss=1%'")
+    return check_peer_name(name.strip(), "--impair"), spec.strip()
+
+
+def parse_link_label(text: str) -> tuple[str, str, str]:
+    """``--link-label PEER=LINK,DIR``: the names the decision log and the random streams use."""
+    name, sep, rest = text.partition("=")
+    link, comma, direction = rest.partition(",")
+    if not sep or not comma or not link or not direction:
+        raise ConfigError("--link-label", f"{text!r} is not PEER=LINK,DIR", "example: --link-label next=a-b,a>b")
+    return check_peer_name(name.strip(), "--link-label"), link.strip(), direction.strip()
 
 
 def parse_route(text: str) -> RouteSpec:
@@ -328,6 +364,10 @@ class RelayOptions:
     datapath: str = "auto"
     psk_file: str | None = None
     seal_keylog: str | None = None
+    impair: tuple[str, ...] = ()
+    link_label: tuple[str, ...] = ()
+    seed: int | None = None
+    impair_log: str | None = None
     explicit: frozenset[str] = frozenset()  # option names the user gave (the rest are defaults)
 
 
@@ -345,6 +385,25 @@ def build_configs(o: RelayOptions) -> list[RelayConfig]:
     if o.seal_keylog and not o.psk_file:
         raise ConfigError("--seal-keylog", "logs the keys of a keyed link", "add --psk-file, or drop it")
     routes = tuple(parse_route(r) for r in o.route)
+    impairs = [parse_impair(t) for t in o.impair]
+    labels = [parse_link_label(t) for t in o.link_label]
+    configs = _build_configs(o, common, routes)
+    # each --impair / --link-label goes to the relay that has the peer (-m both: server or client)
+    out = []
+    for c in configs:
+        names = {p.name for p in c.peers}
+        out.append(replace(c, impair=tuple(i for i in impairs if i[0] in names),
+                           link_labels=tuple(x for x in labels if x[0] in names), seed=o.seed,
+                           impair_log=o.impair_log))
+    known = {p.name for c in configs for p in c.peers}
+    for opt, entries in (("--impair", impairs), ("--link-label", labels)):
+        for e in entries:
+            if e[0] not in known:
+                raise ConfigError(opt, f"no peer is named {e[0]!r}", f"peers: {', '.join(sorted(known))}")
+    return out
+
+
+def _build_configs(o: RelayOptions, common: dict[str, Any], routes: tuple[RouteSpec, ...]) -> list[RelayConfig]:
     if o.listen or o.peer or o.accept:
         for opt, flag in {**_TC_ENDPOINT_OPTS, **_TC_DEVICE_OPTS}.items():
             if opt in o.explicit:

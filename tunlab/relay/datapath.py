@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .framing import check_l2, check_l3
@@ -113,7 +114,29 @@ class Datapath:
         if dest is None:
             self.drop("no_route")
             return
-        self.send(dest, out, n)
+        self.out(dest, out, n)
+
+    def staged(self, peer: Peer, pkt: Any, n: int) -> None:
+        """A packet for a peer with stages (relay/linkpath.py): through them, then sent now or later."""
+        path = peer.path
+        now = time.monotonic()
+        try:
+            items = path.tx(bytes(pkt), now)
+        except Exception:  # a stage's bug drops its packet, never the relay
+            self.drop("stage_error", peer)
+            return
+        if items:
+            self.relay.scheduler.put(peer, path, items, now)
+
+    def out(self, peer: Peer, pkt: Any, n: int) -> None:
+        """One packet to ``peer``: through its stages if it has any."""
+        if peer.path is not None:
+            self.staged(peer, pkt, n)
+        else:
+            self.send(peer, pkt, n)
+
+    def paths_changed(self) -> None:
+        """A peer gained or lost its stages at run time (a datapath that batches re-plans here)."""
 
     def send(self, peer: Peer, pkt: Any, n: int) -> None:  # pragma: no cover - per transport
         raise NotImplementedError

@@ -49,6 +49,11 @@ class Relay:
         self.mtu = 0
         self.packet_limit = 0
         self.error: str | None = None
+        self.seed = config.seed
+        self.paths: Any = None         # linkpath.PathContext once a peer has stages (issue 17, 18)
+        self.scheduler: Any = None     # linkpath.Scheduler: packets that leave later
+        self.decisions: Any = None     # linkpath.DecisionLog
+        self._flush_timer: Any = None
         self.opened = False
         self.closed = False
 
@@ -76,6 +81,8 @@ class Relay:
             self.packet_limit = self.mtu + cfg.l2_overhead
             self.transport = TcpTransport(self) if cfg.transport == "tcp" else UdpTransport(self)
             self.transport.open()
+            if cfg.impair:
+                self.build_paths({peer: {"impair": {"spec": spec}} for peer, spec in cfg.impair})
             self.datapath = dp_cls(self)
             self.loop.add(self.device.fd, EPOLLIN, self.datapath.on_device)
             self.transport.start(self.datapath)
@@ -91,6 +98,89 @@ class Relay:
         log.info("relay %s peers: %s", cfg.label or cfg.dev, ", ".join(
             f"{p.name} {'at' if p.spec.outgoing else 'from'} {p.spec.ip or 'the first source'}"
             + (f":{p.spec.port}" if p.spec.outgoing else "") for p in self.table.peers.values()) or "-")
+        for p in self.table.peers.values():
+            if p.path is not None:
+                self._log_path(p)
+
+    # -- per-peer stages (relay/linkpath.py)
+    def _path_context(self) -> Any:
+        from . import linkpath
+
+        if self.paths is None:
+            if self.seed is None:
+                import secrets
+
+                self.seed = secrets.randbits(32)
+            self.decisions = linkpath.DecisionLog(self.config.impair_log)
+            labels = {peer: (link, d) for peer, link, d in self.config.link_labels}
+            dev = self.config.label or self.config.dev
+            for name in self.table.peers:
+                labels.setdefault(name, (f"{dev}-{name}", f"{dev}>{name}"))
+            self.paths = linkpath.PathContext(self.seed, self.decisions, labels)
+            self.scheduler = linkpath.Scheduler(self.loop, self._send_later)
+            log.info("relay %s: impairment seed %d, timers %s%s", dev, self.seed, self.scheduler.timer.kind,
+                     f", decision log {self.config.impair_log}" if self.config.impair_log else "")
+            if self.config.impair_log:
+                self._flush_timer = self.loop.call_later(0.25, self._flush_decisions)
+        return self.paths
+
+    def _send_later(self, peer: Any, data: bytes) -> None:
+        if self.datapath is not None:
+            self.datapath.send(peer, data, len(data))
+
+    def _flush_decisions(self) -> None:
+        if self.decisions is not None:
+            self.decisions.flush()
+        self._flush_timer = self.loop.call_later(0.25, self._flush_decisions)
+
+    def build_paths(self, conf: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Give peers their stages: peer -> stage kind -> configuration (linkpath.build_paths)."""
+        from . import linkpath
+
+        ctx = self._path_context()
+        for name, path in linkpath.build_paths(self.table.peers, conf, ctx).items():
+            self.table.peers[name].path = path
+
+    def _log_path(self, peer: Any) -> None:
+        path = peer.path
+        why = ", ".join(s.name for s in path.stages if not s.gso_ok)
+        desc = "; ".join(f"{s.name} {s.spec.describe()}" if hasattr(s, "spec") else s.name for s in path.stages)
+        log.info("peer %s: %s%s", peer.name, desc or "no stages",
+                 f" (datapath per packet: {why})" if why else "")
+
+    def stage_control(self, peer_name: str, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A run-time change of one stage of one peer (the control socket's ``stage`` and ``link``): the
+        stage is made when the peer has none of that kind; an impair stage that ends up empty is removed
+        (the peer gets its fast datapath back). Raises TunlabError with a one-line reason."""
+        from . import linkpath
+
+        peer = self.table.peers.get(peer_name)
+        if peer is None:
+            raise TunlabError(f"no peer is named {peer_name!r}", f"peers: {', '.join(sorted(self.table.peers))}")
+        entry = linkpath.STAGES.get(kind)
+        if entry is None:
+            raise TunlabError(f"stage {kind!r} is unknown", f"known: {', '.join(sorted(linkpath.STAGES))}")
+        ctx = self._path_context()
+        path = peer.path or linkpath.LinkPath(peer_name)
+        stage = path.stage(kind)
+        fresh = stage is None
+        if stage is None:
+            stage = entry[1](ctx, peer_name, {})
+        reply = stage.control(request)
+        if fresh:
+            path.add(stage)
+        spec = getattr(stage, "spec", None)
+        if spec is not None and spec.empty:
+            path.stages.remove(stage)
+        before = peer.path
+        peer.path = path if path.stages else None
+        if self.datapath is not None and (before is None) != (peer.path is None):
+            self.datapath.paths_changed()
+        if peer.path is not None:
+            self._log_path(peer)
+        else:
+            log.info("peer %s: no stages", peer_name)
+        return {"peer": peer_name, "stage": kind, **reply}
 
     def run(self, *, ready_fd: int | None = None, control: str | None = None, stats_file: str | None = None,
             handle_signals: bool | None = None) -> dict[str, Any]:
@@ -113,6 +203,12 @@ class Relay:
         if self.closed:
             return
         self.closed = True
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self.decisions is not None:
+            self.decisions.close()
         if self.transport is not None:
             self.transport.close()
         if self.device is not None:
@@ -175,6 +271,19 @@ class Relay:
             out["datapath"] = info
             for name, p in out["peers"].items():
                 p["datapath"] = info.get("peers", {}).get(name, {}).get("datapath", "?")
+        if self.paths is not None:
+            drops = out["drops"]
+            for name, peer in self.table.peers.items():
+                path = peer.path
+                if path is None:
+                    continue
+                out["peers"][name]["stages"] = path.counters()
+                out["peers"][name]["waiting"] = path.waiting
+                for k, v in path.drops().items():
+                    drops[k] = drops.get(k, 0) + v
+            out["drops"] = dict(sorted(drops.items()))
+            out["impair"] = {"seed": self.seed, "timers": self.scheduler.timer.kind,
+                             "log": self.config.impair_log, "log_lost": self.decisions.lost}
         return out
 
 

@@ -16,7 +16,7 @@ _CACHE_MAX = 4096
 class Peer:
     """A peer and its counters (relay's point of view: rx = received from the peer, tx = sent to it)."""
 
-    __slots__ = ("name", "spec", "addr", "conn", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+    __slots__ = ("name", "spec", "addr", "conn", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "path")
 
     def __init__(self, spec: PeerSpec) -> None:
         self.name = spec.name
@@ -28,6 +28,7 @@ class Peer:
         self.rx_bytes = 0
         self.tx_packets = 0
         self.tx_bytes = 0
+        self.path: Any = None  # its LinkPath (relay/linkpath.py) while it has stages: per-packet datapath
 
     def stats(self, connected: bool) -> dict[str, int | bool]:
         return {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes, "tx_packets": self.tx_packets,

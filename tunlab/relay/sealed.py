@@ -97,6 +97,9 @@ class SealedUdpDatapath(SimpleUdpDatapath):
                 if peer is None:
                     self.drop("no_route")
                     continue
+                if peer.path is not None:  # impaired first, sealed when it leaves (linkpath)
+                    self.staged(peer, mv[:n], n)
+                    continue
                 self.send(peer, mv[:n], n, now)
         except BlockingIOError:
             pass
@@ -236,6 +239,9 @@ class SealedTcpDatapath(SimpleTcpDatapath):
                 peer = self.table.fixed or self.table.route(mv, n)
                 if peer is None:
                     self.drop("no_route")
+                    continue
+                if peer.path is not None:  # impaired first, sealed when it leaves (linkpath)
+                    self.staged(peer, mv[:n], n)
                     continue
                 self.send(peer, mv[:n], n, now)
         except BlockingIOError:

@@ -52,6 +52,9 @@ class SimpleUdpDatapath(Datapath):
                 if peer is None:
                     self.drop("no_route")
                     continue
+                if peer.path is not None:
+                    self.staged(peer, mv[:n], n)
+                    continue
                 addr = peer.addr
                 if addr is None:
                     self.drop("peer_down", peer)
@@ -186,6 +189,14 @@ class SimpleTcpDatapath(Datapath):
                 peer = fixed if fixed is not None else route(mv[off + 2:off + 2 + n], n)
                 if peer is None:
                     self.drop("no_route")
+                    continue
+                if peer.path is not None:  # through its stages, one frame per packet (linkpath)
+                    pkt = bytes(mv[off + 2:off + 2 + n])
+                    if off:
+                        self.flush(cur, mv[:off], cur_p, cur_b)  # type: ignore[arg-type]
+                        off = cur_p = cur_b = 0
+                        cur = None
+                    self.staged(peer, pkt, n)
                     continue
                 if peer.conn is None:
                     self.drop("peer_down", peer)

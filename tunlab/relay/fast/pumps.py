@@ -195,6 +195,13 @@ class TxPump:
                 drops["no_route"] = drops.get("no_route", 0) + 1
                 continue
             self.segments += 1
+            if peer.path is not None:  # a peer with stages: one packet at a time through them (linkpath)
+                pkt = bytes(view[off:off + plen])
+                if k:
+                    self._flush(bpeer, k, blen, last)
+                    k = 0
+                dp.staged(peer, pkt, plen)
+                continue
             if k and (peer is not bpeer or plen > blen):
                 # this packet cannot extend the run: send the run, restart it with this packet
                 pkt = bytes(view[off:off + plen])
@@ -247,6 +254,9 @@ class TxPump:
     def _leftover(self, stream: bytes, peer: Peer) -> None:
         """A stream that does not fit the current datapath (read just before offload switched)."""
         dp = self.dp
+        if peer.path is not None and not stream[1] & 0x7F:  # one packet for a peer that got stages
+            dp.staged(peer, stream[encap.VNET_LEN:], len(stream) - encap.VNET_LEN)
+            return
         st = dp.states.get(peer.name)
         if peer.addr is None or st is None or not (st.caps & encap.CAP_GSO or st.datapath == "gso"):
             dp.drops["offload_leftover"] = dp.drops.get("offload_leftover", 0) + 1

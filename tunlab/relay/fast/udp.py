@@ -256,7 +256,9 @@ class FastUdpDatapath(Datapath):
 
     def _refresh(self) -> None:
         """Recompute the set of gso peers and switch device offload on iff every peer is gso."""
-        self.gso_peers = {self.table.peers[n] for n, st in self.states.items() if st.datapath == "gso"}
+        # a peer whose stages are not all gso_ok gets one packet at a time (relay/linkpath.py)
+        self.gso_peers = {self.table.peers[n] for n, st in self.states.items() if st.datapath == "gso"
+                          and (self.table.peers[n].path is None or self.table.peers[n].path.gso_ok)}
         want = bool(self.states) and len(self.gso_peers) == len(self.states)
         if want == self.offload:
             return
@@ -269,12 +271,23 @@ class FastUdpDatapath(Datapath):
         log.info("device %s: offload %s", self.relay.device.name,  # type: ignore[union-attr]
                  "on: whole GSO packets" if self.offload else "off: one packet per read")
 
+    def paths_changed(self) -> None:
+        self._refresh()
+
     # -- information ------------------------------------------------------------------------------
+    def _peer_info(self, name: str, st: PeerState) -> dict[str, Any]:
+        out = st.as_dict()
+        path = self.table.peers[name].path
+        if path is not None and not path.gso_ok:
+            out["datapath"] = "plain"
+            out["why"] = "stages: " + ", ".join(s.name for s in path.stages if not s.gso_ok)
+        return out
+
     def info(self) -> dict[str, Any]:
         tx, rx = self.tx, self.rx
         return {
             "requested": self.mode, "offload": self.offload, "segment": self.segment,
-            "peers": {n: st.as_dict() for n, st in self.states.items()},
+            "peers": {n: self._peer_info(n, st) for n, st in self.states.items()},
             **self.hello,
             "segments_read": tx.segments, "datagrams_tx": tx.datagrams, "udp_sends": tx.sends,
             "datagrams_rx": rx.datagrams, "udp_receives": rx.receives, "whole_streams_rx": rx.whole, "segments_merged_rx": rx.merged,

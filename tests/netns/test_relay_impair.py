@@ -1,0 +1,114 @@
+"""Link impairments in the relay (issue 17): real TUNs and relays in namespaces, impaired with --impair,
+changed at run time through the control socket; the decision log and the counters account for it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from relay_helpers import PY, NetLab, netlab, ping, two_nodes, wait_until  # noqa: F401
+
+pytestmark = pytest.mark.netns
+
+SINK = r'''
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 9000)); s.listen(1); print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    d = c.recv(65536)
+    if not d: break
+    h.update(d); n += len(d)
+print(n, h.hexdigest(), flush=True)
+'''
+SOURCE = r'''
+import socket, sys
+data = bytes(range(256)) * (int(sys.argv[2]) // 256)
+s = socket.create_connection((sys.argv[1], 9000), timeout=60); s.sendall(data); s.close()
+'''
+
+
+def pair(lab: NetLab, transport: str = "udp", a_extra: tuple[str, ...] = (), b_extra: tuple[str, ...] = ()):
+    a, b = two_nodes(lab)
+    dev = lab.ifname("t")
+    t = ["--transport", transport]
+    if transport == "udp":
+        ra = lab.relay(a, "a", *t, "--dev", dev, "--addr", "10.70.0.1/24", "--listen", "10.1.0.1:5000",
+                       "--peer", "b=10.1.0.2:5000", *a_extra)
+    else:
+        ra = None
+    rb = lab.relay(b, "b", *t, "--dev", dev, "--addr", "10.70.0.2/24", "--listen", "10.1.0.2:5000",
+                   *(["--peer", "a=10.1.0.1:5000"] if transport == "udp" else ["--accept", "a=10.1.0.1"]), *b_extra)
+    if ra is None:
+        ra = lab.relay(a, "a", *t, "--dev", dev, "--addr", "10.70.0.1/24", "--peer", "b=10.1.0.2:5000", *a_extra)
+        ra.wait_connected("b")
+    return (a, b), (ra, rb)
+
+
+def rtts(out: str) -> list[float]:
+    return [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def decisions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_delay_adds_to_the_round_trip(netlab: NetLab, transport: str) -> None:
+    logf = netlab.tmp / "a-decisions.jsonl"
+    (a, b), (ra, rb) = pair(netlab, transport, a_extra=(
+        "--impair", "b=delay=30ms", "--seed", "5", "--impair-log", str(logf), "--link-label", "b=a-b,a>b"))
+    out = ping(a, "10.70.0.2", count=5).stdout
+    times = rtts(out)
+    assert len(times) == 5, out
+    # one direction waits 30 ms in a's relay: no reply can be faster, and the loop adds little
+    assert min(times) >= 30.0, out
+    assert sorted(times)[2] < 30.0 + 10.0, out
+    c = ra.counters()
+    assert c["impair"]["seed"] == 5 and c["impair"]["timers"] == "timerfd"
+    assert c["peers"]["b"]["stages"]["impair"]["delay"] >= 5
+    if transport == "udp":
+        assert c["datapath"]["peers"]["b"]["datapath"] == "plain"
+        assert "impair" in c["datapath"]["peers"]["b"]["why"]
+    # b's direction is not impaired, and its own relay has no stages
+    assert "impair" not in rb.counters()
+    ra.stop()
+    log = decisions(logf)
+    delays = [d for d in log if d["kind"] == "delay"]
+    assert len(delays) >= 5 and all(d["link"] == "a-b" and d["dir"] == "a>b" and d["value"] == 0.03
+                                    for d in delays)
+    assert all(len(d["pkt"]) == 12 for d in log)
+
+
+def test_loss_tcp_transfer_completes_and_matches(netlab: NetLab) -> None:
+    (a, b), (ra, rb) = pair(netlab, a_extra=("--impair", "b=loss=3% delay=2ms", "--seed", "11"),
+                            b_extra=("--impair", "a=loss=3%", "--seed", "12"))
+    size = 2 << 20
+    sink = netlab.spawn(b, PY, "-c", SINK, "10.70.0.2", stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None
+    assert sink.stdout.readline().strip() == "listening"
+    subprocess.run(["ip", "netns", "exec", a, PY, "-c", SOURCE, "10.70.0.2", str(size)], check=True, timeout=90)
+    n, digest = sink.stdout.readline().split()
+    sink.wait(10)
+    want = hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest()
+    assert (int(n), digest) == (size, want)
+    ca, cb = ra.counters(), rb.counters()
+    # losses happened in both directions and were counted as impairment drops (so TCP retransmitted)
+    assert ca["drops"].get("impair_loss", 0) > 0 and cb["drops"].get("impair_loss", 0) > 0
+    sent = ca["peers"]["b"]["stages"]["impair"]["packets"]
+    lost = ca["drops"]["impair_loss"]
+    assert 0.01 < lost / sent < 0.06, (lost, sent)
+
+
+def test_bad_impair_options_are_one_line_errors(netlab: NetLab) -> None:
+    a, b = two_nodes(netlab)
+    r = netlab.relay(a, "bad", "--dev", netlab.ifname("t"), "--addr", "10.70.0.1/24", "--listen",
+                     "10.1.0.1:5000", "--peer", "b=10.1.0.2:5000", "--impair", "b=loss=120%", wait=False)
+    r.proc.wait(20)
+    assert r.ready.get("ready") is not True
+    assert r.proc.returncode != 0
+    assert "--impair: b: loss='120%' is out of range" in r.output()
