@@ -116,4 +116,5 @@ def test_the_relay_command_as_run_imports_no_heavy_packages() -> None:
 def test_public_api() -> None:
     import tunlab.relay as relay
 
-    assert sorted(relay.__all__) == ["PeerSpec", "Relay", "RelayConfig", "RouteSpec", "query_stats", "serve"]
+    assert sorted(relay.__all__) == ["PeerSpec", "Relay", "RelayConfig", "RouteSpec", "control_request", "query_stats",
+                                   "register_command", "serve"]

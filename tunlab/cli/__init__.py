@@ -25,6 +25,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("tunlab.cli.graph:schema_cmd", "print the JSON Schema of topology files"),
     "run": ("tunlab.cli.run:run_cmd", "run scenarios: build the lab, send packets, check every hop"),
     "pcap": ("tunlab.cli.pcap:pcap_cmd", "link captures: inner packets as a plain pcap; the Wireshark dissector"),
+    "impair": ("tunlab.cli.impair:impair_cmd", "impair a running lab's link now (delay, loss, ...; --clear)"),
+    "link": ("tunlab.cli.impair:link_cmd", "take a running lab's link down or up in its relays"),
     "link-mininet": ("tunlab.cli.mininet:link_mininet_cmd", "make Debian's mininet importable from this venv"),
 }
 

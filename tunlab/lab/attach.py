@@ -120,6 +120,20 @@ class AttachedLab:
             raise TunlabError(f"the relay of node '{node}' is not running (no control socket {control})")
         return dict(query_stats(control, timeout=2.0))
 
+    def impair(self, link: str, direction: str | None, spec: str | None, *, clear: bool = False,
+               state: str | None = None) -> list[dict[str, Any]]:
+        """Change a link's impairments through its relays' control sockets (lab/impairs.py)."""
+        from tunlab.lab import impairs
+
+        lk = impairs.find_link(self.links, link)
+
+        def control(node: str) -> str:
+            path = self.node(node).control
+            if not path or not os.path.exists(path):
+                raise TunlabError(f"the relay of node '{node}' is not running (no control socket {path})")
+            return path
+        return impairs.apply(lk.name, lk.a, lk.b, direction, impairs.request(spec, clear=clear, state=state), control)
+
     def relay_state(self, node: str) -> str:
         """up (every peer connected), degraded (a peer is not), dead (no answer)."""
         try:

@@ -264,6 +264,19 @@ class Lab:
         """Until every relay (or those of ``links``) has its peers connected and its datapath settled."""
         self.relays.wait_connected(timeout, links)
 
+    def impair(self, link: str, spec: str | dict[str, Any] | None = None, *, direction: str | None = None,
+               clear: bool = False, state: str | None = None) -> list[dict[str, Any]]:
+        """Change a link's impairments now, through its relays' control sockets (issue 17):
+        ``lab.impair("vnf1-vnf2", "delay=20ms loss=1%")`` (both directions, on top of what is set),
+        ``direction="vnf1>vnf2"`` (or "a>b"/"b>a") for one, ``clear=True`` to reset first,
+        ``state="down"|"up"`` to take the link down or up. Returns each direction's reply."""
+        from tunlab.lab import impairs
+
+        lk = impairs.find_link(self.plan.links, link)
+        return impairs.apply(lk.name, lk.a.node, lk.b.node, direction,
+                             impairs.request(spec, clear=clear, state=state),
+                             lambda node: self.plan.node(node).control)
+
     def seal_keys(self) -> dict[int, bytes]:
         """The session keys of a keyed lab's links (from every relay's --seal-keylog), to open captures."""
         from tunlab.relay.seal import read_keylog

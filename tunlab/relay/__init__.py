@@ -8,7 +8,7 @@ framing). ``tunlab relay`` is the command line; from Python::
 """
 
 from .config import PeerSpec, RelayConfig, RouteSpec
-from .control import query_stats
+from .control import control_request, query_stats, register_command
 from .engine import Relay, serve
 
-__all__ = ["PeerSpec", "Relay", "RelayConfig", "RouteSpec", "query_stats", "serve"]
+__all__ = ["PeerSpec", "Relay", "RelayConfig", "RouteSpec", "control_request", "query_stats", "register_command", "serve"]

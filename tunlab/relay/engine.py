@@ -388,7 +388,7 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
         for r in relays:
             r.open()
         if control:
-            ctl = ControlServer(loop, control, lambda: group_counters(relays), group=control_group)
+            ctl = ControlServer(loop, control, lambda: group_counters(relays), group=control_group, relays=relays)
             ctl.open()
         if handle_signals:
             def on_stop(signum: int, frame: object) -> None:

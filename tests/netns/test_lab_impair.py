@@ -1,0 +1,67 @@
+"""Link impairments of a lab changed at run time (issue 17): lab.impair() in Python, `tunlab impair` and
+`tunlab link` against a running lab (through its ledger), on a real chain of relays."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunlab.lab.lab import Lab
+from tunlab.model.topology import linear_chain
+
+pytestmark = pytest.mark.netns
+
+
+def tunlab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([sys.executable, "-m", "tunlab", *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def rtts(out: str) -> list[float]:
+    return [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+
+
+def test_runtime_change_and_link_flap(tmp_path: Path) -> None:
+    with Lab(linear_chain(1), results_dir=tmp_path) as lab:
+        sender, receiver = lab.node("sender"), lab.node("receiver")
+        ping = ["ping", "-c", "3", "-i", "0.1", "-W", "2", receiver.overlay_ip]
+        assert min(rtts(sender.cmd_raises(ping))) < 20
+        # Python: 20 ms in one direction of the first link
+        (reply,) = lab.impair("sender-vnf1", "delay=20ms", direction="sender>vnf1")
+        assert reply["dir"] == "sender>vnf1" and "delay=0.02" in reply["spec"]
+        times = rtts(sender.cmd_raises(ping))
+        assert len(times) == 3 and min(times) >= 20.0, times
+        c = lab.relay_counters()["sender"]
+        assert c["datapath"]["peers"]["vnf1"]["datapath"] == "plain"
+        assert c["peers"]["vnf1"]["stages"]["impair"]["delay"] >= 3
+        # the command: both directions of the second link, 15 ms more each way
+        out = tunlab("impair", lab.run_id, "vnf1-receiver", "delay=15ms").stdout
+        assert "vnf1>receiver: delay=0.015" in out and "receiver>vnf1: delay=0.015" in out
+        assert min(rtts(sender.cmd_raises(ping))) >= 50.0
+        # link down: nothing crosses, and each drop is counted as an impairment of that link
+        tunlab("link", lab.run_id, "vnf1-receiver", "down")
+        res = sender.cmd_status(["ping", "-c", "2", "-i", "0.1", "-W", "1", receiver.overlay_ip])
+        assert res.returncode != 0
+        assert lab.relay_counters()["vnf1"]["drops"]["impair_link_down"] >= 2
+        tunlab("link", lab.run_id, "vnf1-receiver", "up")
+        assert min(rtts(sender.cmd_raises(ping))) >= 50.0
+        # --clear: the link's relays drop their stages and the fast datapath comes back
+        tunlab("impair", lab.run_id, "vnf1-receiver", "--clear")
+        lab.impair("sender-vnf1", clear=True)
+        assert max(rtts(sender.cmd_raises(ping))) < 20.0
+        c = lab.relay_counters()["vnf1"]
+        assert "stages" not in c["peers"]["receiver"] and "why" not in c["datapath"]["peers"]["receiver"]
+        # bad input: one line, nothing changed
+        bad = tunlab("impair", lab.run_id, "vnf1-receiver", "delay=soon", check=False)
+        assert bad.returncode == 2 and "delay='soon' is not a time" in bad.stderr and len(bad.stderr.splitlines()) == 1
+        bad = tunlab("impair", lab.run_id, "vnf1-nowhere", "delay=1ms", check=False)
+        assert bad.returncode == 2 and "no link named" in bad.stderr
+        as_json = json.loads(tunlab("impair", lab.run_id, "sender-vnf1", "vnf1>sender", "loss=0%", "--json").stdout)
+        assert [r["dir"] for r in as_json] == ["vnf1>sender"]
