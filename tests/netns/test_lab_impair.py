@@ -65,3 +65,22 @@ def test_runtime_change_and_link_flap(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "no link named" in bad.stderr
         as_json = json.loads(tunlab("impair", lab.run_id, "sender-vnf1", "vnf1>sender", "loss=0%", "--json").stdout)
         assert [r["dir"] for r in as_json] == ["vnf1>sender"]
+
+
+def test_declared_impairment_and_seed(tmp_path: Path) -> None:
+    topo = linear_chain(1, impair={"sender-vnf1": "delay=10ms"}, seed=9)
+    with Lab(topo, results_dir=tmp_path) as lab:
+        assert lab.seed == 9 and lab.ledger.meta()["seed"] == 9
+        sender, receiver = lab.node("sender"), lab.node("receiver")
+        times = rtts(sender.cmd_raises(["ping", "-c", "3", "-i", "0.1", "-W", "2", receiver.overlay_ip]))
+        assert len(times) == 3 and min(times) >= 20.0, times  # 10 ms each way
+        c = lab.relay_counters()
+        assert c["sender"]["impair"]["seed"] == 9 and c["vnf1"]["peers"]["sender"]["stages"]["impair"]["delay"] >= 3
+        assert "stages" not in c["vnf1"]["peers"]["receiver"]
+        run_dir = lab.run_dir
+    # the decision logs are kept with the lab's other results
+    kept = tmp_path / lab.run_id
+    log = [json.loads(x) for x in (kept / "sender.impair.jsonl").read_text().splitlines()]
+    assert log and {(d["link"], d["dir"], d["kind"]) for d in log} == {("sender-vnf1", "sender>vnf1", "delay")}
+    assert (kept / "vnf1.impair.jsonl").exists() and not (kept / "receiver.impair.jsonl").exists()
+    assert not run_dir.exists()

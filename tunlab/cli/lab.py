@@ -131,8 +131,10 @@ def _check_name(name: str) -> None:
               help=f"a row per node (default: only for labs of up to {BIG_LAB} nodes)")
 @click.option("--restart/--no-restart", default=True, show_default=True,
               help="start a relay that dies again with its recorded command line")
+@click.option("--seed", type=int, default=None, metavar="N",
+              help="run seed of the links' impairments (default: the topology's, else one per run, printed)")
 def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | None, name: str | None,
-           table: bool | None, restart: bool) -> None:
+           table: bool | None, restart: bool, seed: int | None) -> None:
     """Bring TOPOLOGY up and leave it running (take it down with `tunlab down`).
 
     Progress goes to stderr while the lab comes up; then one line with the run id and its folder."""
@@ -144,7 +146,7 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
     t = _load(topology, params)
     t0 = time.perf_counter()
     lab = Lab(t, backend=backend, results_dir=os.path.abspath(results) if results else None,
-              restart_relays=restart)
+              restart_relays=restart, seed=seed)
     from tunlab.cli.progress import BringUpProgress
 
     with BringUpProgress(lab, len(t.nodes)):
@@ -168,6 +170,9 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
     else:
         names = list(lab.nodes)
         con.print(f"nodes: {', '.join(names[:4])} ... {names[-1]} (every node: tunlab show {topology}, or --table)")
+    impaired = [f"{lk.name} ({', '.join(d for d, _ in lk.impair)})" for lk in lab.plan.links if lk.impair]
+    if impaired:
+        con.print(f"impaired links: {', '.join(impaired)}; seed {lab.seed} (replay: --seed {lab.seed})")
     first = next(iter(lab.nodes))
     ref = name or lab.run_id
     con.print(f"try: {_sudo()}tunlab exec --run {ref} {first} -- ip addr    |    done: {_sudo()}tunlab down {ref}")

@@ -100,7 +100,7 @@ class Lab:
     logs and counters are copied at teardown (owned by the invoking user under sudo)."""
 
     def __init__(self, topology: Topology, backend: str = "netns", results_dir: str | os.PathLike[str] | None = None,
-                 *, ready_timeout: float | None = None, restart_relays: bool = False) -> None:
+                 *, ready_timeout: float | None = None, restart_relays: bool = False, seed: int | None = None) -> None:
         if not isinstance(topology, Topology):
             raise TunlabError(f"Lab needs a tunlab.model.Topology, not {type(topology).__name__}")
         self.topology = topology
@@ -110,6 +110,8 @@ class Lab:
         #: a relay that dies abnormally is started again with its recorded command line (off by default,
         #: so that a check sees the death; `tunlab up` turns it on for labs that run for long)
         self.restart_relays = restart_relays
+        #: the run seed of the links' impairments (None: the topology's, else one per run; see plan.seed)
+        self.seed = seed
         self.final_counters: dict[str, dict[str, Any]] = {}
         self.teardown_errors: list[str] = []
         self._ledger: Ledger | None = None
@@ -130,10 +132,11 @@ class Lab:
                                             "source": t.source, "results_dir": str(self.results_dir or "")})
         self._run_dir = led.dir
         try:
-            self._plan = plan = build_plan(t, led.run_id, led.dir)
+            self._plan = plan = build_plan(t, led.run_id, led.dir, seed=self.seed)
+            self.seed = plan.seed
             nodes = {n.name: {"netns": n.netns, "role": n.role, "overlay_dev": n.overlay_dev,
                               "overlay_ip": n.overlay_ip, "control": n.control} for n in plan.nodes}
-            led.update_meta(nodes=nodes, graph=graph_data(t))  # `tunlab graph RUN` draws it
+            led.update_meta(nodes=nodes, graph=graph_data(t), seed=plan.seed)  # `tunlab graph RUN` draws it
             if t.keyed:  # one key for the lab's links, root-only, made before any relay reads it
                 fd = os.open(led.dir / PSK_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 try:

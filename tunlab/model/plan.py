@@ -53,6 +53,7 @@ class UnderlayLink:
     index: int
     datapath: str = "simple"  # the relays' --datapath on this hop (TCP hops: simple)
     mtu: int = UNDERLAY_MTU   # the veth's MTU (both ends): room for the overlay MTU plus the encapsulation
+    impair: tuple[tuple[str, str], ...] = ()  # ("x>y", the relay's --impair text) per impaired direction
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class LabPlan:
     topology: Topology
     nodes: tuple[NodePlan, ...]
     links: tuple[UnderlayLink, ...]
+    seed: int = 0  # the run seed of the relays' impairments (issue 17)
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:
@@ -134,8 +136,21 @@ def _cidrs(lo: int, hi: int, bits: int = 32) -> list[tuple[int, int]]:
     return blocks
 
 
-def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
+def run_seed(topo: Topology, run_id: str, seed: int | None = None) -> int:
+    """The impairments' run seed: ``seed`` (--seed), else the topology's, else one derived from the run id
+    (so the plan stays a pure function of its inputs, and every run differs)."""
+    if seed is not None:
+        return seed
+    if topo.seed is not None:
+        return topo.seed
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=4).digest(), "big")
+
+
+def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | None = None) -> LabPlan:
     run_dir = str(run_dir)
+    seed = run_seed(topo, run_id, seed)
     links = []
     for i, lk in enumerate(topo.links):
         a = ipaddress.ip_interface(lk.a_addr)
@@ -146,7 +161,7 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
             transport=lk.transport, prefixlen=a.network.prefixlen, index=i,
             datapath=topo.datapath if lk.transport == "udp" else "simple",
-            mtu=underlay_mtu(topo.mtu, lk.transport, a.version)))
+            mtu=underlay_mtu(topo.mtu, lk.transport, a.version), impair=tuple(lk.impairs().items())))
     plen = topo.overlay_prefixlen()
     v6 = 6 in topo.families or any(":" in lk.a_addr for lk in topo.links)
     longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
@@ -160,7 +175,7 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             for lk in mine for end in (lk.a, lk.b) if end.node == n.name)
         base = f"{run_dir}/{n.name}"
         args = relay_args(topo, n, mine, tun, control=f"{base}.ctl", stats_file=f"{base}.stats.json",
-                          log_file=f"{base}.log")
+                          log_file=f"{base}.log", seed=seed)
         is_vnf = isinstance(n, Vnf)
         nodes.append(NodePlan(
             name=n.name, role="vnf" if is_vnf else "endpoint", netns=names.netns_name(run_id, n.name),
@@ -172,7 +187,7 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path) -> LabPlan:
             extra_addrs=tuple(f"{a}/{ipaddress.ip_network(topo.overlay_net6).prefixlen}"
                               for a in n.addresses[1:]) if topo.overlay_net6 else (),
             ipv6=v6))
-    return LabPlan(run_id, run_dir, topo, tuple(nodes), tuple(links))
+    return LabPlan(run_id, run_dir, topo, tuple(nodes), tuple(links), seed)
 
 
 @dataclass(frozen=True)
@@ -229,8 +244,22 @@ def relay_argv(*, device: Sequence[str], transport: str, hops: Sequence[RelayHop
     return tuple(args)
 
 
+def impair_args(node: str, links: Sequence[UnderlayLink], seed: int, log_path: str) -> tuple[str, ...]:
+    """A lab relay's impairment options (issue 17): every hop's link and direction names (the decision
+    log and the random streams use them; run-time changes too), the run seed, the decision log, and
+    ``--impair PEER=SPEC`` for each direction of its links the topology impairs."""
+    args = ["--seed", str(seed), "--impair-log", log_path]
+    for lk in links:
+        other = lk.b.node if lk.a.node == node else lk.a.node
+        args += ["--link-label", f"{other}={lk.name},{node}>{other}"]
+        for direction, spec in lk.impair:
+            if direction == f"{node}>{other}":
+                args += ["--impair", f"{other}={spec}"]
+    return tuple(args)
+
+
 def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], dev: str, *,
-               control: str, stats_file: str, log_file: str) -> tuple[str, ...]:
+               control: str, stats_file: str, log_file: str, seed: int = 0) -> tuple[str, ...]:
     """The relay command line of one node of a lab (an attached persistent TUN; the lab's datapath)."""
     transport = links[0].transport if links else "udp"
     hops = []
@@ -244,6 +273,7 @@ def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], 
     if topo.keyed:  # the lab writes the key (0600) before the relays start; their keylogs open the captures
         run_dir = control.rsplit("/", 1)[0]
         extra = ("--psk-file", f"{run_dir}/{PSK_FILE}", "--seal-keylog", f"{run_dir}/{node.name}.keys")
+    extra += impair_args(node.name, links, seed, log_file.removesuffix(".log") + ".impair.jsonl")
     return relay_argv(device=("--dev", dev, "--attach"), transport=transport, hops=hops,
                       routes=topo.routes_for(node.name), hook=hook, control=control, stats_file=stats_file,
                       log_file=log_file, datapath=datapath, extra=extra)

@@ -71,6 +71,25 @@ def _fail(where: str, fld: str, message: str, hint: str | None = None) -> Topolo
     return TopologyError(message, field=f"{where} field '{fld}'", hint=hint)
 
 
+def _impair_text(where: str, fld: str, value: Any, base: str | None = None) -> str:
+    """A link's impairments as the relay's --impair text, validated on top of ``base`` (a direction's own
+    impairments add to the link's) with one-line errors naming the field."""
+    from tunlab.relay.impair import ImpairError, parse_spec
+
+    if isinstance(value, dict):
+        text = " ".join(str(k) if v in ("", None, True) else f"{k}={v}" for k, v in value.items())
+    elif isinstance(value, str):
+        text = " ".join(value.split())
+    else:
+        raise _fail(where, fld, f"{value!r} is not a string or dict of impairments",
+                    "write it like impair='delay=20ms loss=1%' or impair={'delay': '20ms'}")
+    try:
+        parse_spec(f"{base or ''} {text}")
+    except ImpairError as exc:
+        raise _fail(where, fld, exc.message, exc.hint) from None
+    return text
+
+
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(f"node {name!r}", "name", f"{name!r} is not a valid node name",
@@ -281,9 +300,19 @@ class Link:
     #: traffic shaping of the underlay veth, both directions: {"bw": Mbit/s}; netem options (delay, loss,
     #: jitter) are refused on kernels without netem instead of being silently ignored
     shaping: Any = None  # dict given, stored as tuple of (name, value) pairs
+    #: impairments done by the relays (issue 17), both directions: "delay=20ms jitter=5ms loss=1%" or the
+    #: same as a dict ({"delay": "20ms", "loss": "1%"}); any kernel, seeded and replayable
+    impair: Any = None
+    #: impairments of one direction only (a -> b, b -> a), on top of ``impair``
+    impair_ab: Any = None
+    impair_ba: Any = None
 
     def __post_init__(self) -> None:
         w = self.where
+        for fld in ("impair", "impair_ab", "impair_ba"):
+            value = getattr(self, fld)
+            if value is not None:
+                object.__setattr__(self, fld, _impair_text(w, fld, value, None if fld == "impair" else self.impair))
         if self.shaping is not None:
             from tunlab.model.shaping import LinkOptionError, parse_link_options
 
@@ -324,6 +353,15 @@ class Link:
     def where(self) -> str:
         return f"link '{self.name}'"
 
+    def impairs(self) -> dict[str, str]:
+        """Direction ("a>b" with node names) -> the relay's --impair text, for impaired directions."""
+        out = {}
+        for (x, y), own in (((self.a, self.b), self.impair_ab), ((self.b, self.a), self.impair_ba)):
+            text = " ".join(t for t in (self.impair, own) if t)
+            if text:
+                out[f"{x}>{y}"] = text
+        return out
+
     def joins(self, x: str, y: str) -> bool:
         return {self.a, self.b} == {x, y}
 
@@ -362,6 +400,8 @@ class Topology:
     source: str | None = field(default=None, compare=False)
     #: dual stack: an IPv6 overlay beside an IPv4 ``overlay_net`` (every node then has ``overlay6``)
     overlay_net6: str | None = None
+    #: run seed of the links' impairments (None: a fresh one per run, printed; `--seed` overrides)
+    seed: int | None = None
     _link_index: dict[frozenset[str], Link] = field(default_factory=dict, init=False, repr=False, compare=False)
     _route_table: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -459,6 +499,9 @@ def _validate(topo: Topology) -> None:
         elif topo.mtu > DEFAULT_MTU - SEAL_OVERHEAD:
             raise _fail("topology", "mtu", f"{topo.mtu} leaves no room for the seal of keyed links",
                         f"use at most {DEFAULT_MTU - SEAL_OVERHEAD}")
+    if topo.seed is not None and (not isinstance(topo.seed, int) or isinstance(topo.seed, bool)
+                                  or not 0 <= topo.seed < 2 ** 63):
+        raise _fail("topology", "seed", f"{topo.seed!r} is not a seed", "use a whole number 0 .. 2**63-1")
     if topo.datapath not in DATAPATHS:
         raise _fail("topology", "datapath", f"{topo.datapath!r} is not a relay datapath",
                     f"use one of {', '.join(DATAPATHS)}; auto means gso between tunlab relays")
@@ -628,13 +671,15 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
                  underlay_net: str = DEFAULT_UNDERLAY, mtu: int = DEFAULT_MTU,
                  vnf: Callable[[int, str, str], Vnf] | None = None,
                  shaping: dict[str, dict[str, Any]] | None = None, datapath: str = "auto",
-                 prefixes: tuple[str, ...] | list[str] = (), overlay_net6: str | None = None) -> Topology:
+                 prefixes: tuple[str, ...] | list[str] = (), overlay_net6: str | None = None,
+                 impair: dict[str, Any] | None = None, seed: int | None = None) -> Topology:
     """sender - vnf1 - ... - vnfN - receiver, one /30 per link carved from ``underlay_net``.
 
     ``prefixes``: destination prefixes the receiver stands for (the path's ``prefixes``): the relays carry
     them toward the receiver, so a VNF's route or ruleset for them can be checked from a scenario.
 
-    ``shaping`` maps link names ("vnf1-vnf2") to link options such as ``{"bw": 10}`` (Mbit/s).
+    ``shaping`` maps link names ("vnf1-vnf2") to link options such as ``{"bw": 10}`` (Mbit/s); ``impair``
+    maps link names to the relays' impairments of both directions ("delay=20ms loss=1%", issue 17).
 
     Overlay: sender = first host of ``overlay_net``, receiver = second, vnfI = 256 + I. ``vnf(i, name,
     overlay)`` builds VNF i (1-based) when given, e.g. to give one VNF an nftables ruleset."""
@@ -668,11 +713,12 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
         sub = un.network_address + 4 * k
         plen = 30 if un.version == 4 else 126
         links.append(Link(x, y, f"{sub + 1}/{plen}", f"{sub + 2}/{plen}", transport, port, port,
-                          shaping=(shaping or {}).get(f"{x}-{y}")))
-    unknown = sorted(set(shaping or {}) - {lk.name for lk in links})
-    if unknown:
-        raise TopologyError(f"no link named {', '.join(unknown)}", field="linear_chain field 'shaping'",
-                            hint=f"links are {', '.join(lk.name for lk in links)}")
+                          shaping=(shaping or {}).get(f"{x}-{y}"), impair=(impair or {}).get(f"{x}-{y}")))
+    for fld, given in (("shaping", shaping), ("impair", impair)):
+        unknown = sorted(set(given or {}) - {lk.name for lk in links})
+        if unknown:
+            raise TopologyError(f"no link named {', '.join(unknown)}", field=f"linear_chain field '{fld}'",
+                                hint=f"links are {', '.join(lk.name for lk in links)}")
     return Topology(name or f"linear{n_vnfs}", eps, tuple(vnfs), tuple(links), (Path(tuple(order), tuple(prefixes)),),
-                    overlay_net=overlay_net, overlay_net6=overlay_net6, mtu=mtu, datapath=datapath,
+                    overlay_net=overlay_net, overlay_net6=overlay_net6, mtu=mtu, datapath=datapath, seed=seed,
                     description=f"sender, {n_vnfs} kernel VNF(s) in a line, receiver ({transport})")

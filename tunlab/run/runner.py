@@ -98,7 +98,7 @@ def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, ke
     root = Path(results_root)
     result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
     try:
-        with Lab(sc.topology, backend=backend) as lab:
+        with Lab(sc.topology, backend=backend, seed=seed) as lab:
             check_scenario(sc, lab, result=result, seed=seed, before_send=before_send,
                            evidence=lambda: root / lab.run_id, keep=keep, started=started)
             if keep:
