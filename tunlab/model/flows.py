@@ -27,11 +27,15 @@ class Expect:
     delivered: bool = True
     dropped_at: str | None = None
     reply: bool = False
+    #: "... or dropped by impairment": a probe (or its reply) that a link's impairment dropped passes, when
+    #: the relay's decision log names it (issue 17)
+    or_impaired: bool = False
 
     def describe(self) -> str:
         if not self.delivered:
             return f"dropped at {self.dropped_at}"
-        return "delivered, reply" if self.reply else "delivered"
+        text = "delivered, reply" if self.reply else "delivered"
+        return text + " or dropped by impairment" if self.or_impaired else text
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class Flow:
     #: 4 or 6: which overlay the probe uses when ``dst`` is a node name (default: the topology's first;
     #: an address as ``dst`` says it itself)
     family: int | None = None
+    #: a statistical expectation (issue 17): the share of this flow's probes that links' impairments drop,
+    #: e.g. "5%": passes when the share seen is within the 99% confidence interval of that rate over
+    #: ``count`` probes. Each probe then expects "... or dropped by impairment".
+    loss: str | float | None = None
 
     kind = "flow"
 
@@ -165,6 +173,13 @@ def parse_expect(value: Any, *, default: str, source: str, where: str) -> Expect
         return value
     if isinstance(value, str):
         text = " ".join(value.strip().lower().split())
+        if text.endswith(" or dropped by impairment"):
+            base = parse_expect(text.removesuffix(" or dropped by impairment"), default=default, source=source,
+                                where=where)
+            if not base.delivered:
+                raise DescriptionError(f"{value!r}: only a delivery can be excused by an impairment", source=source,
+                                       field=where, hint="use 'delivered or dropped by impairment' or 'reply or ...'")
+            return Expect(reply=base.reply, or_impaired=True)
         if text == "delivered":
             return Expect()
         if text in ("reply", "replies", "delivered+reply", "delivered, reply"):
@@ -173,7 +188,8 @@ def parse_expect(value: Any, *, default: str, source: str, where: str) -> Expect
         if m:
             return Expect(delivered=False, dropped_at=m.group(1))
     raise DescriptionError(f"{value!r} is not an expectation", source=source, field=where,
-                           hint="use 'delivered', 'reply' or 'dropped at NODE'")
+                           hint="use 'delivered', 'reply' or 'dropped at NODE' (the first two may add "
+                                "'or dropped by impairment')")
 
 
 def ignore_field(item: str, src: str, where: str) -> tuple[Any, str]:

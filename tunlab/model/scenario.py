@@ -332,6 +332,12 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
                         "send between nodes on one path of the topology")
         expect = parse_expect(flow.expect if flow.expect is not None else sc.expect,
                               default=flow.default_expect, source=sc.source, where=f"{where}.expect")
+        if flow.loss is not None:
+            loss_rate(flow.loss, sc.source, f"{where}.loss")
+            if not expect.delivered:
+                raise _fail(sc.source, f"{where}.loss", "a loss expectation needs a flow that is delivered",
+                            "drop loss= or expect delivery")
+            expect = replace(expect, or_impaired=True)
         if expect.dropped_at is not None and expect.dropped_at not in nodes[1:]:
             raise _fail(sc.source, f"{where}.expect", f"'{expect.dropped_at}' is not on the way from "
                         f"'{src}' to '{dst_node}' ({' > '.join(nodes)})", "name a node of that chain")
@@ -385,6 +391,18 @@ def build_probes(sc: Scenario, *, seed: int = 0) -> list[PlannedProbe]:
             name = flow.label() + (f" #{k + 1}" if flow.count > 1 else "")
             out.append(PlannedProbe(i, src, dst_node, nodes, Probe(name, bytes(pkt), expect, ignore, rewrites)))
     return out
+
+
+def loss_rate(value: Any, source: str, where: str) -> float:
+    """A flow's ``loss`` ("5%", "0.05" or 0.05) as a probability, or a one-line error naming the field."""
+    text = str(value).strip()
+    try:
+        rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 <= rate <= 1.0:
+        raise _fail(source, where, f"{value!r} is not a loss rate", "write e.g. loss='5%' or loss=0.05")
+    return rate
 
 
 def require_scenarios(paths: list[str]) -> list[Scenario]:

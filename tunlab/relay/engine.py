@@ -272,6 +272,7 @@ class Relay:
             for name, p in out["peers"].items():
                 p["datapath"] = info.get("peers", {}).get(name, {}).get("datapath", "?")
         if self.paths is not None:
+            self.decisions.flush()  # whoever reads counters may read the decision log next (the checks do)
             drops = out["drops"]
             for name, peer in self.table.peers.items():
                 path = peer.path

@@ -19,7 +19,8 @@ from tunlab.errors import TunlabError
 from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root, write_user_file
 from tunlab.model.scenario import PlannedProbe, Scenario, build_probes
 from tunlab.traffic.capture import Capture, CapturePoint
-from tunlab.verdict.checks import Arrivals, Captures, Chain, LinkInfo, ScenarioResult, check_flow, check_links
+from tunlab.verdict.checks import (Arrivals, Captures, Chain, CheckResult, LinkInfo, ScenarioResult, check_flow,
+                                   check_links)
 from tunlab.traffic.decap import RelayEnd
 from tunlab.traffic.inject import Injector
 from tunlab.verdict.report import junit_xml, write_text
@@ -178,12 +179,50 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
     keyed = bool(getattr(lab.topology, "keyed", False))
     links = lab_links(lab)
     caps = Captures(cap.frames(), keys=lab.seal_keys() if keyed else None, links=links)
+    caps.impairs = _impair_log(lab)
     result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
+    result.links += loss_checks(sc, planned, result.flows)
     # every link of the lab: a bare packet or a broken stream off the probes' chains is a failure too
     any_chain = next(iter(chains.values()))
     result.links += check_links(any_chain, caps, list(links.values()))
     result.notes += _capture_notes(cap)
     return cap, _counters(lab)
+
+
+def _impair_log(lab: Any) -> Any:
+    """The relays' impairment decisions so far (asking for counters makes each relay write its log out)."""
+    run_dir = getattr(lab, "run_dir", None)
+    if run_dir is None or not any(Path(run_dir).glob("*.impair.jsonl")):
+        return None
+    from tunlab.verdict.impairments import ImpairLog
+
+    _counters(lab)
+    return ImpairLog.load(run_dir)
+
+
+def loss_checks(sc: Scenario, planned: list[PlannedProbe], flows: list[Any]) -> list[CheckResult]:
+    """A flow's statistical expectation ``loss=``: the share of its probes (and replies) that impairments
+    dropped lies in the 99% confidence interval of that rate over its probes."""
+    from tunlab.model.scenario import loss_rate
+    from tunlab.relay.impair import confidence_interval
+
+    out = []
+    for i, flow in enumerate(sc.traffic):
+        if flow.loss is None:
+            continue
+        rate = loss_rate(flow.loss, sc.source, f"traffic[{i}].loss")
+        mine = [f for p, f in zip(planned, flows) if p.flow_index == i]
+        dropped = sum(1 for f in mine if any("dropped by impairment" in c.message for c in f.checks))
+        n = len(mine)
+        lo, hi = confidence_interval(n, rate)
+        # with few probes the normal approximation is too narrow: always allow one more or one less
+        lo, hi = max(0.0, min(lo, rate - 1 / n)), min(1.0, max(hi, rate + 1 / n))
+        share = dropped / n if n else 0.0
+        ok = lo <= share <= hi
+        out.append(CheckResult(f"loss of {flow.label()}", ok,
+                               f"{dropped} of {n} dropped by impairment ({share:.1%}); expected {rate:.1%}, "
+                               f"99% interval {lo:.1%}..{hi:.1%}"))
+    return out
 
 
 def _send(lab: Any, planned: list[PlannedProbe]) -> None:

@@ -357,6 +357,8 @@ class Captures:
     sighting_cache: dict[str, list[Sighting]] = field(default_factory=dict)
     keys: dict[int, bytes] | None = None  # session keys of keyed links, to open their datagrams
     links: dict[str, LinkInfo] = field(default_factory=dict)
+    #: the relays' impairment decisions (verdict/impairments.py ImpairLog), when the lab has any
+    impairs: Any = None
     _obs: list[_Obs] | None = field(default=None, repr=False)
     _by_pos: dict[tuple[str, ...], list[_Obs]] = field(default_factory=dict, repr=False)
     _index: dict[frozenset[str], dict[tuple[object, ...], list[_Obs]]] = field(default_factory=dict, repr=False)
@@ -603,9 +605,16 @@ def check_flow(chain: Chain, caps: Captures, probe: Probe) -> FlowResult:
 
     last = max(i for i, r in enumerate(rows) if r.status != "missing")
     upto = len(steps)
+    why = _impaired(caps, steps, rows) if rows[-1].status == "missing" else None
+    if probe.expect.delivered and why is not None and probe.expect.or_impaired:
+        seen = steps[last].label
+        checks.append(CheckResult("every hop", True, f"seen intact up to {seen}, then {why}"))
+        checks.append(CheckResult("delivered", True, f"not delivered, as allowed: {why}"))
+        checks.append(_witness_check(chain, caps, probe, steps, masks, None))
+        return FlowResult(probe, rows, [], checks)
     if probe.expect.delivered:
-        checks.append(_hops_check(chain, caps, steps, masks, rows, probe, "every hop", len(steps)))
-        checks.append(_delivery_check(chain, caps, steps, masks, rows, probe, last))
+        checks.append(_hops_check(chain, caps, steps, masks, rows, probe, "every hop", len(steps), why))
+        checks.append(_delivery_check(chain, caps, steps, masks, rows, probe, last, why))
     else:
         where = probe.expect.dropped_at
         # every hop up to the drop point must still be right (into the VNF's TUN when its kernel drops)
@@ -620,9 +629,36 @@ def check_flow(chain: Chain, caps: Captures, probe: Probe) -> FlowResult:
     if probe.expect.reply:
         delivered = rows[-1].received if rows[-1].status != "missing" else None
         reply_rows, reply_check, reply_ref = _reply_check(chain, caps, probe, delivered, t0)
+        rwhy = _impaired(caps, chain.steps(reverse=True), reply_rows) if not reply_check.passed else None
+        if rwhy is not None:
+            reply_check = CheckResult("reply", True, f"the reply was {rwhy}, as allowed") \
+                if probe.expect.or_impaired else CheckResult(
+                    "reply", False, f"the reply was {rwhy}", hop=reply_check.hop, last_seen=reply_check.last_seen,
+                    expected=reply_check.expected, nearest=reply_check.nearest)
         checks.append(reply_check)
     checks.append(_witness_check(chain, caps, probe, steps, masks, reply_ref))
     return FlowResult(probe, rows, reply_rows, checks)
+
+
+def _impaired(caps: Captures, steps: list[Step], rows: list[HopResult]) -> str | None:
+    """"dropped by impairment on link X>Y (kind, decision #N)" when the first link where the packet went
+    missing is one whose relay's decision log dropped it (found by the packet seen at the TUN before)."""
+    log = caps.impairs
+    if log is None:
+        return None
+    for i, (step, row) in enumerate(zip(steps, rows)):
+        if row.status != "missing":
+            continue
+        prev = rows[i - 1] if i else None
+        if step.direction != "link" or prev is None or prev.received is None or steps[i - 1].direction != "out":
+            return None
+        d = log.drop_of(prev.received, f"{step.src_node}>{step.dst_node}")
+        if d is None:
+            return None
+        from tunlab.verdict.impairments import describe
+
+        return describe(d)
+    return None
 
 
 def _failure(name: str, message: str, step: Step, row: HopResult, rows: list[HopResult], steps: list[Step],
@@ -633,7 +669,7 @@ def _failure(name: str, message: str, step: Step, row: HopResult, rows: list[Hop
 
 
 def _hops_check(chain: Chain, caps: Captures, steps: list[Step], masks: list[Any], rows: list[HopResult],
-                probe: Probe, name: str, upto: int) -> CheckResult:
+                probe: Probe, name: str, upto: int, why: str | None = None) -> CheckResult:
     for i, (step, row) in enumerate(zip(steps[:upto], rows[:upto])):
         if row.status == "seen":
             continue
@@ -645,6 +681,8 @@ def _hops_check(chain: Chain, caps: Captures, steps: list[Step], masks: list[Any
             later = next((s for s, r in zip(steps[i + 1:upto], rows[i + 1:upto]) if r.status != "missing"), None)
             if later is not None:  # not lost: it went past this hop unseen (e.g. in outer fragments)
                 msg = f"missing {where}, yet seen after it at {later.label}"
+            elif why is not None:
+                msg = f"missing {where}: {why}"
             else:
                 msg = f"missing {where}: lost at {steps[i - 1].node if prev else chain.sender}"
             if step.direction == "link":
@@ -691,7 +729,7 @@ def _link_hint(chain: Chain, caps: Captures, step: Step) -> str:
 
 
 def _delivery_check(chain: Chain, caps: Captures, steps: list[Step], masks: list[Any], rows: list[HopResult],
-                    probe: Probe, last: int) -> CheckResult:
+                    probe: Probe, last: int, why: str | None = None) -> CheckResult:
     step, row = steps[-1], rows[-1]
     if row.status == "seen":
         return CheckResult("delivered", True, f"{chain.receiver} received it, equal to what was sent "
@@ -700,8 +738,8 @@ def _delivery_check(chain: Chain, caps: Captures, steps: list[Step], masks: list
     exp = bytes(mask.expected)
     if row.status == "missing":
         lost = steps[last]
-        return _failure("delivered", f"never reached {chain.receiver}: last seen on {lost.label}, lost at "
-                        f"{lost.node}", step, row, rows, steps, exp, _candidates(chain, caps, step), mask,
+        how = why if why is not None else f"lost at {lost.node}"
+        return _failure("delivered", f"never reached {chain.receiver}: last seen on {lost.label}, {how}", step, row, rows, steps, exp, _candidates(chain, caps, step), mask,
                         probe.packet)
     if row.status == "duplicate":
         return _failure("delivered", f"{chain.receiver} received it more than once", step, row, rows, steps,
