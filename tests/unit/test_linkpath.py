@@ -132,6 +132,8 @@ def test_scheduler_sends_on_time_and_bounds_the_queue(monkeypatch) -> None:
     assert [d for _, d in sent] == [b"now", b"0", b"1", b"2"]
     late = [t - (now + 0.005 + i * 0.001) for i, (t, _) in enumerate(sent[1:])]
     assert all(0 <= x < 0.005 for x in late), late
+    acc = sched.accuracy()
+    assert acc["n"] == 3 and -20 <= acc["median_us"] <= acc["p99_us"] <= acc["max_us"] < 5000
     assert path.waiting == 0 and path.drops() == {"impair_queue_overflow": 2}
 
 

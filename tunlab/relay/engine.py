@@ -167,6 +167,7 @@ class Relay:
         if stage is None:
             stage = entry[1](ctx, peer_name, {})
         reply = stage.control(request)
+        self.scheduler.late.clear()  # the counters' lateness figures start again with the change
         if fresh:
             path.add(stage)
         spec = getattr(stage, "spec", None)
@@ -284,7 +285,8 @@ class Relay:
                     drops[k] = drops.get(k, 0) + v
             out["drops"] = dict(sorted(drops.items()))
             out["impair"] = {"seed": self.seed, "timers": self.scheduler.timer.kind,
-                             "log": self.config.impair_log, "log_lost": self.decisions.lost}
+                             "log": self.config.impair_log, "log_lost": self.decisions.lost,
+                             "lateness": self.scheduler.accuracy()}
         return out
 
 
