@@ -1,4 +1,5 @@
-"""Link shaping on the netns backend: rate limits are installed on both ends; netem options are refused."""
+"""Link shaping on the netns backend: rate limits are installed on both ends; netem options (delay, jitter,
+loss) are done by the relays where the kernel has no netem, the others refused."""
 
 from __future__ import annotations
 
@@ -27,10 +28,21 @@ def test_rate_limit_is_a_tbf_on_both_ends_and_traffic_still_flows() -> None:
         assert ping.returncode == 0, ping.stdout
 
 
-@pytest.mark.skipif(netem_available(), reason="this kernel has netem: delay would be honoured")
-def test_delay_is_refused_before_anything_exists() -> None:
+@pytest.mark.skipif(netem_available(), reason="this kernel has netem: tc does delay and loss itself")
+def test_netem_options_fall_back_to_the_relays(tmp_path) -> None:
+    """No netem here: TCLink's delay/jitter/loss become the relays' impairments of both directions (issue
+    17), bw stays with tc; options only netem has (max_queue_size) are still refused before anything exists."""
+    import re
+
+    topo = linear_chain(1, shaping={"sender-vnf1": {"delay": "5ms", "bw": 50}})
+    with Lab(topo, results_dir=tmp_path) as lab:
+        assert lab.topology.links[0].impair == "delay=5ms" and dict(lab.topology.links[0].shaping) == {"bw": 50}
+        out = lab.node("sender").cmd_raises(["ping", "-c", "3", "-i", "0.1", "-W", "2", lab.node("receiver").overlay_ip])
+        times = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+        assert len(times) == 3 and min(times) >= 10.0, out  # 5 ms each way, as netem on both ends would
+        assert lab.relay_counters()["vnf1"]["peers"]["sender"]["stages"]["impair"]["delay"] >= 3
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    with pytest.raises(TunlabError, match="netem"):
-        with Lab(linear_chain(1, shaping={"sender-vnf1": {"delay": "5ms"}})):
+    with pytest.raises(TunlabError, match="max_queue_size need"):
+        with Lab(linear_chain(1, shaping={"sender-vnf1": {"delay": "5ms", "max_queue_size": 10}})):
             pass
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before

@@ -216,3 +216,19 @@ def test_without_mininet_the_backend_says_how_to_install_it() -> None:
     assert {r.run_id for r in list_runs()} == runs_before  # refused before a run was reserved
 
 
+
+
+def test_tclink_delay_without_netem_is_done_by_the_relays(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same topology as on the netns backend: TCLink's delay becomes the relays' impairment (issue 17)."""
+    import re
+
+    from tunlab.lab.backends.netem import netem_available
+
+    if netem_available():
+        pytest.skip("this kernel has netem: TCLink does the delay")
+    with Lab(linear_chain(1, shaping={"vnf1-receiver": {"delay": "5ms"}}), backend="mininet",
+             results_dir=tmp_path) as lab:
+        out = lab.node("sender").cmd_raises(["ping", "-c", "3", "-i", "0.1", "-W", "2", lab.node("receiver").overlay_ip])
+        times = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+        assert len(times) == 3 and min(times) >= 10.0, out
+        assert lab.relay_counters()["receiver"]["peers"]["vnf1"]["stages"]["impair"]["delay"] >= 3

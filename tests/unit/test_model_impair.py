@@ -76,3 +76,16 @@ paths: [{nodes: [sender, receiver]}]
     with pytest.raises(DescriptionError) as exc:
         load_yaml_topology(p)
     assert "impair_ba" in str(exc.value) and "lossy.yaml" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_netem_options_move_to_the_relays() -> None:
+    from tunlab.model.shaping import netem_to_relay
+
+    t = linear_chain(2, shaping={"sender-vnf1": {"delay": "5msec", "jitter": 1, "loss": 2, "bw": 10},
+                                 "vnf1-vnf2": {"bw": 5}}, impair={"sender-vnf1": "duplicate=1%"})
+    moved, notes = netem_to_relay(t)
+    a, b, _ = moved.links
+    assert a.impair == "delay=5ms jitter=1ms loss=2% duplicate=1%" and dict(a.shaping) == {"bw": 10}
+    assert b == t.links[1] and len(notes) == 1 and "link sender-vnf1: delay=5ms jitter=1ms loss=2%" in notes[0]
+    same, none = netem_to_relay(linear_chain(1))
+    assert none == [] and same == linear_chain(1)

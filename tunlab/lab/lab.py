@@ -11,6 +11,7 @@ See docs/ARCHITECTURE.md (Lab API contract).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -30,6 +31,8 @@ from tunlab.lab.relays import RelaySupervisor
 from tunlab.model.topology import Topology
 from tunlab.model.graph import graph_data
 from tunlab.model.plan import PSK_FILE, LabPlan, NodePlan, UnderlayLink, build_plan
+
+log = logging.getLogger("tunlab.lab")
 from tunlab.system.privileges import make_user_dir, open_user_file, require_root
 
 Argv = Sequence[str] | str
@@ -127,7 +130,7 @@ class Lab:
     def __enter__(self) -> Lab:
         require_root("bringing a lab up")
         cls = backend_class(self.backend_name)
-        t = self.topology
+        t = self.topology = _netem_fallback(self.topology)
         self._ledger = led = Ledger.create({"backend": self.backend_name, "topology": t.name,
                                             "source": t.source, "results_dir": str(self.results_dir or "")})
         self._run_dir = led.dir
@@ -297,6 +300,25 @@ class Lab:
     def kill_relay(self, node: str) -> None:
         """SIGKILL the relay of ``node`` (for negative tests) and reap it."""
         self.relays.kill(node)
+
+
+def _netem_fallback(t: Topology) -> Topology:
+    """Links' netem options (TCLink's delay, jitter, loss) on a kernel without netem: done by the relays
+    (issue 17) instead of being refused, so a topology written for Mininet runs on both backends."""
+    from tunlab.model.shaping import parse_link_options
+
+    if not any(lk.shaping and parse_link_options(dict(lk.shaping), where=lk.name).needs_netem for lk in t.links):
+        return t
+    from tunlab.lab.backends.netem import netem_available
+
+    if netem_available():
+        return t
+    from tunlab.model.shaping import netem_to_relay
+
+    moved, notes = netem_to_relay(t)
+    for line in notes:
+        log.info("%s", line)
+    return moved  # type: ignore[return-value]
 
 
 def read_final_counters(run_dir: Path) -> dict[str, dict[str, Any]]:

@@ -141,3 +141,42 @@ def parse_link_options(options: Mapping[str, object] | None, *, where: str = "li
     if shaped.use_tbf and shaped.use_hfsc:
         raise LinkOptionError(f"{where}: use_tbf and use_hfsc exclude each other", "keep one of them")
     return shaped
+
+
+#: netem options the relays can take over on a kernel without netem (issue 17)
+RELAY_OPTIONS = ("delay", "jitter", "loss")
+
+
+def _relay_time(text: str) -> str:
+    for long, short in (("usec", "us"), ("msec", "ms"), ("sec", "s")):
+        if text.endswith(long):
+            return text[: -len(long)] + short
+    return text
+
+
+def netem_to_relay(topo: object) -> tuple[object, list[str]]:
+    """A topology whose links' netem options (delay, jitter, loss: Mininet's TCLink names) become the
+    relays' impairments of both directions (``Link.impair``), as netem on both veth ends would do, for a
+    kernel without netem; what is left in ``shaping`` (bw, max_queue_size) stays for tc. Returns it and
+    one line per link moved."""
+    from dataclasses import replace
+
+    links, notes = [], []
+    for lk in topo.links:  # type: ignore[attr-defined]
+        shaped = parse_link_options(dict(lk.shaping), where=f"link '{lk.name}' field 'shaping'") \
+            if lk.shaping else LinkShaping()
+        words = []
+        if shaped.delay is not None:
+            words.append(f"delay={_relay_time(shaped.delay)}")
+        if shaped.jitter is not None:
+            words.append(f"jitter={_relay_time(shaped.jitter)}")
+        if shaped.loss:
+            words.append(f"loss={shaped.loss:g}%")
+        if not words:
+            links.append(lk)
+            continue
+        rest = {k: v for k, v in dict(lk.shaping).items() if k not in RELAY_OPTIONS}
+        impair = " ".join(w for w in (" ".join(words), lk.impair or "") if w)
+        links.append(replace(lk, shaping=rest or None, impair=impair))
+        notes.append(f"link {lk.name}: {' '.join(words)} by the relays (no netem on this kernel)")
+    return (replace(topo, links=tuple(links)) if notes else topo), notes  # type: ignore[type-var]
