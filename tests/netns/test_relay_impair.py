@@ -146,3 +146,54 @@ def test_same_seed_same_decision_log(netlab: NetLab) -> None:
     assert logs[0] == logs[1] and logs[0] != logs[2]
     kinds = {json.loads(x)["kind"] for x in logs[0].splitlines()}
     assert {"loss", "delay", "duplicate"} <= kinds
+
+
+UDP_SINK = r'''
+import json, select, socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9997)); print("ready", flush=True)
+seqs, first, last = [], None, None
+while True:
+    r, _, _ = select.select([s], [], [], 1.0)
+    if not r: break
+    d = s.recv(2048); last = time.monotonic(); first = first or last
+    seqs.append(struct.unpack("!I", d[:4])[0])
+print(json.dumps({"seqs": seqs, "span": (last - first) if first else 0}), flush=True)
+'''
+UDP_SOURCE = r'''
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[2])):
+    s.sendto(struct.pack("!I", i) + bytes(int(sys.argv[3])), (sys.argv[1], 9997))
+    time.sleep(0.001)
+'''
+
+
+def udp_run(lab: NetLab, a: str, b: str, count: int, size: int) -> dict:
+    sink = lab.spawn(b, PY, "-c", UDP_SINK, stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    subprocess.run(["ip", "netns", "exec", a, PY, "-c", UDP_SOURCE, "10.70.0.2", str(count), str(size)],
+                   check=True, timeout=60)
+    out = json.loads(sink.stdout.readline())
+    sink.wait(10)
+    return out
+
+
+def test_duplicate_reorder_and_rate_at_run_time(netlab: NetLab) -> None:
+    from tunlab.relay.control import control_request
+
+    (a, b), (ra, rb) = pair(netlab, a_extra=("--seed", "4"))
+
+    def impair(spec: str) -> None:
+        control_request(ra.control, {"cmd": "stage", "peer": "b", "stage": "impair", "clear": True, "set": spec})
+
+    impair("duplicate=100%")
+    got = udp_run(netlab, a, b, 50, 64)["seqs"]
+    assert sorted(got) == sorted(list(range(50)) * 2)  # every datagram twice
+    impair("delay=20ms reorder=50%")
+    got = udp_run(netlab, a, b, 100, 64)["seqs"]
+    assert sorted(got) == list(range(100)) and got != list(range(100))  # all there, some jumped the queue
+    c = ra.counters()["peers"]["b"]["stages"]["impair"]
+    assert c["reorder"] > 20 and c["delay"] > 20
+    impair("rate=1mbit")
+    run = udp_run(netlab, a, b, 200, 1000)  # 200 x ~1 kB = 1.6 Mbit: at least 1.4 s at 1 Mbit/s
+    assert sorted(run["seqs"]) == list(range(200)) and run["span"] > 1.2, run["span"]
