@@ -37,7 +37,8 @@ def test_netem_options_fall_back_to_the_relays(tmp_path) -> None:
     topo = linear_chain(1, shaping={"sender-vnf1": {"delay": "5ms", "bw": 50}})
     with Lab(topo, results_dir=tmp_path) as lab:
         assert lab.topology.links[0].impair == "delay=5ms" and dict(lab.topology.links[0].shaping) == {"bw": 50}
-        out = lab.node("sender").cmd_raises(["ping", "-c", "3", "-i", "0.1", "-W", "2", lab.node("receiver").overlay_ip])
+        ping = ["ping", "-c", "3", "-i", "0.1", "-W", "2", lab.node("receiver").overlay_ip]
+        out = lab.node("sender").cmd_raises(ping)
         times = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
         assert len(times) == 3 and min(times) >= 10.0, out  # 5 ms each way, as netem on both ends would
         assert lab.relay_counters()["vnf1"]["peers"]["sender"]["stages"]["impair"]["delay"] >= 3

@@ -89,3 +89,20 @@ def test_netem_options_move_to_the_relays() -> None:
     assert b == t.links[1] and len(notes) == 1 and "link sender-vnf1: delay=5ms jitter=1ms loss=2%" in notes[0]
     same, none = netem_to_relay(linear_chain(1))
     assert none == [] and same == linear_chain(1)
+
+
+def test_show_names_the_impairments(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tunlab.cli import cli
+
+    path = str(Path(__file__).resolve().parents[2] / "scenarios" / "lossy_chain.py")
+    outs = []
+    for args in (["show", path], ["show", path, "--json"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(args, prog_name="tunlab")
+        assert exc.value.code == 0
+        outs.append(capsys.readouterr().out)
+    assert "impairments (by the relays; seed per run)" in outs[0] and "vnf2>vnf1" in outs[0]
+    assert json.loads(outs[1])["links"][1]["impair"] == {"vnf1>vnf2": "delay=5ms jitter=2ms loss=10%",
+                                                         "vnf2>vnf1": "delay=5ms jitter=2ms loss=10%"}

@@ -38,7 +38,8 @@ def topology_json(t: Any, *, routes: bool = True) -> dict[str, Any]:
     links = [{"name": lk.name, "transport": lk.transport,
               "a": {"node": lk.a, "addr": lk.a_addr, "port": lk.a_port},
               "b": {"node": lk.b, "addr": lk.b_addr, "port": lk.b_port},
-              "shaping": dict(lk.shaping) if lk.shaping else None} for lk in t.links]
+              "shaping": dict(lk.shaping) if lk.shaping else None,
+              "impair": lk.impairs() or None} for lk in t.links]
     out: dict[str, Any] = {
         "schema": "tunlab.show/1", "name": t.name, "source": t.source, "description": t.description,
         "overlay": t.overlay_net, "mtu": t.mtu, "datapath": t.datapath, "nodes": nodes, "links": links,

@@ -78,6 +78,15 @@ def show_cmd(topology: str, params: tuple[str, ...], routes: bool, as_json: bool
                       f"{lk.b} ve-RUN-{i}b {lk.b_addr} :{lk.b_port}",
                       lk.transport + (" (b listens)" if lk.transport == "tcp" else f", datapath {t.datapath}"))
     con.print(links)
+    impaired = [(lk.name, d, spec) for lk in t.links for d, spec in lk.impairs().items()]
+    if impaired:  # issue 17: what the relays do to each direction
+        imp = Table(title=f"impairments (by the relays; seed {t.seed if t.seed is not None else 'per run'})",
+                    title_justify="left")
+        for col in ("link", "direction", "impairments"):
+            imp.add_column(col)
+        for row in impaired:
+            imp.add_row(*row)
+        con.print(imp)
     con.print("every node's TUN is tun-RUN; RUN is the run id `tunlab up` prints", style="dim")
     paths = Table(title="paths", title_justify="left")
     paths.add_column("#")

@@ -307,7 +307,8 @@ class Scheduler:
         if not xs:
             return {"n": 0}
         n = len(xs)
-        return {"n": n, "median_us": round(xs[n // 2] * 1e6, 1), "p99_us": round(xs[min(n - 1, int(n * 0.99))] * 1e6, 1),
+        p99 = xs[min(n - 1, int(n * 0.99))]
+        return {"n": n, "median_us": round(xs[n // 2] * 1e6, 1), "p99_us": round(p99 * 1e6, 1),
                 "max_us": round(xs[-1] * 1e6, 1)}
 
     def close(self) -> None:
