@@ -153,3 +153,18 @@ def test_relay_options() -> None:
     server, client = configs_from_args(["-r", "127.0.0.1", "--impair", "client=delay=1ms",
                                         "--impair", "server=loss=1%"])
     assert server.impair == (("client", "delay=1ms"),) and client.impair == (("server", "loss=1%"),)
+
+
+def test_decision_log_is_bounded(tmp_path, monkeypatch) -> None:
+    import tunlab.relay.linkpath as lp
+
+    monkeypatch.setattr(lp, "LOG_BYTES", 2000)
+    log = DecisionLog(str(tmp_path / "d.jsonl"))
+    for i in range(200):
+        log.add(f'{{"n": {i}, "kind": "delay"}}', essential=False)
+        log.add(f'{{"n": {i}, "kind": "loss"}}')
+    log.close()
+    lines = (tmp_path / "d.jsonl").read_text().splitlines()
+    assert 4000 < sum(len(x) + 1 for x in lines) <= 4100 and log.lost == 400 - len(lines)
+    # past the first limit only the decisions checks need were kept
+    assert all('"loss"' in x for x in lines[-10:])

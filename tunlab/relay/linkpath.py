@@ -34,6 +34,9 @@ log = logging.getLogger("tunlab.relay")
 QUEUE_MAX = 20_000
 #: packets due within this much of now leave at once (the timer would fire late by more than that anyway)
 EARLY = 20e-6
+#: a decision log past this size keeps only the decisions checks need (drops, duplicates, reorders,
+#: corruptions), not every delay; past twice this size, nothing more (/run is memory): counted as log_lost
+LOG_BYTES = 64 << 20
 #: delayed sends whose lateness is kept for the counters' accuracy figures
 LATE_KEPT = 50_000
 
@@ -67,6 +70,7 @@ class DecisionLog:
         self.path = path
         self.pending: deque[str] = deque(maxlen=LOG_MAX)
         self.lost = 0
+        self.size = 0
         self.fd = -1
         if path:
             try:
@@ -74,12 +78,16 @@ class DecisionLog:
             except OSError as exc:
                 raise TunlabError(f"--impair-log {path}: cannot open it: {exc.strerror}", "pick another path") from None
 
-    def add(self, line: str) -> None:
+    def add(self, line: str, essential: bool = True) -> None:
         if self.fd < 0:
+            return
+        if self.size > LOG_BYTES and (not essential or self.size > 2 * LOG_BYTES):
+            self.lost += 1
             return
         if len(self.pending) == self.pending.maxlen:
             self.lost += 1
         self.pending.append(line)
+        self.size += len(line) + 1
 
     def flush(self) -> None:
         if self.fd < 0 or not self.pending:
@@ -144,7 +152,8 @@ class ImpairStage:
                     v = dec.value
                     value = "" if v is None else \
                         f', "value": {round(v, 9) if isinstance(v, float) else json.dumps(v)}'
-                    self.decisions.add(f'{head}, "n": {dec.n}, "kind": "{dec.kind}"{value}, "pkt": "{pk}"}}')
+                    self.decisions.add(f'{head}, "n": {dec.n}, "kind": "{dec.kind}"{value}, "pkt": "{pk}"}}',
+                                       dec.kind not in ("delay", "slot"))
             log.clear()
         return out
 
