@@ -49,8 +49,8 @@ def shipped_scenarios() -> list[str]:
               help="also write one JUnit XML file for all the scenarios")
 @click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True)
 @click.option("--seed", type=int, default=None,
-              help="ids, ports and sequence numbers of the probes (default: random, and printed so that "
-                   "--seed N replays the same packets)")
+              help="ids, ports and sequence numbers of the probes, and the run seed of the links' impairments "
+                   "(default: random, and printed so that --seed N replays the same packets and decisions)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (schema tunlab.run/1) instead of the "
               "report")
 @click.option("-q", "--quiet", is_flag=True, help="one line per scenario, even for one scenario")
