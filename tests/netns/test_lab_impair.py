@@ -84,3 +84,18 @@ def test_declared_impairment_and_seed(tmp_path: Path) -> None:
     assert log and {(d["link"], d["dir"], d["kind"]) for d in log} == {("sender-vnf1", "sender>vnf1", "delay")}
     assert (kept / "vnf1.impair.jsonl").exists() and not (kept / "receiver.impair.jsonl").exists()
     assert not run_dir.exists()
+
+
+def test_keyed_link_is_impaired_before_it_is_sealed(tmp_path: Path) -> None:
+    """A keyed lab (every datagram sealed) with a lossy, delayed link: impairments act on the inner packets
+    and what leaves is still sealed (the seal stays after the impairments)."""
+    from dataclasses import replace
+
+    topo = replace(linear_chain(1, impair={"sender-vnf1": "delay=10ms"}, seed=3), keyed=True)
+    with Lab(topo, results_dir=tmp_path) as lab:
+        sender, receiver = lab.node("sender"), lab.node("receiver")
+        times = rtts(sender.cmd_raises(["ping", "-c", "3", "-i", "0.1", "-W", "2", receiver.overlay_ip]))
+        assert len(times) == 3 and min(times) >= 20.0, times
+        c = lab.relay_counters()["sender"]
+        assert c["peers"]["vnf1"]["stages"]["impair"]["delay"] >= 3 and c["peers"]["vnf1"]["tx_packets"] >= 3
+        assert not any(k.startswith("seal_") for k in c["drops"]), c["drops"]
