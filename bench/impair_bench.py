@@ -8,7 +8,8 @@
 2. loss and burst statistics of the decision engine over 100k packets vs the model's 99% interval:
    Bernoulli 1%, Gilbert-Elliott p=1% r=30% (loss rate p/(p+r), mean burst 1/r).
 3. throughput: iperf3 TCP through the relay pair, plain datapath unimpaired (the reference) and gso, vs
-   the link impaired with 0.1% loss and 5 ms delay in both directions.
+   the link impaired with 0.1% loss and 5 ms delay in both directions (and each alone); TUN txqlen 4096 as
+   in labs.
 4. replay: two runs of 10,000 identical UDP packets through an impaired relay (loss, delay+jitter,
    duplicate, reorder) with one seed give byte-identical decision logs (and another seed does not).
 
@@ -259,6 +260,8 @@ def bench_throughput(pair: Pair, seconds: float) -> dict[str, float]:
                ("loss=0.1%", *imp("loss=0.1%")))
     for label, a_extra, b_extra in configs:
         pair.start(a_extra, b_extra)
+        for ns in (pair.a, pair.b):  # the lab's TUNs have txqlen 4096 (a relay-made device gets 64)
+            sh("ip", "-n", ns, "link", "set", "dev", pair.p + "t", "txqlen", "4096")
         out[label] = gbps = iperf(pair, seconds)
         ratio = gbps / out["plain (reference)"] if out["plain (reference)"] else 0.0
         print(f"  TCP {label}{' both ways' if '=' in label else ''}: {gbps:.3f} Gbit/s ({ratio:.2f} of plain)")

@@ -168,3 +168,25 @@ def test_decision_log_is_bounded(tmp_path, monkeypatch) -> None:
     assert 4000 < sum(len(x) + 1 for x in lines) <= 4100 and log.lost == 400 - len(lines)
     # past the first limit only the decisions checks need were kept
     assert all('"loss"' in x for x in lines[-10:])
+
+
+def test_scheduler_hands_packets_due_together_over_in_one_call() -> None:
+    loop = Loop()
+    singles: list[bytes] = []
+    batches: list[list[bytes]] = []
+    sched = Scheduler(loop, lambda peer, d: singles.append(d), lambda peer, ds: batches.append(list(ds)))
+
+    class P:
+        pass
+
+    b, c = P(), P()
+    pb, pc = LinkPath("b"), LinkPath("c")
+    now = time.monotonic()
+    sched.put(b, pb, [(b"1", now + 0.005), (b"2", now + 0.005), (b"3", now + 0.005)], now)
+    sched.put(c, pc, [(b"x", now + 0.005)], now)
+    sched.put(b, pb, [(b"4", now + 0.02)], now)
+    loop.call_later(0.05, loop.stop)
+    loop.run()
+    sched.close()
+    loop.close()
+    assert batches == [[b"1", b"2", b"3"]] and singles == [b"x", b"4"]

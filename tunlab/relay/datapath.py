@@ -135,6 +135,11 @@ class Datapath:
         else:
             self.send(peer, pkt, n)
 
+    def send_many(self, peer: Peer, pkts: list[bytes]) -> None:
+        """Several packets for one peer at once (delayed packets that fell due together)."""
+        for pkt in pkts:
+            self.send(peer, pkt, len(pkt))
+
     def paths_changed(self) -> None:
         """A peer gained or lost its stages at run time (a datapath that batches re-plans here)."""
 

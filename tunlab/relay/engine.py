@@ -117,7 +117,7 @@ class Relay:
             for name in self.table.peers:
                 labels.setdefault(name, (f"{dev}-{name}", f"{dev}>{name}"))
             self.paths = linkpath.PathContext(self.seed, self.decisions, labels)
-            self.scheduler = linkpath.Scheduler(self.loop, self._send_later)
+            self.scheduler = linkpath.Scheduler(self.loop, self._send_later, self._send_many_later)
             log.info("relay %s: impairment seed %d, timers %s%s", dev, self.seed, self.scheduler.timer.kind,
                      f", decision log {self.config.impair_log}" if self.config.impair_log else "")
             if self.config.impair_log:
@@ -127,6 +127,10 @@ class Relay:
     def _send_later(self, peer: Any, data: bytes) -> None:
         if self.datapath is not None:
             self.datapath.send(peer, data, len(data))
+
+    def _send_many_later(self, peer: Any, datas: list[bytes]) -> None:
+        if self.datapath is not None:
+            self.datapath.send_many(peer, datas)
 
     def _flush_decisions(self) -> None:
         if self.decisions is not None:

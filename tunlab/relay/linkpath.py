@@ -275,10 +275,13 @@ class Scheduler:
     """Packets that leave later: one heap and one precise timer (timerfd) for the relay; each peer's
     queue is bounded (QUEUE_MAX, overflow counted). ``send(peer, data)`` is the datapath's own send."""
 
-    def __init__(self, loop: Any, send: Callable[[Any, bytes], None]) -> None:
+    def __init__(self, loop: Any, send: Callable[[Any, bytes], None],
+                 send_many: Callable[[Any, list[bytes]], None] | None = None) -> None:
         self.heap: list[tuple[float, int, Any, LinkPath, bytes]] = []
         self.seq = 0
         self.send = send
+        # what is due together for one peer leaves in one call (the fast datapath: one UDP GSO send)
+        self.send_many = send_many or (lambda peer, datas: [send(peer, d) for d in datas])
         self.timer = loop.precise_timer(self._due)
         self.late: deque[float] = deque(maxlen=LATE_KEPT)  # seconds late of the last delayed sends
 
@@ -299,12 +302,20 @@ class Scheduler:
     def _due(self) -> None:
         heap = self.heap
         now = time.monotonic()
+        late = self.late
         while heap and heap[0][0] - now <= EARLY:
-            at, _, peer, path, data = heapq.heappop(heap)
-            path.waiting -= 1
-            self.late.append(now - at)
-            self.send(peer, data)
-            if len(heap) and heap[0][0] - now > EARLY:
+            batch: list[bytes] = []
+            peer = heap[0][2]
+            while heap and heap[0][0] - now <= EARLY and heap[0][2] is peer:
+                at, _, peer, path, data = heapq.heappop(heap)
+                path.waiting -= 1
+                late.append(now - at)
+                batch.append(data)
+            if len(batch) == 1:
+                self.send(peer, batch[0])
+            else:
+                self.send_many(peer, batch)
+            if heap and heap[0][0] - now > EARLY:
                 now = time.monotonic()
         if heap:
             self.timer.arm(heap[0][0])
