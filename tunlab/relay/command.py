@@ -145,6 +145,8 @@ disappears with it.
               help="the link and direction names of PEER's path in the decision log and the random streams")
 @click.option("--seed", default=None, type=int, metavar="N", help="run seed of the impairments (default: random)")
 @click.option("--impair-log", default=None, metavar="PATH", help="decision log of the impairments (JSON lines)")
+@click.option("--nsh", default=None, metavar="FILE",
+              help="NSH mode (RFC 8300 over VXLAN-GPE): classifier, SFF, SF proxy from the JSON FILE (docs/nsh.md)")
 @click.option("--print-config", is_flag=True, help="print the resulting configuration as JSON and exit")
 def relay_cmd(**kw: Any) -> None:
     ctx = click.get_current_context()
@@ -181,7 +183,7 @@ def configs_from_params(ctx: click.Context, kw: dict[str, Any]) -> list[RelayCon
         datapath=kw["datapath"], psk_file=kw["psk_file"],
         seal_keylog=kw["seal_keylog"], impair=tuple(kw.get("impair") or ()),
         link_label=tuple(kw.get("link_label") or ()), seed=kw.get("seed"), impair_log=kw.get("impair_log"),
-        explicit=explicit)
+        nsh=kw["nsh"], explicit=explicit)
     return build_configs(opts)
 
 

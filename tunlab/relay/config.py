@@ -168,6 +168,7 @@ class RelayConfig:
     link_labels: tuple[tuple[str, str, str], ...] = ()  # --link-label PEER=LINK,DIR: names in logs and streams
     seed: int | None = None                    # --seed: the run seed of the impairments (random when None)
     impair_log: str | None = None              # --impair-log: the decision log (JSON lines)
+    nsh_file: str | None = None  # --nsh: NSH mode (relay/sff.py, docs/nsh.md): classifier, SFF, SF proxy
 
     def __post_init__(self) -> None:
         validate(self)
@@ -201,6 +202,8 @@ class RelayConfig:
             from .seal import OVERHEAD
 
             mtu -= OVERHEAD  # a sealed datagram carries a 13-byte header and a 16-byte tag
+        if self.nsh_file:
+            mtu -= 64  # VXLAN-GPE + NSH (MD type 1, or up to 40 bytes of MD type 2 context): sff.OVERHEAD
         return mtu - (14 if self.tap else 0)
 
     def effective_mtu(self, device_mtu: int | None = None) -> int:
@@ -220,6 +223,7 @@ class RelayConfig:
             "vnf": self.vnf, "hook": self.hook, "datapath": self.datapath, "psk_file": self.psk_file,
             "impair": {p: spec for p, spec in self.impair}, "seed": self.seed, "impair_log": self.impair_log,
             "link_labels": {p: [link, d] for p, link, d in self.link_labels},
+            "nsh_file": self.nsh_file,
         }
 
 
@@ -234,6 +238,9 @@ def validate(cfg: RelayConfig) -> None:
         raise ConfigError("--vnf", "hook needs --hook SPEC", "SPEC is path/file.py:func or package.module:func")
     if cfg.hook and cfg.vnf != "hook":
         raise ConfigError("--hook", "a hook needs --vnf hook")
+    if cfg.nsh_file and (cfg.transport != "udp" or cfg.tap or cfg.psk_file):
+        raise ConfigError("--nsh", "NSH mode runs over UDP between TUN relays, unkeyed (VXLAN-GPE on the wire)",
+                          "drop --transport tcp / --tap / --psk-file, or --nsh")
     if cfg.mtu is not None and not 68 <= cfg.mtu <= 65535 - 18:
         raise ConfigError("--mtu", f"{cfg.mtu} is out of range", "use 68..65517")
     if cfg.attach and (cfg.addr or cfg.mtu is not None):
@@ -368,6 +375,7 @@ class RelayOptions:
     link_label: tuple[str, ...] = ()
     seed: int | None = None
     impair_log: str | None = None
+    nsh: str | None = None
     explicit: frozenset[str] = frozenset()  # option names the user gave (the rest are defaults)
 
 
@@ -381,7 +389,7 @@ def build_configs(o: RelayOptions) -> list[RelayConfig]:
         raise ConfigError("-m/--mode", f"{o.mode!r} is not one of {', '.join(MODES)}")
     vnf = o.vnf or ("hook" if o.hook else "kernel")
     common = dict(tap=o.tap, attach=o.attach, mtu=o.mtu, transport=o.transport, vnf=vnf, hook=o.hook,
-                  datapath=o.datapath, psk_file=o.psk_file, seal_keylog=o.seal_keylog)
+                  datapath=o.datapath, psk_file=o.psk_file, seal_keylog=o.seal_keylog, nsh_file=o.nsh)
     if o.seal_keylog and not o.psk_file:
         raise ConfigError("--seal-keylog", "logs the keys of a keyed link", "add --psk-file, or drop it")
     routes = tuple(parse_route(r) for r in o.route)

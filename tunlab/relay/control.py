@@ -5,7 +5,8 @@ the loop, so a slow or silent client never stalls packets. The line is ``stats``
 ever) or one JSON object ``{"cmd": NAME, ...}``; the answer is ``{"ok": true, ...}`` or ``{"ok": false,
 "error": "one line"}``. Commands live in :data:`COMMANDS` (``register_command``): ``stats``, ``stage``
 (``{"cmd": "stage", "peer": NAME, "stage": "impair", "set": {...} | "delay=20ms", "clear": true}``) and
-``link`` (``{"cmd": "link", "peer": NAME, "state": "down"|"up"}``); other stages' issues add theirs.
+``link`` (``{"cmd": "link", "peer": NAME, "state": "down"|"up"}``) and, in NSH mode, ``nsh`` (``{"cmd": "nsh",
+"set": {"classifier": [...], "forward": [...]}}``, docs/nsh.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .loop import EPOLLIN, Loop
 
 MAX_CLIENTS = 16
 CLIENT_TIMEOUT = 2.0
-MAX_LINE = 8192
+MAX_LINE = 1 << 16  # bytes of one request line (a JSON request may carry a whole NSH table)
 
 #: a command: handler(server, request) -> reply fields (``ok`` is added); raise TunlabError to refuse
 Command = Callable[["ControlServer", dict[str, Any]], dict[str, Any]]
@@ -179,6 +180,27 @@ class ControlServer:
                 pass
             self._drop(fd)
 
+    def json_request(self, line: bytes) -> dict[str, Any]:
+        """One JSON request -> its reply (never raises: a bad request is an ``ok: false`` answer)."""
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            return {"ok": False, "error": f"not JSON: {exc}"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": 'a request is {"cmd": NAME, ...}'}
+        name = req["cmd"]
+        if name == "stats":
+            return {"ok": True, **self.counters()}
+        handler = self.commands.get(name)
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {name[:40]!r}; known: {', '.join(['stats', *self.commands])}"}
+        try:
+            return handler(req)
+        except TunlabError as exc:
+            return {"ok": False, "error": exc.message + (f" ({exc.hint})" if exc.hint else "")}
+        except Exception as exc:  # a handler's bug answers, never kills the relay
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
     def _expire(self) -> None:
         now = time.monotonic()
         for fd, (_, _, t) in list(self.clients.items()):
@@ -228,6 +250,11 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) ->
     if reply.get("ok") is not True:
         raise TunlabError(f"the relay at {path} refused {request.get('cmd')!r}: {reply.get('error', reply)}")
     return reply
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+    """Send one JSON command; the relay's reply as it is (``{"ok": false, ...}`` included, never raised)."""
+    return _ask(path, json.dumps(req, separators=(",", ":")).encode() + b"\n", timeout)
 
 
 def _ask(path: str, line: bytes, timeout: float) -> dict[str, Any]:

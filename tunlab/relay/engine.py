@@ -69,6 +69,10 @@ class Relay:
                 from .sealed import SealedTcpDatapath, SealedUdpDatapath
 
                 dp_cls = SealedTcpDatapath if cfg.transport == "tcp" else SealedUdpDatapath
+            if cfg.nsh_file:  # NSH mode (issue 18): classifier/SFF/proxy on the simple UDP datapath
+                from .sff import NshUdpDatapath
+
+                dp_cls = NshUdpDatapath
             if self.hook is None and cfg.hook:
                 from .hook import load_hook
 
@@ -276,6 +280,9 @@ class Relay:
             out["datapath"] = info
             for name, p in out["peers"].items():
                 p["datapath"] = info.get("peers", {}).get(name, {}).get("datapath", "?")
+            nsh_counters = getattr(self.datapath, "nsh_counters", None)  # NSH mode (issue 18)
+            if nsh_counters is not None:
+                out["nsh"] = nsh_counters()
         if self.paths is not None:
             self.decisions.flush()  # whoever reads counters may read the decision log next (the checks do)
             drops = out["drops"]
@@ -292,6 +299,13 @@ class Relay:
                              "log": self.config.impair_log, "log_lost": self.decisions.lost,
                              "lateness": self.scheduler.accuracy()}
         return out
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A control-socket command for this relay's datapath (``{"cmd": "nsh", ...}``, issue 18)."""
+        handler = getattr(self.datapath, "control", None)
+        if handler is None:
+            return {"ok": False, "error": f"command {request.get('cmd')!r} needs a relay in NSH mode (--nsh)"}
+        return handler(request)  # type: ignore[no-any-return]
 
 
 SO_MEMINFO = 55
@@ -330,6 +344,17 @@ def group_counters(relays: Sequence[Relay]) -> dict[str, Any]:
     if len(relays) == 1:
         return relays[0].counters()
     return {r.config.label or r.config.dev: r.counters() for r in relays}
+
+
+def _one_relay(relays: Sequence[Relay], request: dict[str, Any]) -> Relay:
+    """The relay a control request is for: the only one, or the one labelled ``request["relay"]``."""
+    if len(relays) == 1:
+        return relays[0]
+    label = request.get("relay")
+    for r in relays:
+        if (r.config.label or r.config.dev) == label:
+            return r
+    raise TunlabError(f"name the relay: \"relay\": one of {', '.join(r.config.label or r.config.dev for r in relays)}")
 
 
 def write_json_line(fd: int, obj: dict[str, Any]) -> None:
@@ -379,7 +404,7 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
     Raises TunlabError (after cleaning up, and after writing ``{"ready": false, "error": ...}`` to
     ``ready_fd`` when the relays never became ready) if opening fails or a relay fails while running.
     """
-    from .control import ControlServer
+    from .control import ControlServer, register_command
 
     if not relays:
         raise ValueError("serve() needs at least one relay")
@@ -395,6 +420,7 @@ def serve(relays: Sequence[Relay], *, ready_fd: int | None = None, control: str 
         for r in relays:
             r.open()
         if control:
+            register_command("nsh", lambda server, req: _one_relay(server.relays, req).control(req))  # issue 18
             ctl = ControlServer(loop, control, lambda: group_counters(relays), group=control_group, relays=relays)
             ctl.open()
         if handle_signals:

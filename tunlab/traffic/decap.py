@@ -26,6 +26,7 @@ import ipaddress
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 _FRAME_HDR = 2  # TCP framing: 2-byte big-endian length (tunlab.relay.framing.HEADER)
 
@@ -65,6 +66,7 @@ class Sighting:
     inner: bytes | None       # the inner packet (encap), the packet itself (bare), else None
     src_node: str | None = None  # which relay end sent it, for encap sightings
     dst_node: str | None = None
+    nsh: Any = None           # the NSH header (tunlab.relay.nsh.Nsh) of a VXLAN-GPE + NSH datagram
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,11 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
             continue
         sport, dport = ports
         src, dst = _hp(ip.src, sport), _hp(ip.dst, dport)
-        if ip.proto == 17 and transport == "udp":
+        if ip.proto == 17 and transport == "udp" and (got := nsh_of(ip.payload[8:])) is not None:
+            header, inner = got
+            out.append(Sighting(fr.ts, "encap", src, dst, f"UDP {src} > {dst} VXLAN-GPE NSH spi={header.spi} "
+                                f"si={header.si} ttl={header.ttl}", inner, ends[0].node, ends[1].node, header))
+        elif ip.proto == 17 and transport == "udp":
             out.extend(chunks.datagram(fr.ts, (ip.src, sport), src, dst, ip.payload[8:], ends))
         elif ip.proto == 6 and transport == "tcp":
             _add_segment(streams, ip, sport, dport, ends, fr.ts)
@@ -258,6 +264,20 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
     out.extend(chunks.leftovers())
     out.sort(key=lambda s: s.ts)
     return out
+
+
+def nsh_of(payload: bytes) -> tuple[Any, bytes] | None:
+    """(NSH header, inner packet) of a VXLAN-GPE datagram carrying NSH (issue 18), or None if it is not one
+    (a malformed NSH header after a GPE header announcing NSH is not one either: seen as ``other``)."""
+    if len(payload) < 16 or payload[0] & 0x04 == 0 or payload[3] != 4 or payload[0] & 0x30:
+        return None
+    from tunlab.relay import nsh
+
+    try:
+        header = nsh.decode(payload, 8)
+    except nsh.NshError:
+        return None
+    return header, payload[8 + header.length:]
 
 
 def split_datagrams(payload: bytes) -> list[bytes]:
