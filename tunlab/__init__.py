@@ -4,7 +4,7 @@ The front door: everything a user script, scenario file, topology file or test n
 here (``from tunlab import Lab, linear_chain, Ping``). Names are loaded on first use, so ``import tunlab``
 stays cheap (the relay imports nothing but :mod:`tunlab.errors` and :mod:`tunlab.relay`).
 
-- describe: ``Topology``, ``Endpoint``, ``Vnf``, ``Link``, ``Path``, ``Route``, ``linear_chain``,
+- describe: ``Topology``, ``Endpoint``, ``Vnf``, ``Link``, ``Path``, ``Route``, ``ServicePath``, ``linear_chain``,
   ``load_topology``;
 - scenarios: ``Ping``, ``Udp``, ``Tcp``, ``Expect``, ``Scenario``, ``load_scenario``, ``run_scenario``,
   ``ScenarioResult``;
@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "Topology": "tunlab.model.topology",
     "TopologyError": "tunlab.model.topology",
     "Vnf": "tunlab.model.topology",
+    "ServicePath": "tunlab.model.nsh",
     "linear_chain": "tunlab.model.topology",
     "load_topology": "tunlab.model.topofile",
     "Expect": "tunlab.model.flows",
@@ -49,7 +50,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = ["DescriptionError", "Endpoint", "Expect", "Lab", "Link", "NeedRoot", "NsBridge", "Path", "Ping",
-           "QuietMininet", "Route", "Scenario", "ScenarioResult", "Tcp", "Topology", "TopologyError",
+           "QuietMininet", "Route", "Scenario", "ScenarioResult", "ServicePath", "Tcp", "Topology", "TopologyError",
            "TunlabError", "Udp", "Vnf", "__version__", "add_relay_chain", "linear_chain", "load_scenario",
            "load_topology", "run_scenario"]
 
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from tunlab.lab.backends.mininet.nodes import NsBridge, QuietMininet
     from tunlab.lab.lab import Lab
     from tunlab.model.flows import Expect, Ping, Tcp, Udp
+    from tunlab.model.nsh import ServicePath
     from tunlab.model.scenario import Scenario, load_scenario
     from tunlab.model.topofile import load_topology
     from tunlab.model.topology import Endpoint, Link, Path, Route, Topology, TopologyError, Vnf, linear_chain

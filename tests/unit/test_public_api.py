@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: changing this list is changing tunlab's public API: do it on purpose, with the README
 PUBLIC = [
     "DescriptionError", "Endpoint", "Expect", "Lab", "Link", "NeedRoot", "NsBridge", "Path", "Ping",
-    "QuietMininet", "Route", "Scenario", "ScenarioResult", "Tcp", "Topology", "TopologyError", "TunlabError",
+    "QuietMininet", "Route", "Scenario", "ScenarioResult", "ServicePath", "Tcp", "Topology", "TopologyError", "TunlabError",
     "Udp", "Vnf", "__version__", "add_relay_chain", "linear_chain", "load_scenario", "load_topology",
     "run_scenario",
 ]

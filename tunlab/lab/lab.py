@@ -125,6 +125,7 @@ class Lab:
         self._plan: LabPlan | None = None
         self._nodes: dict[str, Node] = {}
         self._detached = False
+        self._nsh_tables: dict[str, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Lab:
@@ -146,6 +147,13 @@ class Lab:
                     os.write(fd, os.urandom(32))
                 finally:
                     os.close(fd)
+            for n in plan.nodes:  # NSH mode: each relay's tables, root-only like the rest of the run dir
+                if n.nsh_file and n.nsh_json:
+                    fd = os.open(n.nsh_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    try:
+                        os.write(fd, n.nsh_json.encode())
+                    finally:
+                        os.close(fd)
             self._backend = backend = cls(plan, led)
             self._relays = relays = RelaySupervisor(plan, led, backend, restart=self.restart_relays)
             self._nodes = {n.name: Node(self, n) for n in plan.nodes}
@@ -261,6 +269,30 @@ class Lab:
         if self._relays is None:
             raise TunlabError("this lab is not up")
         return self._relays
+
+    def nsh_tables(self) -> dict[str, dict[str, Any]]:
+        """NSH mode: node -> its relay's tables as the chain definition says (the plan's, with the changes
+        made by :meth:`nsh_set` since)."""
+        import json as _json
+
+        if self._nsh_tables is None:
+            self._nsh_tables = {n.name: _json.loads(n.nsh_json) for n in self.plan.nodes if n.nsh_json}
+        return {k: dict(v) for k, v in self._nsh_tables.items()}
+
+    def nsh_set(self, node: str, **tables: Any) -> dict[str, Any]:
+        """Re-classify at run time: replace ``classifier=[...]`` and/or ``forward=[...]`` of ``node``'s relay
+        through its control socket; the checks of later probes expect the new tables."""
+        from tunlab.relay.control import request
+
+        current = self.nsh_tables()
+        if node not in current:
+            raise TunlabError(f"node {node} has no NSH tables", "is the topology in NSH mode (service_paths)?")
+        reply = request(self.node(node).plan.control, {"cmd": "nsh", "set": tables})
+        if not reply.get("ok"):
+            raise TunlabError(f"relay of {node}: {reply.get('error')}")
+        assert self._nsh_tables is not None
+        self._nsh_tables[node] = {**self._nsh_tables[node], **tables}
+        return reply
 
     def relay_counters(self) -> dict[str, dict[str, Any]]:
         """Every relay's counters now, through its control socket (nodes whose relay is gone: absent)."""

@@ -7,12 +7,14 @@ printed (`tunlab show`) and unit-tested.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from tunlab.model import names
+from tunlab.model import nsh as nsh_model
 from tunlab.model.topology import Endpoint, Route, Topology, Transport, Vnf, hook_spec
 
 
@@ -21,6 +23,9 @@ from tunlab.model.topology import Endpoint, Route, Topology, Transport, Vnf, hoo
 LONG_CHAIN = 48
 #: a keyed lab's key, in its run directory (Topology.keyed)
 PSK_FILE = "psk"
+#: NSH mode: a relay's tables in its run directory (NODE + this); VXLAN-GPE + NSH bytes the veths leave room for
+NSH_FILE_SUFFIX = ".nsh.json"
+NSH_OVERHEAD = 64  # tunlab.relay.sff.OVERHEAD: GPE 8 + NSH 24 (MD type 1) or up to 48 bytes of MD type 2 context
 
 UNDERLAY_MTU = 1500
 UDP_ENCAP = 28  # outer IPv4 (20) + UDP (8): what a UDP hop adds to every overlay packet
@@ -83,6 +88,8 @@ class NodePlan:
     log_file: str
     extra_addrs: tuple[str, ...] = ()  # "addr/plen" on the TUN besides overlay_ip (dual stack: the IPv6 one)
     ipv6: bool = False                 # the overlay carries IPv6: the node's IPv6 stack is on (quietly)
+    nsh_file: str | None = None        # NSH mode: the relay's --nsh file, written by the lab from nsh_json
+    nsh_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,12 +168,14 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | Non
             b=LinkEnd(lk.b, names.veth_name(run_id, i, "b"), str(b.ip), lk.b_port),
             transport=lk.transport, prefixlen=a.network.prefixlen, index=i,
             datapath=topo.datapath if lk.transport == "udp" else "simple",
-            mtu=underlay_mtu(topo.mtu, lk.transport, a.version), impair=tuple(lk.impairs().items())))
+            mtu=underlay_mtu(topo.mtu + (NSH_OVERHEAD if topo.nsh else 0), lk.transport, a.version),
+            impair=tuple(lk.impairs().items())))
     plen = topo.overlay_prefixlen()
     v6 = 6 in topo.families or any(":" in lk.a_addr for lk in topo.links)
     longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
     ttl = 255 if longest >= LONG_CHAIN else None
     tun = names.tun_name(run_id)
+    tables = nsh_model.relay_tables(topo, hook_spec) if topo.nsh else {}
     nodes = []
     for n in topo.nodes:
         mine = [lk for lk in links if n.name in (lk.a.node, lk.b.node)]
@@ -177,6 +186,7 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | Non
         args = relay_args(topo, n, mine, tun, control=f"{base}.ctl", stats_file=f"{base}.stats.json",
                           log_file=f"{base}.log", seed=seed)
         is_vnf = isinstance(n, Vnf)
+        nsh_json = json.dumps(tables[n.name], indent=1) if n.name in tables else None
         nodes.append(NodePlan(
             name=n.name, role="vnf" if is_vnf else "endpoint", netns=names.netns_name(run_id, n.name),
             overlay_dev=tun, overlay_ip=n.overlay, overlay_prefixlen=plen, mtu=topo.mtu,
@@ -186,7 +196,7 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | Non
             control=f"{base}.ctl", stats_file=f"{base}.stats.json", log_file=f"{base}.log",
             extra_addrs=tuple(f"{a}/{ipaddress.ip_network(topo.overlay_net6).prefixlen}"
                               for a in n.addresses[1:]) if topo.overlay_net6 else (),
-            ipv6=v6))
+            ipv6=v6, nsh_file=f"{base}{NSH_FILE_SUFFIX}" if nsh_json else None, nsh_json=nsh_json))
     return LabPlan(run_id, run_dir, topo, tuple(nodes), tuple(links), seed)
 
 
@@ -273,6 +283,9 @@ def relay_args(topo: Topology, node: Endpoint | Vnf, links: list[UnderlayLink], 
     if topo.keyed:  # the lab writes the key (0600) before the relays start; their keylogs open the captures
         run_dir = control.rsplit("/", 1)[0]
         extra = ("--psk-file", f"{run_dir}/{PSK_FILE}", "--seal-keylog", f"{run_dir}/{node.name}.keys")
+    if topo.nsh:  # NSH mode (issue 18): the lab writes the node's tables before its relay starts
+        extra = ("--nsh", f"{control.rsplit('/', 1)[0]}/{node.name}{NSH_FILE_SUFFIX}")
+        datapath = None  # NSH mode runs its own per-packet datapath
     extra += impair_args(node.name, links, seed, log_file.removesuffix(".log") + ".impair.jsonl")
     return relay_argv(device=("--dev", dev, "--attach"), transport=transport, hops=hops,
                       routes=topo.routes_for(node.name), hook=hook, control=control, stats_file=stats_file,

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tunlab.errors import DescriptionError
+from tunlab.errors import DescriptionError, TunlabError
+from tunlab.model.nsh import ServicePath
 
 Transport = Literal["udp", "tcp"]
 VnfKind = Literal["kernel", "hook"]
@@ -230,6 +231,12 @@ class Vnf:
     routes: tuple[Route, ...] = ()
     hook: Callable[[bytes], bytes | None] | str | None = None
     overlay6: str | None = None  # dual stack: the IPv6 address inside Topology.overlay_net6
+    #: NSH service paths (issue 18): this VNF's SF is NSH-aware, ``func(nsh_header + inner: bytes) -> bytes |
+    #: None`` (it decrements the SI and may change the metadata); without it the relay's NSH proxy hands
+    #: the inner packet to the kernel (or the NSH-unaware ``hook``)
+    nsh_hook: Callable[[bytes], bytes | None] | str | None = None
+    #: the MD type 1 context (32 hex digits) this NSH-aware SF is declared to write: later hops must carry it
+    nsh_context: str | None = None
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -271,6 +278,16 @@ class Vnf:
         if self.hook is not None and not isinstance(self.hook, str) and not callable(self.hook):
             raise _fail(w, "hook", f"{self.hook!r} is neither a function nor a 'file.py:func' spec",
                         "give a top-level function or 'path/file.py:func'")
+        if self.nsh_hook is not None and not callable(self.nsh_hook) and not (
+                isinstance(self.nsh_hook, str) and re.match(r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$", self.nsh_hook)):
+            raise _fail(w, "nsh_hook", f"{self.nsh_hook!r} is not a hook spec",
+                        "write 'path/file.py:func' or 'package.module:func'")
+        if self.nsh_context is not None:
+            if self.nsh_hook is None:
+                raise _fail(w, "nsh_context", "only an NSH-aware SF writes metadata", "add nsh_hook, or drop it")
+            if not isinstance(self.nsh_context, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", self.nsh_context):
+                raise _fail(w, "nsh_context", f"{self.nsh_context!r} is not 16 bytes of hex",
+                            "write the MD type 1 context as 32 hex digits")
 
     @property
     def where(self) -> str:
@@ -402,11 +419,14 @@ class Topology:
     overlay_net6: str | None = None
     #: run seed of the links' impairments (None: a fresh one per run, printed; `--seed` overrides)
     seed: int | None = None
+    #: NSH mode (issue 18, docs/nsh.md): service paths with SPI, nodes, classifier fields and metadata;
+    #: every link then carries VXLAN-GPE + NSH and every relay forwards by (SPI, SI)
+    service_paths: tuple[ServicePath, ...] = ()
     _link_index: dict[frozenset[str], Link] = field(default_factory=dict, init=False, repr=False, compare=False)
     _route_table: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for attr in ("endpoints", "vnfs", "links", "paths"):
+        for attr in ("endpoints", "vnfs", "links", "paths", "service_paths"):
             _tuple(self, attr)
         if self.source is None and _loading.get() is not None:
             object.__setattr__(self, "source", _loading.get())
@@ -449,6 +469,11 @@ class Topology:
     def routes_for(self, name: str) -> dict[str, str]:
         """Destination prefix -> neighbour node, for the relay of node ``name`` (derived from the paths)."""
         return self._route_table[name]
+
+    @property
+    def nsh(self) -> bool:
+        """NSH mode: the topology has service paths."""
+        return bool(self.service_paths)
 
     def base_dir(self) -> str:
         return os.path.dirname(os.path.abspath(self.source)) if self.source else os.getcwd()
@@ -618,6 +643,71 @@ def _validate(topo: Topology) -> None:
     for v in topo.vnfs:
         if v.hook is not None:
             hook_spec(v, topo.base_dir())
+    _validate_service_paths(topo)
+
+
+def _validate_service_paths(topo: Topology) -> None:
+    """How the NSH service paths (model/nsh.py) fit the topology."""
+    from tunlab.model import nsh
+    from tunlab.relay import nsh as codec
+
+    if not topo.service_paths:
+        for v in topo.vnfs:
+            if v.nsh_hook is not None:
+                raise _fail(v.where, "nsh_hook", "an NSH-aware hook needs service paths",
+                            "add service_paths to the topology, or drop nsh_hook")
+        return
+    if topo.keyed or any(lk.transport != "udp" for lk in topo.links):
+        raise _fail("topology", "service_paths", "NSH service paths run over unkeyed UDP links (VXLAN-GPE)",
+                    "use transport udp on every link and keyed=False")
+    if topo.overlay_net6 is not None:
+        raise _fail("topology", "service_paths", "NSH service paths are IPv4-overlay only here",
+                    "drop overlay_net6")
+    names = {n.name: n for n in topo.nodes}
+    spis: dict[int, str] = {}
+    for i, sp in enumerate(topo.service_paths):
+        w = f"service_paths[{i}]"
+        if not isinstance(sp, ServicePath):
+            raise _fail("topology", w, f"{sp!r} is not a ServicePath", "build it with ServicePath(spi, nodes)")
+        for fld, v, lo, hi in (("spi", sp.spi, 0, codec.MAX_SPI), ("si", sp.si, 2, 255), ("ttl", sp.ttl, 2, 63)):
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise _fail(w, fld, f"{v!r} is out of range", f"use {lo}..{hi}")
+        for spi in (sp.spi, sp.rev_spi) if sp.rev_spi else (sp.spi,):
+            if spi in spis:
+                raise _fail(w, "spi", f"SPI {spi} is also used by {spis[spi]}", "give every path its own SPI")
+            spis[spi] = w
+        if len(sp.nodes) < 2 or len(set(sp.nodes)) != len(sp.nodes):
+            raise _fail(w, "nodes", "a service path lists two or more nodes, each once", "endpoint, VNFs..., endpoint")
+        for k, nm in enumerate(sp.nodes):
+            if nm not in names:
+                raise _fail(w, "nodes", f"there is no node '{nm}'", f"use one of: {', '.join(names)}")
+            end = k in (0, len(sp.nodes) - 1)
+            if end != isinstance(names[nm], Endpoint):
+                raise _fail(w, "nodes", f"'{nm}' is {'a VNF' if end else 'an endpoint'}",
+                            "a service path is endpoint, VNFs..., endpoint")
+        for x, y in zip(sp.nodes, sp.nodes[1:]):
+            if topo.link_between(x, y) is None:
+                raise _fail(w, "nodes", f"no link joins '{x}' and '{y}'", "a service path follows the links")
+        for nm in sp.skip:
+            if nm not in sp.nodes[1:-1]:
+                raise _fail(w, "skip", f"'{nm}' is not a VNF of this path", "list VNFs the path passes through")
+        if sp.si - len(nsh.sf_nodes(sp)) < 1:
+            raise _fail(w, "si", f"SI {sp.si} runs out before the path's {len(nsh.sf_nodes(sp))} SFs",
+                        f"start at {len(nsh.sf_nodes(sp)) + 1} or more")
+        if sp.ttl < len(sp.nodes):
+            raise _fail(w, "ttl", f"TTL {sp.ttl} expires before the path's end", f"use {len(sp.nodes)} or more")
+        try:
+            codec.Rule.from_json(sp.rule(names[sp.nodes[0]].overlay, names[sp.nodes[-1]].overlay), w)
+        except TunlabError as exc:  # noqa: PERF203
+            raise _fail(w, "classifier", exc.message.removeprefix(f"{w}: "), exc.hint) from None
+    try:
+        nsh.relay_tables(topo, hook_spec)
+    except TunlabError as exc:  # noqa: PERF203
+        raise _fail("topology", "service_paths", exc.message, exc.hint) from None
+    for v in topo.vnfs:
+        if v.nsh_hook is not None and v.kind != "kernel":
+            raise _fail(v.where, "nsh_hook", "an NSH-aware VNF is its hook: not also an NSH-unaware hook",
+                        "drop hook/kind='hook', or nsh_hook")
 
 
 # --------------------------------------------------------------------------------------- hooks
@@ -672,7 +762,8 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
                  vnf: Callable[[int, str, str], Vnf] | None = None,
                  shaping: dict[str, dict[str, Any]] | None = None, datapath: str = "auto",
                  prefixes: tuple[str, ...] | list[str] = (), overlay_net6: str | None = None,
-                 impair: dict[str, Any] | None = None, seed: int | None = None) -> Topology:
+                 impair: dict[str, Any] | None = None, seed: int | None = None,
+                 service_paths: tuple[ServicePath, ...] | list[ServicePath] = ()) -> Topology:
     """sender - vnf1 - ... - vnfN - receiver, one /30 per link carved from ``underlay_net``.
 
     ``prefixes``: destination prefixes the receiver stands for (the path's ``prefixes``): the relays carry
@@ -680,6 +771,8 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
 
     ``shaping`` maps link names ("vnf1-vnf2") to link options such as ``{"bw": 10}`` (Mbit/s); ``impair``
     maps link names to the relays' impairments of both directions ("delay=20ms loss=1%", issue 17).
+
+    ``service_paths``: NSH mode (docs/nsh.md), e.g. ``[ServicePath(10, ("sender", "vnf1", "receiver"))]``.
 
     Overlay: sender = first host of ``overlay_net``, receiver = second, vnfI = 256 + I. ``vnf(i, name,
     overlay)`` builds VNF i (1-based) when given, e.g. to give one VNF an nftables ruleset."""
@@ -721,4 +814,5 @@ def linear_chain(n_vnfs: int, transport: Transport = "udp", *, name: str | None 
                                 hint=f"links are {', '.join(lk.name for lk in links)}")
     return Topology(name or f"linear{n_vnfs}", eps, tuple(vnfs), tuple(links), (Path(tuple(order), tuple(prefixes)),),
                     overlay_net=overlay_net, overlay_net6=overlay_net6, mtu=mtu, datapath=datapath, seed=seed,
-                    description=f"sender, {n_vnfs} kernel VNF(s) in a line, receiver ({transport})")
+                    description=f"sender, {n_vnfs} kernel VNF(s) in a line, receiver ({transport})",
+                    service_paths=tuple(service_paths))

@@ -36,11 +36,13 @@ from typing import Any
 
 from tunlab.errors import DescriptionError
 from tunlab.model import topology as model
+from tunlab.model.nsh import ServicePath
 from tunlab.model.topology import Endpoint, Link, Path, Route, Topology, TopologyError, Vnf, loading
 
 SCHEMA_ID = "https://tunlab.invalid/schemas/topology.schema.json"
 #: the lists of a topology and the class of their items
-LISTS: dict[str, type] = {"endpoints": Endpoint, "vnfs": Vnf, "links": Link, "paths": Path}
+LISTS: dict[str, type] = {"endpoints": Endpoint, "vnfs": Vnf, "links": Link, "paths": Path,
+                          "service_paths": ServicePath}
 #: nested lists inside items
 NESTED: dict[tuple[type, str], type] = {(Vnf, "routes"): Route}
 #: fields a file cannot set (computed, or Python objects)

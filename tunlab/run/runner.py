@@ -46,8 +46,9 @@ def lab_links(lab: Any) -> dict[str, LinkInfo]:
     return {lk.name: _link_info(lk) for lk in lab.underlay_links}
 
 
-def chain_for(lab: Any, nodes: tuple[str, ...]) -> Chain:
-    """The :class:`Chain` of ``nodes`` in a running lab: links with their relay addresses and ports."""
+def chain_for(lab: Any, nodes: tuple[str, ...], kernel_vnfs: Any = None, reply_kernel_vnfs: Any = None) -> Chain:
+    """The :class:`Chain` of ``nodes`` in a running lab: links with their relay addresses and ports
+    (``kernel_vnfs``: the VNFs whose kernel forwards, when not every kernel VNF of ``nodes`` does: NSH)."""
     topo = lab.topology
     by_pair = {frozenset((lk.a.node, lk.b.node)): lk for lk in lab.underlay_links}
     links = []
@@ -56,9 +57,68 @@ def chain_for(lab: Any, nodes: tuple[str, ...]) -> Chain:
         if lk is None:
             raise TunlabError(f"the lab has no underlay link between {x} and {y}")
         links.append(_link_info(lk))
-    kernel = frozenset(n for n in nodes[1:-1] if getattr(topo.node(n), "kind", None) == "kernel")
+    kernel = kernel_all = frozenset(n for n in nodes[1:-1] if getattr(topo.node(n), "kind", None) == "kernel")
+    if kernel_vnfs is not None:
+        kernel = frozenset(kernel_vnfs) & kernel
     overlay = (*topo.overlay_nets(), *(p for path in topo.paths for p in path.prefixes))
-    return Chain(tuple(nodes), tuple(links), kernel, overlay)
+    reply = None if reply_kernel_vnfs is None else frozenset(reply_kernel_vnfs) & kernel_all
+    return Chain(tuple(nodes), tuple(links), kernel, overlay, reply)
+
+
+# ------------------------------------------------------------------------------ NSH mode (issue 18)
+
+NshWalk = tuple  # (forward hops, outcome, kernel SF nodes, reply hops, reply outcome, reply's kernel SF nodes)
+
+
+def _nsh_walks(lab: Any, planned: list[PlannedProbe]) -> list[NshWalk]:
+    """Per probe: the NSH headers it and its reply must carry, from the chain definition (the tables the plan
+    wrote, with the changes made through ``lab.nsh_set`` since: re-classification at run time). A relay
+    whose tables were changed behind the lab's back forwards differently, and the checks say where."""
+    from tunlab.model import nsh as nsh_model
+
+    tables = lab.nsh_tables()
+    topo = lab.topology
+    aware = nsh_model.aware_sfs(topo)
+    kernel = {v.name for v in topo.vnfs if v.kind == "kernel" and v.nsh_hook is None}
+    out = []
+    for p in planned:
+        sfs: list[str] = []
+        back_sfs: list[str] = []
+        hops, outcome = nsh_model.walk(tables, p.src, p.probe.packet, aware, sfs=sfs)
+        back, back_outcome = nsh_model.walk(tables, p.dst, nsh_model.swapped(p.probe.packet), aware, sfs=back_sfs)
+        out.append((hops, outcome, frozenset(sfs) & kernel, back, back_outcome, frozenset(back_sfs) & kernel))
+    return out
+
+
+def _chains(lab: Any, planned: list[PlannedProbe], walks: list[NshWalk] | None) -> dict[Any, Chain]:
+    """The probes' chains; in NSH mode one per service path taken (its kernel VNFs: the SFs it visits)."""
+    if walks is None:
+        return {p.nodes: chain_for(lab, p.nodes) for p in planned}
+    return {_chain_key(p, walks, i): chain_for(lab, p.nodes, walks[i][2], walks[i][5]) for i, p in enumerate(planned)}
+
+
+def _chain_key(p: PlannedProbe, walks: list[NshWalk] | None, i: int | None = None) -> Any:
+    if walks is None:
+        return p.nodes
+    if i is None:
+        raise ValueError("an NSH chain key needs the probe's index")
+    return (p.nodes, walks[i][2], walks[i][5])
+
+
+def _nsh_checks(result: ScenarioResult, planned: list[PlannedProbe], walks: list[NshWalk],
+                chains: dict[Any, Chain], caps: Captures) -> None:
+    from tunlab.verdict.nsh import check_nsh
+
+    for i, (p, flow) in enumerate(zip(planned, result.flows)):
+        hops, outcome, _, back, back_outcome, _ = walks[i]
+        chain = chains[_chain_key(p, walks, i)]
+        exp = p.probe.expect
+        if exp.dropped_at is not None:  # checked up to the node that drops it
+            cut = next((k for k, h in enumerate(hops) if h.src == exp.dropped_at), len(hops))
+            hops = hops[:cut]
+        flow.checks += check_nsh(chain, caps, p.probe.packet, hops, outcome)
+        if exp.reply:
+            flow.checks += check_nsh(chain, caps, p.probe.packet, back, back_outcome, reply=True, name="nsh reply")
 
 
 def describe_chain(chain: Chain) -> str:
@@ -160,7 +220,9 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
     (``run_scenario`` here, the pytest plugin's ``tunlab_checks`` fixture on a lab of its own); ``started``
     receives the capture as soon as it listens, for evidence when a later step raises."""
     result.run_id = lab.run_id
-    chains = {p.nodes: chain_for(lab, p.nodes) for p in planned}
+    nsh_mode = bool(getattr(lab.topology, "nsh", False))
+    nsh_walks = _nsh_walks(lab, planned) if nsh_mode else None
+    chains = _chains(lab, planned, nsh_walks)
     result.chains = [describe_chain(c) for c in chains.values()]
     # the relays of these chains are connected and their datapaths settled, so probes cross as they will stay
     lab.wait_connected(sc.timeout, links=[lk for ch in chains.values() for lk in ch.links])
@@ -169,9 +231,12 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
             started.append(cap)
         if before_send is not None:
             before_send(lab)
+            if nsh_mode:  # it may have re-classified (lab.nsh_set): expect what the tables say now
+                nsh_walks = _nsh_walks(lab, planned)
+                chains = _chains(lab, planned, nsh_walks)
         cap.touch()
         _send(lab, planned)
-        arrivals = Arrivals([(chains[p.nodes], p.probe) for p in planned])
+        arrivals = Arrivals([(chains[_chain_key(p, nsh_walks, i)], p.probe) for i, p in enumerate(planned)])
         if not cap.wait_for(arrivals, sc.timeout, quiet=max(GIVE_UP_QUIET, sc.settle)):
             result.notes.append("not every expected packet arrived (waited until the links were silent for "
                                 f"{max(GIVE_UP_QUIET, sc.settle):g} s, at most {sc.timeout:g} s)")
@@ -180,7 +245,9 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
     links = lab_links(lab)
     caps = Captures(cap.frames(), keys=lab.seal_keys() if keyed else None, links=links)
     caps.impairs = _impair_log(lab)
-    result.flows = [check_flow(chains[p.nodes], caps, p.probe) for p in planned]
+    result.flows = [check_flow(chains[_chain_key(p, nsh_walks, i)], caps, p.probe) for i, p in enumerate(planned)]
+    if nsh_walks is not None:
+        _nsh_checks(result, planned, nsh_walks, chains, caps)
     result.links += loss_checks(sc, planned, result.flows)
     # every link of the lab: a bare packet or a broken stream off the probes' chains is a failure too
     any_chain = next(iter(chains.values()))

@@ -48,6 +48,8 @@ class Chain:
     links: tuple[LinkInfo, ...]       # links[i] joins nodes[i] and nodes[i + 1]
     kernel_vnfs: frozenset[str] = frozenset()
     overlay: tuple[str, ...] = ()     # overlay addresses or networks (a packet to/from one is bare on a link)
+    #: the kernel VNFs on the way back when they differ from ``kernel_vnfs`` (NSH: the reverse service path)
+    reply_kernel_vnfs: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.links) != len(self.nodes) - 1:
@@ -78,6 +80,7 @@ class Chain:
         links = list(reversed(self.links)) if reverse else list(self.links)
         out = [Step(self.tun_point(nodes[0]), nodes[0], "out", 0, f"{nodes[0]} TUN (sent)")]
         dec = 0
+        kernel = self.reply_kernel_vnfs if reverse and self.reply_kernel_vnfs is not None else self.kernel_vnfs
         for i, link in enumerate(links):
             src, dst = nodes[i], nodes[i + 1]
             before = tuple(nodes[1:i + 1])
@@ -87,7 +90,7 @@ class Chain:
                             after=before))
             if i + 1 == len(links):
                 out.append(Step(self.tun_point(dst), dst, "in", dec, f"{dst} TUN (delivered)", after=before))
-            elif dst in self.kernel_vnfs:
+            elif dst in kernel:
                 if include_vnf_tuns:
                     out.append(Step(self.tun_point(dst), dst, "in", dec, f"{dst} TUN in", after=before))
                 dec += 1
