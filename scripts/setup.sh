@@ -22,7 +22,7 @@ cd "$TUNLAB_ROOT"
 # ---- Debian packages (apt-get update only when something is missing) -----------------------------
 # Keep these lists in step with README.md ("What setup does"). vagrant/build-box.sh puts debs in the box.
 debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
-      socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz)
+      socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz openvswitch-switch)
 # --vagrant: the VM host (vagrant/): Vagrant and its libvirt provider, libvirt with QEMU (its NAT network
 # needs dnsmasq), and what vagrant/build-box.sh builds the box with.
 vm_debs=(vagrant libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base
