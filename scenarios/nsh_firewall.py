@@ -20,7 +20,7 @@ def _vnf(i: int, name: str, overlay: str) -> Vnf:
     return Vnf(name, overlay, nft=FIREWALL) if i == 1 else Vnf(name, overlay)
 
 
-topology = linear_chain(2, "udp", name="nsh_firewall", vnf=_vnf, service_paths=(
+topology = linear_chain(2, "udp", name="nsh_firewall", port=4790, vnf=_vnf, service_paths=(
     ServicePath(20, ("sender", "vnf1", "vnf2", "receiver"), si=100, skip=("vnf2",), proto="udp", dport="5000",
                 context="000000000000000000000000000000" + "14"),
     ServicePath(10, ("sender", "vnf1", "vnf2", "receiver"), context="00" * 15 + "0a"),

@@ -28,7 +28,7 @@ def _vnf(i: int, name: str, overlay: str) -> Vnf:
     return Vnf(name, overlay, nft=COUNT)
 
 
-topology = linear_chain(3, "udp", name="nsh_metadata", vnf=_vnf, service_paths=(
+topology = linear_chain(3, "udp", name="nsh_metadata", port=4790, vnf=_vnf, service_paths=(
     ServicePath(30, ("sender", "vnf1", "vnf2", "vnf3", "receiver"), si=10, context=CLASSIFIED, reverse_spi=0),
     ServicePath(40, ("receiver", "vnf3", "vnf2", "vnf1", "sender"), si=10, skip=("vnf3",), context=CLASSIFIED,
                 reverse_spi=0),

@@ -22,7 +22,7 @@ def _vnf(i: int, name: str, overlay: str) -> Vnf:
     return Vnf(name, overlay, nft=FIREWALL)
 
 
-topology = linear_chain(2, "udp", name="nsh_proxy", vnf=_vnf, service_paths=(
+topology = linear_chain(2, "udp", name="nsh_proxy", port=4790, vnf=_vnf, service_paths=(
     ServicePath(50, ("sender", "vnf1", "vnf2", "receiver"), si=200, tlvs=("0xfff0:1:00000001",)),
 ))
 traffic = [Ping(), Ping(size="mtu"), Tcp(22), Tcp(23, expect="dropped at vnf2")]
