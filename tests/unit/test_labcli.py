@@ -84,3 +84,12 @@ def test_show_names_the_interfaces_a_lab_gets(not_root: Path, capsys: pytest.Cap
     code, out, _ = run(["show", "fork"], capsys)
     assert code == 0
     assert "sender ve-RUN-0a 10.0.0.1/30" in out and "rx_b ve-RUN-4b 10.0.2.6/30" in out and "tun-RUN" in out
+
+
+def test_show_lists_nsh_service_paths(not_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "nsh_firewall.py"
+    code, out, err = run(["show", str(scenario)], capsys)
+    assert code == 0, err
+    for text in ("NSH service paths", "sender -> vnf1* -> vnf2 -> receiver", "100 -> 99", "proto udp, dport 5000",
+                 "sender -> vnf1* -> vnf2* -> receiver", "255 -> 253"):
+        assert text in out, text

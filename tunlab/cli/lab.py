@@ -95,6 +95,22 @@ def show_cmd(topology: str, params: tuple[str, ...], routes: bool, as_json: bool
     for i, p in enumerate(t.paths):
         paths.add_row(str(i), " -> ".join(p.nodes), ", ".join(p.prefixes))
     con.print(paths)
+    if t.service_paths:  # NSH mode (issue 18, docs/nsh.md)
+        from tunlab.model.nsh import sf_nodes
+
+        sps = Table(title="NSH service paths (VXLAN-GPE + NSH on every link)", title_justify="left")
+        for col in ("SPI", "hops (SFs marked *)", "SI", "classifier", "metadata", "reverse SPI"):
+            sps.add_column(col)
+        for sp in t.service_paths:
+            sfs = set(sf_nodes(sp))
+            match = ", ".join(f"{k} {v}" for k, v in (("src", sp.src), ("dst", sp.dst), ("proto", sp.proto),
+                                                     ("sport", sp.sport), ("dport", sp.dport), ("dscp", sp.dscp))
+                              if v is not None) or "all between the ends"
+            md = sp.metadata()
+            sps.add_row(str(sp.spi), " -> ".join(n + ("*" if n in sfs else "") for n in sp.nodes),
+                        f"{sp.si} -> {sp.si - len(sfs)}", match,
+                        md.get("context") or ", ".join(sp.tlvs) or "-", str(sp.rev_spi or "-"))
+        con.print(sps)
     if routes:
         from tunlab.model.plan import collapse_routes
 
