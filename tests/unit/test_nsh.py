@@ -95,6 +95,17 @@ def test_vxlan_gpe_header_is_scapys() -> None:
     nsh.check_gpe(wire, len(wire))
 
 
+def test_ip_packets_are_never_taken_for_gpe() -> None:
+    """A bare IPv4 packet whose length ends in 0x04 (0x45 .. .. 0x04) is not VXLAN-GPE + NSH."""
+    from tunlab.traffic.decap import nsh_of
+
+    ip = bytes([0x45, 0, 0x01, 0x04]) + bytes(256)
+    assert not nsh.is_gpe_nsh(ip) and nsh_of(ip) is None
+    assert not nsh.is_gpe_nsh(bytes([0x60, 0, 0, 4]) + bytes(40))
+    wire = nsh.gpe_header() + Nsh(1, 2).encode() + ip
+    assert nsh_of(wire) == (Nsh(1, 2), ip)
+
+
 @pytest.mark.parametrize("raw,reason", [
     (b"\x0c\x00\x00\x04" + b"\0" * 4, "nsh_short"),
     (b"\x08\x00\x00\x00" + b"\0" * 4 + Nsh(1, 1).encode(), "nsh_not_gpe"),  # plain VXLAN, Ethernet inside

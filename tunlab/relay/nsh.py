@@ -197,8 +197,14 @@ def check_gpe(buf: bytes | bytearray | memoryview, n: int) -> None:
     """Raise NshError unless ``buf`` starts with a VXLAN-GPE header whose next protocol is NSH."""
     if n < GPE_LEN + NSH_BASE_LEN:
         raise NshError("nsh_short")
-    if not buf[0] & 0x04 or buf[3] != GPE_NP_NSH or buf[0] & 0x30:
+    if not is_gpe_nsh(buf):
         raise NshError("nsh_not_gpe")
+
+
+def is_gpe_nsh(buf: bytes | bytearray | memoryview) -> bool:
+    """A VXLAN-GPE header announcing NSH: reserved and version bits 0, P set, next protocol 4. (An IPv4 or
+    IPv6 packet, or a fast-datapath chunk, never passes: their first byte has a reserved bit set.)"""
+    return len(buf) >= GPE_LEN and buf[0] & 0xF4 == 0x04 and buf[3] == GPE_NP_NSH
 
 
 def next_proto_of(inner: bytes | bytearray | memoryview) -> int:

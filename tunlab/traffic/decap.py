@@ -269,9 +269,10 @@ def decode_link(frames: Iterable[Frame], a: RelayEnd, b: RelayEnd, transport: st
 def nsh_of(payload: bytes) -> tuple[Any, bytes] | None:
     """(NSH header, inner packet) of a VXLAN-GPE datagram carrying NSH (issue 18), or None if it is not one
     (a malformed NSH header after a GPE header announcing NSH is not one either: seen as ``other``)."""
-    if len(payload) < 16 or payload[0] & 0x04 == 0 or payload[3] != 4 or payload[0] & 0x30:
-        return None
     from tunlab.relay import nsh
+
+    if len(payload) < 16 or not nsh.is_gpe_nsh(payload):
+        return None
 
     try:
         header = nsh.decode(payload, 8)
