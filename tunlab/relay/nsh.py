@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from tunlab.errors import TunlabError
 
@@ -217,9 +217,8 @@ def next_proto_of(inner: bytes | bytearray | memoryview) -> int:
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 
 
-@dataclass(frozen=True)
-class FlowKey:
-    """The fields a classifier looks at, read from an inner IPv4/IPv6 packet."""
+class FlowKey(NamedTuple):
+    """The fields a classifier looks at, read from an inner IPv4/IPv6 packet (a tuple: cheap per packet)."""
 
     version: int
     src: int
@@ -331,6 +330,7 @@ class Rule:
     tlvs: tuple[Tlv, ...] = ()
     name: str = ""
     _masks: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    _encoded: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         masks = []
@@ -352,6 +352,14 @@ class Rule:
 
     def header(self, next_proto: int) -> Nsh:
         return Nsh(self.spi, self.si, self.ttl, self.md_type, next_proto, self.context, self.tlvs)
+
+    def header_bytes(self, next_proto: int) -> bytes:
+        """``header(next_proto).encode()``, made once per next protocol (the classifier's per-packet path)."""
+        cache = self._encoded
+        raw = cache.get(next_proto)
+        if raw is None:
+            raw = cache[next_proto] = self.header(next_proto).encode()
+        return raw
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str) -> "Rule":

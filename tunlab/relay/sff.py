@@ -155,7 +155,7 @@ class NshUdpDatapath(SimpleUdpDatapath):
         self.has_sf = SF in self.tables.forward.values()
         self.proxy_ctx: dict[bytes, bytes] = {}   # inner flow -> the NSH header it came in with
         self.counts = {"classified": 0, "forwarded": 0, "to_sf": 0, "from_sf": 0, "delivered": 0}
-        self.seen: dict[str, int] = {}            # "SPI/SI" -> packets looked up at this SFF
+        self.seen: dict[tuple[int, int], int] = {}  # (SPI, SI) -> packets looked up at this SFF
 
     # -- counters and control
     def info(self) -> dict[str, Any]:
@@ -164,7 +164,7 @@ class NshUdpDatapath(SimpleUdpDatapath):
         return out
 
     def nsh_counters(self) -> dict[str, Any]:
-        return {**self.counts, "lookups": dict(sorted(self.seen.items()))}
+        return {**self.counts, "lookups": {f"{spi}/{si}": n for (spi, si), n in sorted(self.seen.items())}}
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
         """``{"cmd": "nsh"}``: tables and counters; ``"set": {"classifier": [...], "forward": [...]}`` replaces
@@ -214,7 +214,7 @@ class NshUdpDatapath(SimpleUdpDatapath):
         rule = self.tables.classifier.classify(inner)
         if rule is not None:
             self.counts["classified"] += 1
-            header = rule.header(nsh.next_proto_of(inner)).encode()
+            header = rule.header_bytes(nsh.next_proto_of(inner))
             self.dispatch(bytearray(self.gpe + header + inner), rule.spi, rule.si, len(header), None)
             return
         self.drop("nsh_unclassified")
@@ -255,18 +255,18 @@ class NshUdpDatapath(SimpleUdpDatapath):
             if ttl <= 1:
                 self.drop("nsh_ttl_expired", peer)
                 continue
-            data = bytearray(mv[:n])
-            nsh.set_ttl_si(data, GPE_LEN, ttl - 1, si)
-            self.dispatch(data, spi, si, hlen, peer)
+            nsh.set_ttl_si(buf, GPE_LEN, ttl - 1, si)  # in place: forwarded from the receive buffer as it is
+            self.dispatch(mv[:n], spi, si, hlen, peer)
 
     # -- the SFF
-    def dispatch(self, data: bytearray, spi: int, si: int, hlen: int, came: "Peer | None", *,
+    def dispatch(self, data: bytearray | memoryview, spi: int, si: int, hlen: int, came: "Peer | None", *,
                  from_sf: bool = False) -> None:
-        """Forward an NSH datagram (GPE + NSH + inner) by its (SPI, SI)."""
+        """Forward an NSH datagram (GPE + NSH + inner) by its (SPI, SI); ``data`` is only used until this
+        returns (it may be the receive buffer)."""
         if si == 0:
             self.drop("nsh_si_exhausted", came)
             return
-        key = f"{spi}/{si}"
+        key = (spi, si)
         self.seen[key] = self.seen.get(key, 0) + 1
         to = self.tables.forward.get((spi, si))
         if to is None:
@@ -292,7 +292,7 @@ class NshUdpDatapath(SimpleUdpDatapath):
         self.counts["forwarded"] += 1
         self.send(peer, data, len(data))
 
-    def service(self, data: bytearray, hlen: int, came: "Peer | None") -> None:
+    def service(self, data: bytearray | memoryview, hlen: int, came: "Peer | None") -> None:
         mv = memoryview(data)
         if self.aware is not None:
             self.through_aware(bytes(mv[GPE_LEN:]), came)
