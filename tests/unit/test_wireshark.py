@@ -152,3 +152,23 @@ def test_tun_pcapng_says_each_packets_direction(tmp_path: Path) -> None:
                               "-e", "ip.src"], capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert [int(line.split("\t")[0], 0) for line in res.stdout.splitlines()] == [2, 1], res.stdout
+
+
+@needs_tshark
+def test_nsh_datagrams_on_the_relays_port_go_to_wiresharks_vxlan_gpe(tmp_path: Path) -> None:
+    """NSH mode (issue 18) on a lab port (55555, the dissector's): VXLAN-GPE + NSH, decoded by Wireshark's own
+    dissectors; a plain packet whose length ends in 0x04 is still a plain packet."""
+    from scapy.layers.inet import ICMP, IP, UDP
+
+    from tunlab.relay import nsh
+    from tunlab.traffic.capture import write_pcap
+    from tunlab.traffic.decap import Frame
+
+    inner = bytes(IP(src="172.16.0.1", dst="172.16.0.2") / ICMP())
+    wire = nsh.gpe_header() + nsh.Nsh(10, 254, 62).encode() + inner
+    plain = bytes(IP(src="172.16.0.1", dst="172.16.0.2") / ICMP() / (b"x" * (260 - 28)))
+    pcap = tmp_path / "nsh.pcap"
+    write_pcap(pcap, [Frame(1.0, bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=55555, dport=55555) / p))
+                      for p in (wire, plain)])
+    rows = tshark(pcap, "nsh.spi", "nsh.si", "ip.dst")
+    assert rows == [["10", "254", "10.0.0.2,172.16.0.2"], ["", "", "10.0.0.2,172.16.0.2"]], rows

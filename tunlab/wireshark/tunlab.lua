@@ -64,6 +64,8 @@ tunlab.prefs.tcp_ports = Pref.range("TCP ports", "55555", "TCP ports of tunlab r
 local ip = Dissector.get("ip")
 local ipv6 = Dissector.get("ipv6")
 local eth = Dissector.get("eth_withoutfcs")
+-- NSH mode (issue 18): VXLAN-GPE + NSH on the relays' port, handed to what Wireshark runs on UDP 4790
+local gpe = DissectorTable.get("udp.port"):get_dissector(4790)
 
 -- chunk reassembly, filled on the first pass: partial streams, and the streams each frame completed
 local partial = {}
@@ -234,8 +236,16 @@ local function datagrams(tvb, pinfo, tree)
     return table.concat(names, "+")
 end
 
+-- a VXLAN-GPE header announcing NSH: reserved and version bits 0 (first byte < 16), P bit set, next protocol 4
+local function is_gpe_nsh(tvb)
+    if tvb:len() < 16 then return false end
+    local b = tvb(0, 1):uint()
+    return b < 16 and b % 8 >= 4 and tvb(3, 1):uint() == 4
+end
+
 function tunlab.dissector(tvb, pinfo, tree)
     if tvb:len() == 0 then return 0 end
+    if gpe ~= nil and is_gpe_nsh(tvb) then return gpe:call(tvb, pinfo, tree) end
     local what = datagrams(tvb, pinfo, tree)
     if what == "chunks" or what == "hello" or what == "reply" then
         pinfo.cols.protocol:prepend("TUNLAB/")  -- the inner protocol, if any, stays visible
