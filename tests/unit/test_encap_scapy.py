@@ -110,3 +110,14 @@ def test_a_tun_capture_of_a_super_packet_is_cut_to_the_mtu() -> None:
     assert [len(p) for p in out[:-1]] == [1472, 1472, 1176] and out[-1].haslayer(ICMP)
     assert b"".join(bytes(p[TCP].payload) for p in out[:-1]) == data
     assert [str(p[TCP].flags) for p in out[:-1]] == ["A", "A", "PA"] and all(checksum_ok(p) for p in out[:-1])
+
+
+def test_nsh_datagrams_give_their_inner_packet_on_any_port() -> None:
+    """`tunlab pcap inner` on an NSH lab's link capture (issue 18): VXLAN-GPE + NSH stripped."""
+    from tunlab.relay import nsh
+
+    ping = bytes(IP(src="172.16.0.1", dst="172.16.0.2") / ICMP())
+    frames = on_wire([nsh.gpe_header() + nsh.Nsh(10, 254, 62).encode() + ping,
+                      nsh.gpe_header() + b"\x40" + bytes(23) + ping], sport=4790, dport=4790)  # 2nd: NSH version 1
+    got = inner_packets(frames)
+    assert [bytes(p) for p in got] == [ping]

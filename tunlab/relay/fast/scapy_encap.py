@@ -25,6 +25,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw, bind_layers
 
 from . import encap
+from .. import nsh
 
 GSO_TYPES = {encap.GSO_NONE: "none", encap.GSO_TCPV4: "tcpv4", encap.GSO_UDP: "udp", encap.GSO_TCPV6: "tcpv6",
              encap.GSO_UDP_L4: "udp_l4"}
@@ -240,7 +241,17 @@ def inner_packets(packets: Iterable[Packet], *, ports: Iterable[int] = (), segme
         ours = udp.sport in port_set or udp.dport in port_set
         ip = udp.underlayer
         source = (getattr(ip, "src", None), udp.sport)
-        for payload in split_glued(bytes(udp.payload), l2=l2):
+        raw = bytes(udp.payload)
+        if nsh.is_gpe_nsh(raw):  # NSH mode (issue 18): one inner packet after VXLAN-GPE + NSH, on any port
+            try:
+                header = nsh.decode(raw, nsh.GPE_LEN)
+            except nsh.NshError:
+                continue
+            p = _l3(raw[nsh.GPE_LEN + header.length:], header.next_proto == nsh.NP_ETHERNET)
+            p.time = outer.time
+            out.append(p)
+            continue
+        for payload in split_glued(raw, l2=l2):
             kind = encap.classify(payload)
             inner: list[Packet] = []
             if kind == "chunk":
