@@ -4,6 +4,7 @@ the hop; re-classification through the lab (control socket) moves the next probe
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def test_reclassification_through_the_lab_moves_the_next_probes(tmp_path: Path) 
     sc = load_scenario(SCENARIOS / "nsh_firewall.py")
 
     def move(lab) -> None:  # type: ignore[no-untyped-def]
-        lab.nsh_set("sender", classifier=[{"spi": 20, "si": 100, "src": "172.16.0.1/32", "dst": "172.16.0.2/32"}])
+        rule = {"spi": 20, "si": 100, "src": "172.16.0.1/32", "dst": "172.16.0.2/32"}
+        lab.nsh_set("sender", classifier=[rule])
+        # the relay's file follows (a relay restarted by the supervisor starts with the tables in force)
+        assert json.loads(Path(lab.node("sender").plan.nsh_file).read_text())["classifier"] == [rule]
 
     result = run_scenario(sc, results_root=tmp_path, before_send=move)
     assert result.passed, report(result)

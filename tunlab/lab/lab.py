@@ -291,7 +291,18 @@ class Lab:
         if not reply.get("ok"):
             raise TunlabError(f"relay of {node}: {reply.get('error')}")
         assert self._nsh_tables is not None
-        self._nsh_tables[node] = {**self._nsh_tables[node], **tables}
+        self._nsh_tables[node] = new = {**self._nsh_tables[node], **tables}
+        path = self.node(node).plan.nsh_file
+        if path:  # a relay the supervisor restarts reads the tables in force, not the plan's
+            import json as _json
+
+            tmp = f"{path}.tmp{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, _json.dumps(new, indent=1).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
         return reply
 
     def relay_counters(self) -> dict[str, dict[str, Any]]:
