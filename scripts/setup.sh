@@ -22,7 +22,8 @@ cd "$TUNLAB_ROOT"
 # ---- Debian packages (apt-get update only when something is missing) -----------------------------
 # Keep these lists in step with README.md ("What setup does"). vagrant/build-box.sh puts debs in the box.
 debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
-      socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz openvswitch-switch)
+      socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz openvswitch-switch
+      build-essential python3-dev)  # the compiled datapath (issue 20): a C compiler and Python's headers
 # --vagrant: the VM host (vagrant/): Vagrant and its libvirt provider, libvirt with QEMU (its NAT network
 # needs dnsmasq), and what vagrant/build-box.sh builds the box with.
 vm_debs=(vagrant libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base
@@ -112,7 +113,8 @@ fi
 
 # ---- tunlab, editable, with its test extras (re-installed only when pyproject.toml changed) ---------
 stamp=".venv/.tunlab-setup"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TUNLAB_ROOT $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
+# (the compiled datapath is built by this install: its source and setup.py count too)
+want="$(cat pyproject.toml setup.py tunlab/relay/fast/_cfast.c | sha256sum | cut -d' ' -f1) $TUNLAB_ROOT $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])')"
 installed_here() {
   .venv/bin/python - "$TUNLAB_ROOT" >/dev/null 2>&1 <<'PY'
 import pathlib, sys

@@ -26,6 +26,23 @@ from tunlab.relay.loop import Loop
 LO = "127.0.0.1"
 
 
+def _compiled_available() -> bool:
+    try:
+        from tunlab.relay.fast import _cfast  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against both implementations of the datapath (issue 20)."""
+    if request.param == "c" and not _compiled_available():
+        pytest.skip("the compiled datapath is not built (no C compiler at install time)")
+    monkeypatch.setenv("TUNLAB_DATAPATH_IMPL", request.param)
+    return str(request.param)
+
+
 def wait_until(cond: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -53,10 +70,12 @@ class Node:
         cfg = RelayConfig(dev=name, listen=(LO, port), peers=peers, datapath=datapath, mtu=1472)
         self.relay = Relay(cfg, loop=Loop(), device=Device.from_fd(theirs.detach(), name))
         self.result: dict[str, Any] = {}
+        self.impl = ""
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         wait_until(lambda: self.relay.opened or "error" in self.result, f"relay {name} open")
         assert "error" not in self.result, self.result
+        self.impl = self.relay.counters()["datapath"]["impl"]
 
     def _run(self) -> None:
         try:
@@ -105,8 +124,9 @@ def gso_stream(length: int) -> bytes:
     return hdr + ipv4(length - 20)
 
 
-def test_negotiates_gso_and_carries_a_whole_stream() -> None:
+def test_negotiates_gso_and_carries_a_whole_stream(impl: str) -> None:
     with pair() as (a, b):
+        assert a.impl == b.impl == impl
         wait_until(lambda: a.dp.offload and b.dp.offload, "both ends on gso")
         assert a.counters()["peers"]["b"]["datapath"] == "gso"
         stream = gso_stream(60000)
@@ -200,17 +220,26 @@ def test_chunks_out_of_order_are_reassembled() -> None:
         assert a.counters()["peers"]["b"]["rx_packets"] == 1
 
 
-def test_datapath_names_resolve_lazily() -> None:
+def test_datapath_names_resolve_lazily(impl: str) -> None:
     from tunlab.errors import TunlabError
     from tunlab.relay.datapath import datapath_class
     from tunlab.relay.simple import SimpleTcpDatapath as TcpDatapath
     from tunlab.relay.simple import SimpleUdpDatapath as SimpleUdp
 
-    assert datapath_class("gso", "udp") is UdpDatapath
-    assert datapath_class("auto", "udp") is UdpDatapath
-    assert datapath_class("auto", "tcp") is TcpDatapath  # auto over TCP: the simple datapath
+    fast: type = UdpDatapath
+    tcp: type = TcpDatapath
+    if impl == "c":
+        from tunlab.relay.fast.ctcp import CTcpDatapath
+        from tunlab.relay.fast.cudp import CFastUdpDatapath
+
+        fast, tcp = CFastUdpDatapath, CTcpDatapath
+        assert issubclass(fast, UdpDatapath) and issubclass(tcp, TcpDatapath)  # same interface, same wire
+    assert datapath_class("gso", "udp") is fast
+    assert datapath_class("auto", "udp") is fast
+    assert datapath_class("auto", "tcp") is tcp  # auto over TCP: the simple datapath('s compiled twin)
+    assert datapath_class("simple", "tcp") is TcpDatapath  # the reference loop stays Python
     assert datapath_class("auto", "udp", tap=True) is SimpleUdp  # auto on TAP: no hellos into L2 peers
-    assert datapath_class("gso", "udp", tap=True) is UdpDatapath  # forced: still the fast one
+    assert datapath_class("gso", "udp", tap=True) is fast  # forced: still the fast one
     with pytest.raises(TunlabError, match="does not support --transport tcp"):
         datapath_class("gso", "tcp")
     with pytest.raises(TunlabError, match="unknown datapath 'fast'"):
@@ -246,15 +275,17 @@ def test_fast_module_is_imported_only_when_used() -> None:
     assert res.stdout.strip() == "False True"
 
 
-def test_auto_over_tcp_runs_the_simple_datapath_and_says_so() -> None:
+def test_auto_over_tcp_runs_the_simple_datapath_and_says_so(impl: str) -> None:
     from tunlab.relay.simple import SimpleTcpDatapath as TcpDatapath
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cfg = RelayConfig(dev="ft", transport="tcp", listen=(LO, 0), peers=(PeerSpec("p", LO),), datapath="auto")
+    said = {"impl": "c"} if impl == "c" else {"impl": "python", "impl_reason": "TUNLAB_DATAPATH_IMPL=python"}
     with Relay(cfg, device=Device.from_fd(theirs.detach(), "ft")) as relay:
-        assert type(relay.datapath) is TcpDatapath
+        assert isinstance(relay.datapath, TcpDatapath) and relay.datapath.impl == impl
         c = relay.counters()
-        assert c["datapath"] == {"requested": "auto", "datapath": "simple", "peers": {"p": {"datapath": "simple"}}}
+        assert c["datapath"] == {"requested": "auto", "datapath": "simple", "peers": {"p": {"datapath": "simple"}},
+                                 **said}
         assert c["peers"]["p"]["datapath"] == "simple"
-        assert relay.ready_info()["datapath"] == {"requested": "auto", "peers": {"p": {"datapath": "simple"}}}
+        assert relay.ready_info()["datapath"] == {"requested": "auto", "peers": {"p": {"datapath": "simple"}}, **said}
     ours.close()

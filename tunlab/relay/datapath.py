@@ -52,6 +52,9 @@ class Datapath:
 
     #: extra TUNSETIFF flags this datapath needs (e.g. IFF_VNET_HDR for an offloading one)
     device_flags = 0
+    #: the implementation of the loops ("python" or "c") and, for Python, why (the counters and ready line)
+    impl = "python"
+    impl_reason: str | None = "the reference loop"
 
     def __init__(self, relay: "Relay") -> None:
         self.relay = relay
@@ -67,6 +70,7 @@ class Datapath:
         self._hook_warned = False
         self.dbuf = bytearray(BUF)
         self.dmv = memoryview(self.dbuf)
+        self.impl_reason = IMPL_REASON.get(type(self), self.impl_reason)
 
     # -- slow paths (drops, hooks, generic sends)
     def drop(self, reason: str, peer: Peer | None = None, count: int = 1) -> None:
@@ -154,6 +158,12 @@ class Datapath:
         return {"requested": self.relay.config.datapath, "datapath": "simple",
                 "peers": {name: {"datapath": "simple"} for name in self.table.peers}}
 
+    def impl_info(self) -> dict[str, Any]:
+        """``{"impl": "python"|"c"}`` and, for Python, ``"impl_reason"``: merged into ``info()`` by the engine."""
+        if self.impl == "c":
+            return {"impl": "c"}
+        return {"impl": self.impl, "impl_reason": self.impl_reason or "the reference loop"}
+
     def device_error(self, exc: OSError) -> None:
         name = self.relay.device.name if self.relay.device else "?"
         if exc.errno == 77:  # EBADFD: the interface was deleted under us
@@ -173,6 +183,50 @@ DATAPATHS: dict[str, tuple[str, str | None, str | None]] = {
 
 #: the datapath ``auto`` stands for where its module has nothing for the transport (TCP)
 AUTO_FALLBACK = "simple"
+
+#: (module, Python class) -> (module, compiled twin): the same wire format and counters, its loops in C
+#: (tunlab/relay/fast/_cfast.c). Chosen when its extension imports, unless $TUNLAB_DATAPATH_IMPL says
+#: ``python``; ``--datapath simple`` (the reference loop) stays Python.
+COMPILED: dict[tuple[str, str], tuple[str, str]] = {
+    ("tunlab.relay.fast.udp", "FastUdpDatapath"): ("tunlab.relay.fast.cudp", "CFastUdpDatapath"),
+    ("tunlab.relay.simple", "SimpleTcpDatapath"): ("tunlab.relay.fast.ctcp", "CTcpDatapath"),
+}
+IMPL_ENV = "TUNLAB_DATAPATH_IMPL"
+IMPL_CHOICES = ("auto", "c", "python")
+#: Python class -> why it runs instead of its compiled twin (the counters' ``impl_reason``)
+IMPL_REASON: dict[type, str] = {}
+
+
+def _compiled(name: str, mod_name: str, attr: str, py_cls: type) -> type:
+    """The compiled twin of ``py_cls`` when there is one and it may and can run, else ``py_cls`` (the
+    reason recorded in IMPL_REASON)."""
+    import importlib
+
+    from tunlab.errors import TunlabError
+
+    twin = COMPILED.get((mod_name, attr))
+    if twin is None:
+        return py_cls
+    want = os.environ.get(IMPL_ENV, "auto") or "auto"
+    if want not in IMPL_CHOICES:
+        raise TunlabError(f"${IMPL_ENV}: unknown value {want!r}", f"use one of {', '.join(IMPL_CHOICES)}")
+    if name == "simple":
+        IMPL_REASON[py_cls] = "--datapath simple is the reference loop"
+        return py_cls
+    if want == "python":
+        IMPL_REASON[py_cls] = f"{IMPL_ENV}=python"
+        return py_cls
+    try:
+        cls = getattr(importlib.import_module(twin[0]), twin[1])
+    except ImportError as exc:
+        if want == "c":
+            raise TunlabError(f"{IMPL_ENV}=c but the compiled datapath does not import: {exc}",
+                              "reinstall with a C compiler and Python's headers (scripts/setup.sh installs "
+                              "build-essential and python3-dev), or unset it") from None
+        IMPL_REASON[py_cls] = f"compiled datapath unavailable: {exc}"
+        log.info("compiled datapath unavailable (%s): the Python one runs", exc)
+        return py_cls
+    return cls  # type: ignore[no-any-return]
 
 
 def datapath_class(name: str, transport: str, *, tap: bool = False) -> type[Datapath]:
@@ -197,4 +251,4 @@ def datapath_class(name: str, transport: str, *, tap: bool = False) -> type[Data
     if cls is None:
         raise TunlabError(f"--datapath {name} does not support --transport {transport}",
                           "use --datapath auto or simple")
-    return cls  # type: ignore[no-any-return]
+    return _compiled(name, mod_name, attr, cls)  # type: ignore[arg-type]

@@ -95,9 +95,11 @@ class Relay:
             raise
         self.opened = True
         used = self.datapath.info().get("datapath", cfg.datapath)
-        log.info("relay %s ready: %s device %s mtu %d, %s, datapath %s, listening on %s",
+        impl = self.datapath.impl_info()
+        log.info("relay %s ready: %s device %s mtu %d, %s, datapath %s, %s, listening on %s",
                  cfg.label or cfg.dev, "TAP" if cfg.tap else "TUN", self.device.name, self.mtu, cfg.transport,
                  used if used == cfg.datapath else f"{used} (asked for {cfg.datapath})",
+                 f"impl {impl['impl']}" + (f" ({impl['impl_reason']})" if "impl_reason" in impl else ""),
                  ", ".join(self.transport.bound()) or "-")
         log.info("relay %s peers: %s", cfg.label or cfg.dev, ", ".join(
             f"{p.name} {'at' if p.spec.outgoing else 'from'} {p.spec.ip or 'the first source'}"
@@ -245,7 +247,7 @@ class Relay:
         if self.datapath is not None:
             info = self.datapath.info()
             out["datapath"] = {"requested": info.get("requested", self.config.datapath),
-                               "peers": info.get("peers", {})}
+                               "peers": info.get("peers", {}), **self.datapath.impl_info()}
         return out
 
     def kernel_drops(self) -> dict[str, int]:
@@ -276,7 +278,7 @@ class Relay:
             "drops": dict(sorted({**self.stats.drops, **self.kernel_drops()}.items())),
         }
         if self.datapath is not None:
-            info = self.datapath.info()
+            info = {**self.datapath.info(), **self.datapath.impl_info()}
             out["datapath"] = info
             for name, p in out["peers"].items():
                 p["datapath"] = info.get("peers", {}).get(name, {}).get("datapath", "?")

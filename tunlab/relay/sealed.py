@@ -35,6 +35,8 @@ TICK = 5.0          # s between checks of sessions that are up (rekey by age)
 
 
 class SealedUdpDatapath(SimpleUdpDatapath):
+    impl_reason = "keyed link: sealing runs in Python"
+
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
         psk = read_key_file(str(relay.config.psk_file))
@@ -196,6 +198,8 @@ class SealedUdpDatapath(SimpleUdpDatapath):
 class SealedTcpDatapath(SimpleTcpDatapath):
     """Keyed TCP: 2-byte length + one sealed record per frame; one key session per peer (its hello times
     survive reconnections, so an old connection's hello replayed on a new one is refused)."""
+
+    impl_reason = "keyed link: sealing runs in Python"
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)

@@ -20,6 +20,7 @@ from .peers import Peer
 
 if TYPE_CHECKING:
     from .engine import Relay
+    from .framing import FrameReader
     from .transport import Conn
 
 
@@ -274,12 +275,6 @@ class SimpleTcpDatapath(Datapath):
         sock = conn.sock
         reader = conn.reader
         peer = conn.peer
-        check = self.check
-        limit = self.limit
-        write = os.write
-        fd = self.fd
-        hook = self.hook
-        tx_p = tx_b = 0
         try:
             for _ in range(BATCH // 4):
                 try:
@@ -300,26 +295,7 @@ class SimpleTcpDatapath(Datapath):
                 except OSError:
                     pass
                 reader.end += got
-                for frame in reader.frames():
-                    n = len(frame)
-                    why = check(frame, n, limit)
-                    if why is not None:
-                        self.drop(why, peer)
-                        continue
-                    if conn.probation:
-                        self.transport.promote(conn)
-                    peer.rx_packets += 1
-                    peer.rx_bytes += n
-                    if hook is None:
-                        try:
-                            write(fd, frame)
-                        except OSError:
-                            self.drop("dev_write_error", peer)
-                            continue
-                        tx_p += 1
-                        tx_b += n
-                    else:
-                        self.through_hook(peer, frame)
+                self.deliver(conn, reader)
                 if conn.closed:
                     return
                 if reader.error is not None:
@@ -327,6 +303,40 @@ class SimpleTcpDatapath(Datapath):
                     self.transport.lost(conn, "bad frame length: the stream is not 2-byte length framing")
                     return
         finally:
-            st = self.stats
-            st.dev_tx_packets += tx_p
-            st.dev_tx_bytes += tx_b
+            self.delivered()
+
+    def deliver(self, conn: "Conn", reader: "FrameReader") -> None:
+        """The whole frames received on ``conn``: checked, then into the device (or the hook)."""
+        peer = conn.peer
+        check = self.check
+        limit = self.limit
+        write = os.write
+        fd = self.fd
+        hook = self.hook
+        tx_p = tx_b = 0
+        for frame in reader.frames():
+            n = len(frame)
+            why = check(frame, n, limit)
+            if why is not None:
+                self.drop(why, peer)
+                continue
+            if conn.probation:
+                self.transport.promote(conn)
+            peer.rx_packets += 1
+            peer.rx_bytes += n
+            if hook is None:
+                try:
+                    write(fd, frame)
+                except OSError:
+                    self.drop("dev_write_error", peer)
+                    continue
+                tx_p += 1
+                tx_b += n
+            else:
+                self.through_hook(peer, frame)
+        st = self.stats
+        st.dev_tx_packets += tx_p
+        st.dev_tx_bytes += tx_b
+
+    def delivered(self) -> None:
+        """After a readable connection was handled (the compiled datapath takes its counters here)."""

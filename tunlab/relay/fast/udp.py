@@ -77,6 +77,7 @@ class FastUdpDatapath(Datapath):
     """``--datapath auto|plain|gso`` over UDP; see the module docstring."""
 
     device_flags = IFF_VNET_HDR
+    impl_reason = "the Python fast datapath"
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)

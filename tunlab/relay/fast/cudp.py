@@ -1,0 +1,168 @@
+"""``--datapath auto|plain|gso`` over UDP with the loops in C (issue 20): see :mod:`.cpump`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import encap
+from .cpump import DEV_ERROR, DRAINED, MORE, PY, ROUNDS, Counters, _cfast, new_pump, python_link_reason, route_lists
+from .pumps import BATCH
+from .udp import FastUdpDatapath
+
+if TYPE_CHECKING:
+    from ..engine import Relay
+    from ..peers import Peer
+
+log = logging.getLogger("tunlab.relay.fast")
+
+
+class CFastUdpDatapath(Counters, FastUdpDatapath):
+    """``--datapath auto|plain|gso`` over UDP with the loops in C."""
+
+    impl = "c"
+
+    def __init__(self, relay: "Relay") -> None:
+        self.pump: Any = None
+        super().__init__(relay)
+        self.plist = list(self.table.peers.values())
+        index = {p.name: i for i, p in enumerate(self.plist)}
+        why = None
+        if self.hook is not None:
+            why = "--vnf hook: a Python function sees every packet"
+        elif len(self.plist) > _cfast.MAX_PEERS:
+            why = f"more than {_cfast.MAX_PEERS} peers"
+        if why is not None:
+            self.impl, self.impl_reason = "python", why
+            log.info("datapath: Python loops (%s)", why)
+            return
+        tx, rx = self.tx, self.rx
+        self.pump = new_pump(self, self.sock.fileno(), self.v6, self.segment,
+                              (tx.layout.buf, rx.buf, tx.pbuf, tx.stride, tx.scratch, tx.overflow), len(self.plist))
+        self.pump.set_routes(*route_lists(relay, index))
+        self.python_links: dict[str, str] = {}
+        for p in self.plist:
+            reason = python_link_reason(p)
+            if reason is not None:
+                self.python_links[p.name] = reason
+                log.info("peer %s: datapath python (%s)", p.name, reason)
+        self._synced: list[Any] = []
+        self._sync_peers()
+
+    # -- what C knows of the peers ----------------------------------------------------------------
+    def _sync_peers(self) -> None:
+        if self.pump is None:
+            return
+        now = [(p.addr[:2] if p.addr else None, self.states[p.name].datapath == "gso", p.name in self.python_links)
+               for p in self.plist]
+        if now == self._synced:
+            return
+        for i, (addr, gso, py) in enumerate(now):
+            self.pump.set_peer(i, addr, gso, py)
+        self._synced = now
+
+    def _refresh(self) -> None:
+        super()._refresh()
+        self._sync_peers()
+
+    def take_extra(self, cs: tuple[int, ...]) -> None:
+        tx, rx = self.tx, self.rx
+        tx.reads += cs[4]
+        tx.segments += cs[5]
+        tx.datagrams += cs[6]
+        tx.sends += cs[7]
+        rx.datagrams += cs[8]
+        rx.receives += cs[9]
+        rx.whole += cs[10]
+        rx.merged += cs[11]
+
+    # -- device -> peers --------------------------------------------------------------------------
+    def on_device(self, events: int) -> None:
+        pump = self.pump
+        if pump is None:
+            super().on_device(events)
+            return
+        tx = self.tx
+        try:
+            for _ in range(ROUNDS):
+                status, tx.pid = pump.tx(BATCH, self.offload, tx.pid)
+                if status == DRAINED or status == MORE:
+                    break
+                n, off, pi, _, _, err = pump.left()
+                if status == DEV_ERROR:
+                    self.device_error(OSError(err, os.strerror(err)))
+                    break
+                self._tx_left(status, n, off, self.plist[pi] if pi >= 0 else None)
+        finally:
+            self.take()
+
+    def _tx_left(self, status: int, n: int, off: int, peer: "Peer | None") -> None:
+        """A read the C loop left: from before an offload switch (LEFTOVER) or for a Python link (PY)."""
+        tx = self.tx
+        if self.offload:  # n = the whole read, virtio header included, in the chunk slots
+            layout = tx.layout
+            stream = b"".join(layout.slots[:encap.chunk_count(n, layout.csize)])[:n]
+            if peer is not None:
+                tx._leftover(stream, peer)
+            return
+        # offload off: n = packet length, at `off` in the plain slots (and the overflow past them)
+        stride = tx.stride
+        if status == PY and peer is not None:
+            tx.segments += 1
+            self.send(peer, tx.pview[off:off + n], n)
+            return
+        stream = bytes(tx.scratch) + bytes(tx.pview[off:off + min(n, stride)]) + bytes(tx.overflow[:max(0, n - stride)])
+        table = self.table
+        p = table.fixed if table.fixed is not None else table.route(memoryview(stream)[encap.VNET_LEN:], n)
+        if p is not None:
+            tx._leftover(stream, p)
+
+    # -- peers -> device --------------------------------------------------------------------------
+    def on_socket(self, events: int) -> None:
+        pump = self.pump
+        if pump is None:
+            super().on_socket(events)
+            return
+        try:
+            for _ in range(ROUNDS):
+                if pump.rx(BATCH) != PY:
+                    break
+                n, seg, pi, trunc, addr, _ = pump.left()
+                self._rx_left(n, seg, self.plist[pi] if pi >= 0 else None, bool(trunc), addr)
+        finally:
+            self.take()
+
+    def _rx_left(self, n: int, seg: int, peer: "Peer | None", trunc: bool, addr: tuple[str, int]) -> None:
+        """A receive the C loop left in the receive buffer, handled as the Python datapath does."""
+        rx, table, drops = self.rx, self.table, self.drops
+        rx.receives += 1
+        if peer is None:
+            peer = table.by_addr.get(addr)
+        if peer is None:
+            peer = table.udp_candidate(addr[0])
+            if peer is None:
+                drops["foreign"] = drops.get("foreign", 0) + 1
+                return
+            if trunc:
+                drops["too_big"] = drops.get("too_big", 0) + 1
+                return
+            if not rx._proves(peer, addr, n, seg or n):
+                return
+            table.accept_udp(addr[0], addr[1], peer)
+            self.new_source(peer)
+            self._sync_peers()
+        if trunc:
+            drops["too_big"] = drops.get("too_big", 0) + 1
+            return
+        if n == 0:
+            drops["empty"] = drops.get("empty", 0) + 1
+            return
+        rx._datagrams(peer, n, seg if 0 < seg <= n else n)
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        if self.pump is not None:
+            for name, st in out["peers"].items():
+                st["impl"] = "python" if name in self.python_links else "c"
+        return out
