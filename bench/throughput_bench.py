@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Relay throughput benchmark (issue 8): every path measured in one run, ratios printed against the goals.
+"""Relay throughput benchmark (issues 8, 20): every path measured in one run, ratios printed against the goals.
 
 Two namespaces joined by a veth: bare veth, kernel VXLAN, socat TUN<->UDP, tunlab plain, tunlab gso
 (iperf3 TCP Gbit/s, ping RTT; RSS and CPU seconds per GB for the tunlab relays). Then a chain of
 three VNF namespaces between a source and a sink: tunlab gso hops vs kernel VXLAN hops.
+
+The tunlab relays run the compiled datapath where it is built (``gso``, ``plain``, ``chain_gso``) and the
+Python one with ``TUNLAB_DATAPATH_IMPL=python`` (``gso_py``, ``plain_py``, ``chain_gso_py``); a table puts
+compiled, Python and VXLAN side by side. The machine is shared: compare figures within one run.
 
 Run as root from the repository: ``sudo .venv/bin/python bench/throughput_bench.py [--seconds 5]``.
 Everything it creates carries a random prefix and is removed at the end, also on failure.
@@ -30,6 +34,10 @@ REPO = Path(__file__).resolve().parent.parent
 PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 PORT = 47000
 GOALS = {"gso_vs_vxlan": 0.40, "plain_vs_socat": 2.0, "ping_over_vxlan_ms": 0.2, "chain_vs_vxlan": 0.25}
+#: issue 20's goals for the compiled datapath
+GOALS_C = {"gso_vs_vxlan": 0.50, "chain_vs_vxlan": 0.30, "ping_over_vxlan_ms": 0.2, "chain_ping_over_vxlan_ms": 0.6,
+           "cpu_vs_python": 0.5}
+PYTHON_IMPL = {"TUNLAB_DATAPATH_IMPL": "python"}
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -71,8 +79,9 @@ class Lab:
             nsx(ns, "ip", "link", "set", dev, "up")
         return ia, ib
 
-    def popen(self, ns: str, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+    def popen(self, ns: str, argv: list[str], extra_env: dict[str, str] | None = None,
+              **kw: object) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONPATH=str(REPO), **(extra_env or {}))
         p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=env, **kw)  # type: ignore[call-overload]
         self.procs.append(p)
         return p
@@ -180,7 +189,7 @@ def pair(lb: Lab) -> tuple[str, str, str, str]:
 
 
 def start_fast(lb: Lab, ns: str, dev: str, addr: str, listen: str, peers: list[str], routes: list[str],
-               datapath: str) -> subprocess.Popen[bytes]:
+               datapath: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     r, w = os.pipe()
     argv = [PY, "-m", "tunlab", "relay", "--dev", dev, "--addr", addr, "--listen", listen,
             "--datapath", datapath, "--ready-fd", str(w)]
@@ -188,14 +197,23 @@ def start_fast(lb: Lab, ns: str, dev: str, addr: str, listen: str, peers: list[s
         argv += ["--peer", p]
     for rt in routes:
         argv += ["--route", rt]
-    proc = lb.popen(ns, argv, pass_fds=(w,), stderr=subprocess.DEVNULL)
+    proc = lb.popen(ns, argv, env, pass_fds=(w,), stderr=subprocess.DEVNULL)
     os.close(w)
     ready, _, _ = select.select([r], [], [], 15)
     line = os.read(r, 4096) if ready else b""
     os.close(r)
     if not line:
         raise RuntimeError(f"relay in {ns} did not become ready")
+    info = json.loads(line).get("datapath") or {}
+    want = "python" if env else None
+    if want and info.get("impl") != want:
+        raise RuntimeError(f"relay in {ns}: impl {info.get('impl')}, wanted {want}")
+    IMPLS.add(f"{info.get('impl')}" + (f" ({info['impl_reason']})" if info.get("impl_reason") else ""))
     return proc
+
+
+#: the implementations the relays of this run said they run (ready line)
+IMPLS: set[str] = set()
 
 
 def setup_vxlan(lb: Lab) -> tuple[str, str, str, list[int]]:
@@ -240,11 +258,11 @@ def setup_interop(lb: Lab) -> tuple[str, str, str, list[int]]:
     return a, b, "10.242.0.2", [pa.pid, p.pid]
 
 
-def setup_tunlab(lb: Lab, datapath: str) -> tuple[str, str, str, list[int]]:
+def setup_tunlab(lb: Lab, datapath: str, env: dict[str, str] | None = None) -> tuple[str, str, str, list[int]]:
     a, b, _, _ = pair(lb)
     dev = f"{lb.prefix}t"
-    pa = start_fast(lb, a, dev, "10.242.0.1/24", f"10.241.0.1:{PORT}", [f"b=10.241.0.2:{PORT}"], [], datapath)
-    pb = start_fast(lb, b, dev, "10.242.0.2/24", f"10.241.0.2:{PORT}", [f"a=10.241.0.1:{PORT}"], [], datapath)
+    pa = start_fast(lb, a, dev, "10.242.0.1/24", f"10.241.0.1:{PORT}", [f"b=10.241.0.2:{PORT}"], [], datapath, env)
+    pb = start_fast(lb, b, dev, "10.242.0.2/24", f"10.241.0.2:{PORT}", [f"a=10.241.0.1:{PORT}"], [], datapath, env)
     if datapath != "plain":  # the first relay started before its peer: let the hello exchange finish
         wait_for(lambda: reachable(a, "10.242.0.2"), "overlay ping")
     return a, b, "10.242.0.2", [pa.pid, pb.pid]
@@ -299,7 +317,7 @@ def setup_chain_vxlan(lb: Lab) -> tuple[str, str, str, list[int]]:
     return nodes[0], nodes[4], "10.251.4.2", []
 
 
-def setup_chain_tunlab(lb: Lab) -> tuple[str, str, str, list[int]]:
+def setup_chain_tunlab(lb: Lab, env: dict[str, str] | None = None) -> tuple[str, str, str, list[int]]:
     nodes, under = chain_nodes(lb)
     dev = f"{lb.prefix}t"
     pids = []
@@ -313,7 +331,7 @@ def setup_chain_tunlab(lb: Lab) -> tuple[str, str, str, list[int]]:
             routes.append("default=r")
         else:
             routes.append("default=l")
-        p = start_fast(lb, nodes[k], dev, f"10.252.0.{k + 1}/24", f"0.0.0.0:{PORT}", peers, routes, "auto")
+        p = start_fast(lb, nodes[k], dev, f"10.252.0.{k + 1}/24", f"0.0.0.0:{PORT}", peers, routes, "auto", env)
         pids.append(p.pid)
     return nodes[0], nodes[4], "10.252.0.5", pids
 
@@ -324,8 +342,8 @@ def setup_chain_tunlab(lb: Lab) -> tuple[str, str, str, list[int]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--only", help="comma-separated subset: veth,vxlan,socat,plain,gso,plain_socat,chain_vxlan,"
-                                   "chain_gso")
+    ap.add_argument("--only", help="comma-separated subset: veth,vxlan,socat,plain,plain_py,gso,gso_py,plain_socat,"
+                                   "chain_vxlan,chain_gso,chain_gso_py")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run every path N times, interleaved, and report medians (the box is shared: noisy)")
     ap.add_argument("--json", help="also write the results here")
@@ -339,9 +357,11 @@ def main() -> int:
             return 1
     cases = {
         "veth": setup_veth, "vxlan": setup_vxlan, "socat": setup_socat,
-        "plain": lambda lb: setup_tunlab(lb, "plain"), "gso": lambda lb: setup_tunlab(lb, "auto"),
+        "plain": lambda lb: setup_tunlab(lb, "plain"), "plain_py": lambda lb: setup_tunlab(lb, "plain", PYTHON_IMPL),
+        "gso": lambda lb: setup_tunlab(lb, "auto"), "gso_py": lambda lb: setup_tunlab(lb, "auto", PYTHON_IMPL),
         "plain_socat": setup_interop,
         "chain_vxlan": setup_chain_vxlan, "chain_gso": setup_chain_tunlab,
+        "chain_gso_py": lambda lb: setup_chain_tunlab(lb, PYTHON_IMPL),
     }
     wanted = args.only.split(",") if args.only else list(cases)
     unknown = [w for w in wanted if w not in cases]
@@ -362,6 +382,11 @@ def main() -> int:
         for name, r in results.items():
             show(name, r)
     print()
+    print("The machine is shared (2 vCPUs, other agents' jobs running): figures are under load; compare within "
+          "this run.")
+    print(f"relay implementations: {', '.join(sorted(IMPLS)) or '-'}")
+    print_side_by_side(results)
+    print()
     print_ratios(results)
     if args.json:
         Path(args.json).write_text(json.dumps({"medians": results, "runs": runs}, indent=1))
@@ -374,19 +399,55 @@ def show(name: str, r: dict[str, float]) -> None:
           flush=True)
 
 
+def print_side_by_side(r: dict[str, dict[str, float]]) -> None:
+    """Compiled, Python and VXLAN in one table (issue 20)."""
+    def cell(name: str, key: str, fmt: str) -> str:
+        v = r.get(name, {}).get(key)
+        return format(v, fmt) if v is not None else "-"
+
+    print(f"\n{'':26s} {'compiled':>10s} {'python':>10s} {'vxlan':>10s}")
+    rows = [("relay pair TCP Gbit/s", ("gso", "gso_py", "vxlan"), "gbps", ".2f"),
+            ("relay pair ping ms", ("gso", "gso_py", "vxlan"), "ping_ms", ".3f"),
+            ("relay pair CPU s/GB", ("gso", "gso_py", ""), "cpu_s_per_gb", ".2f"),
+            ("plain pair TCP Gbit/s", ("plain", "plain_py", ""), "gbps", ".2f"),
+            ("plain pair CPU s/GB", ("plain", "plain_py", ""), "cpu_s_per_gb", ".2f"),
+            ("3-VNF chain TCP Gbit/s", ("chain_gso", "chain_gso_py", "chain_vxlan"), "gbps", ".2f"),
+            ("3-VNF chain ping ms", ("chain_gso", "chain_gso_py", "chain_vxlan"), "ping_ms", ".3f"),
+            ("3-VNF chain CPU s/GB", ("chain_gso", "chain_gso_py", ""), "cpu_s_per_gb", ".2f")]
+    for label, names, key, fmt in rows:
+        if not any(n in r for n in names if n):
+            continue
+        print(f"{label:26s} " + " ".join(f"{cell(n, key, fmt):>10s}" for n in names))
+
+
 def print_ratios(r: dict[str, dict[str, float]]) -> None:
     def ratio(a: str, b: str) -> float | None:
         if a in r and b in r and r[b]["gbps"] > 0:
             return r[a]["gbps"] / r[b]["gbps"]
         return None
 
-    rows = [("gso / vxlan", ratio("gso", "vxlan"), GOALS["gso_vs_vxlan"], ">="),
-            ("plain / socat", ratio("plain", "socat"), GOALS["plain_vs_socat"], ">="),
-            ("chain gso / chain vxlan", ratio("chain_gso", "chain_vxlan"), GOALS["chain_vs_vxlan"], ">=")]
-    for mode in ("gso", "plain"):
+    rows = [("plain / socat", ratio("plain", "socat"), GOALS["plain_vs_socat"], ">=")]
+    for mode in ("plain", "gso_py"):
         if mode in r and "vxlan" in r:
             rows.append((f"ping {mode} - vxlan (ms)", r[mode]["ping_ms"] - r["vxlan"]["ping_ms"],
                          GOALS["ping_over_vxlan_ms"], "<="))
+
+    def diff(a: str, b: str, key: str) -> float | None:
+        return r[a][key] - r[b][key] if a in r and b in r else None
+
+    def cpu(a: str, b: str) -> float | None:
+        if a in r and b in r and r[b].get("cpu_s_per_gb"):
+            return r[a]["cpu_s_per_gb"] / r[b]["cpu_s_per_gb"]
+        return None
+
+    rows += [("C: gso / vxlan", ratio("gso", "vxlan"), GOALS_C["gso_vs_vxlan"], ">="),
+             ("C: chain / chain vxlan", ratio("chain_gso", "chain_vxlan"), GOALS_C["chain_vs_vxlan"], ">="),
+             ("C: ping pair - vxlan (ms)", diff("gso", "vxlan", "ping_ms"), GOALS_C["ping_over_vxlan_ms"], "<="),
+             ("C: ping chain - vxlan (ms)", diff("chain_gso", "chain_vxlan", "ping_ms"),
+              GOALS_C["chain_ping_over_vxlan_ms"], "<="),
+             ("C: CPU/GB / Python's", cpu("gso", "gso_py"), GOALS_C["cpu_vs_python"], "<="),
+             ("python: gso / vxlan", ratio("gso_py", "vxlan"), GOALS["gso_vs_vxlan"], ">="),
+             ("python: chain / vxlan", ratio("chain_gso_py", "chain_vxlan"), GOALS["chain_vs_vxlan"], ">=")]
     for label, value, goal, op in rows:
         if value is None:
             continue

@@ -133,6 +133,9 @@ class Loop:
         self.timers: list[Timer] = []
         self._seq = 0
         self.pending: list[Callable[[], None]] = []
+        #: replaces epoll's poll(timeout) -> [(fd, events)] when set before run(): the compiled datapath
+        #: waits on this loop's epoll itself and hands back only what its C loops do not handle
+        self.poller: Callable[[float], list[tuple[int, int]]] | None = None
         self.stopping = False
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add(self._rfd, EPOLLIN, self._drain_wake)
@@ -187,7 +190,7 @@ class Loop:
 
     # -- running
     def run(self) -> None:
-        poll = self.ep.poll
+        poll = self.poller or self.ep.poll
         handlers = self.handlers
         timers = self.timers
         while not self.stopping:

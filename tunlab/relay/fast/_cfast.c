@@ -17,8 +17,10 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VNET_LEN 10
@@ -956,6 +958,88 @@ static PyObject *Pump_rx(Pump *self, PyObject *args)
     return PyLong_FromLong(st);
 }
 
+/* poll(epfd, timeout_ms, budget, gso, pid) -> (events, which, status, pid): waits on the relay loop's
+ * epoll descriptor itself (the GIL released) and runs the device and socket loops for their events,
+ * staying in C while only they are ready, so a packet costs no trip through the interpreter. Returns
+ * the (fd, events) Python must handle: other descriptors (control socket, wake-up pipe, ...), and the
+ * device (which 1) or the socket (which 2) when its loop stopped at something for Python (status).
+ * Returns at once after a timeout or a signal (EINTR) with what it has, and, after it carried packets,
+ * within FLUSH_IDLE_MS of going idle or FLUSH_BUSY_MS of carrying, so that Python folds the counters
+ * in (another thread reading Relay.counters() sees them late by at most that). */
+#define FLUSH_IDLE_MS 10
+#define FLUSH_BUSY_MS 50
+
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static PyObject *Pump_poll(Pump *self, PyObject *args)
+{
+    int epfd, timeout, budget, gso;
+    unsigned long pid_in;
+    if (!PyArg_ParseTuple(args, "iiipk", &epfd, &timeout, &budget, &gso, &pid_in)) return NULL;
+    uint32_t pid = (uint32_t)pid_in;
+    struct epoll_event evs[32];
+    int out_fd[32];
+    uint32_t out_ev[32];
+    int nout = 0, which = 0, status = 0, err = 0, dirty = 0;
+    self->left_errno = 0;
+    self->left_alen = 0;
+    self->left_peer = -1;
+    Py_BEGIN_ALLOW_THREADS
+    long long t0 = now_ms();
+    for (;;) {
+        int wait = timeout;
+        if (dirty && (wait < 0 || wait > FLUSH_IDLE_MS)) wait = FLUSH_IDLE_MS;
+        int n = epoll_wait(epfd, evs, 32, wait);
+        if (n < 0) { err = errno; break; }
+        if (n == 0) break;
+        for (int i = 0; i < n && !which; i++) {
+            int fd = evs[i].data.fd;
+            uint32_t ev = evs[i].events;
+            if (fd == self->dev && fd >= 0 && !(ev & (EPOLLERR | EPOLLHUP))) {
+                dirty = 1;
+                int st = gso ? loop_tx_gso(self, budget, &pid) : loop_tx_plain(self, budget);
+                if (st == ST_PY || st == ST_LEFTOVER || st == ST_DEV_ERROR) {
+                    which = 1;
+                    status = st;
+                    out_fd[nout] = fd;
+                    out_ev[nout++] = ev;
+                }
+            } else if (fd == self->sock && fd >= 0 && !(ev & (EPOLLERR | EPOLLHUP))) {
+                dirty = 1;
+                int st = loop_rx(self, budget);
+                if (st == ST_PY) {
+                    which = 2;
+                    status = st;
+                    out_fd[nout] = fd;
+                    out_ev[nout++] = ev;
+                }
+            } else {
+                out_fd[nout] = fd;
+                out_ev[nout++] = ev;
+            }
+        }
+        if (nout || timeout >= 0 || (dirty && now_ms() - t0 >= FLUSH_BUSY_MS)) break;
+    }
+    Py_END_ALLOW_THREADS
+    if (err && err != EINTR) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *list = PyList_New(nout);
+    if (!list) return NULL;
+    for (int i = 0; i < nout; i++) {
+        PyObject *t = Py_BuildValue("(iI)", out_fd[i], (unsigned int)out_ev[i]);
+        if (!t) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return Py_BuildValue("(Niik)", list, which, status, (unsigned long)pid);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* TCP framing (2-byte big-endian length + packet)                                                   */
 
@@ -1180,6 +1264,7 @@ static PyMethodDef Pump_methods[] = {
     {"left", (PyCFunction)Pump_left, METH_NOARGS, "what the last loop left for Python"},
     {"tx", (PyCFunction)Pump_tx, METH_VARARGS, "tx(budget, gso, pid) -> (status, pid)"},
     {"rx", (PyCFunction)Pump_rx, METH_VARARGS, "rx(budget) -> status"},
+    {"poll", (PyCFunction)Pump_poll, METH_VARARGS, "poll(epfd, timeout_ms, budget, gso, pid) -> (events, which, status, pid)"},
     {"tcp_read", (PyCFunction)Pump_tcp_read, METH_VARARGS, "tcp_read(buf, off, budget, peer): frame device packets in place"},
     {NULL},
 };

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,30 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
                 log.info("peer %s: datapath python (%s)", p.name, reason)
         self._synced: list[Any] = []
         self._sync_peers()
+        # what the last poll left for the device (1) or socket (2) handler: (which, loop status)
+        self._waiting = (0, 0)
+        loop = relay.loop
+        if loop.poller is None:  # one datapath per loop waits in C (the second relay of -m both does not)
+            loop.poller = self._poll
+            self._epfd = loop.ep.fileno()
+
+    def _poll(self, timeout: float) -> list[tuple[int, int]]:
+        """The loop's poll: in C, which carries device and socket events itself and returns the rest."""
+        ms = -1 if timeout < 0 else math.ceil(timeout * 1000)
+        try:
+            events, which, status, self.tx.pid = self.pump.poll(self._epfd, ms, BATCH, self.offload, self.tx.pid)
+        finally:
+            self.take()
+        self._waiting = (which, status)
+        return events  # type: ignore[no-any-return]
+
+    def _left_by_poll(self, which: int) -> int | None:
+        """The loop status the last poll stopped at for this handler (None: none)."""
+        w, status = self._waiting
+        if w != which:
+            return None
+        self._waiting = (0, 0)
+        return status
 
     # -- what C knows of the peers ----------------------------------------------------------------
     def _sync_peers(self) -> None:
@@ -84,9 +109,11 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
             super().on_device(events)
             return
         tx = self.tx
+        status = self._left_by_poll(1)
         try:
             for _ in range(ROUNDS):
-                status, tx.pid = pump.tx(BATCH, self.offload, tx.pid)
+                if status is None:
+                    status, tx.pid = pump.tx(BATCH, self.offload, tx.pid)
                 if status == DRAINED or status == MORE:
                     break
                 n, off, pi, _, _, err = pump.left()
@@ -94,6 +121,7 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
                     self.device_error(OSError(err, os.strerror(err)))
                     break
                 self._tx_left(status, n, off, self.plist[pi] if pi >= 0 else None)
+                status = None
         finally:
             self.take()
 
@@ -124,10 +152,14 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
         if pump is None:
             super().on_socket(events)
             return
+        status = self._left_by_poll(2)
         try:
             for _ in range(ROUNDS):
-                if pump.rx(BATCH) != PY:
+                if status is None:
+                    status = pump.rx(BATCH)
+                if status != PY:
                     break
+                status = None
                 n, seg, pi, trunc, addr, _ = pump.left()
                 self._rx_left(n, seg, self.plist[pi] if pi >= 0 else None, bool(trunc), addr)
         finally:
