@@ -10,7 +10,7 @@ through the Python datapath's own code, from the same buffers. The registry
 (:data:`tunlab.relay.datapath.COMPILED`) picks these classes when ``_cfast`` imports; importing this
 module fails (ImportError) when it does not.
 
-Per link: a peer whose send path has stages (``peer.stages``, relay/linkpath.py) or that is named in
+Per link: a peer whose send path has stages (``peer.path``, relay/linkpath.py) or that is named in
 ``$TUNLAB_DATAPATH_PYTHON_PEERS`` (comma-separated) is carried by Python, the others by C, and the log
 says why (``peer b: datapath python (stages impair)``).
 """
@@ -36,12 +36,14 @@ DRAINED, MORE, PY, LEFTOVER, DEV_ERROR = _cfast.DRAINED, _cfast.MORE, _cfast.PY,
 
 
 def python_link_reason(peer: "Peer") -> str | None:
-    """Why this peer's link must be carried by Python (None: the compiled loops may carry it)."""
+    """Why this peer's link must be carried by Python (None: the compiled loops may carry it): it has
+    stages (``peer.path``, relay/linkpath.py: impairments, NSH run in Python) or is named in
+    $TUNLAB_DATAPATH_PYTHON_PEERS."""
     named = {n.strip() for n in os.environ.get(PYTHON_PEERS_ENV, "").split(",") if n.strip()}
     if peer.name in named:
         return f"${PYTHON_PEERS_ENV}"
-    stages = getattr(peer, "stages", None) or ()
-    if stages:  # relay/linkpath.py stages (impairments, NSH) run in Python
+    stages = getattr(getattr(peer, "path", None), "stages", None) or ()
+    if stages:
         return "stages " + ", ".join(str(getattr(s, "name", s)) for s in stages)
     return None
 

@@ -43,11 +43,6 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
                               (tx.layout.buf, rx.buf, tx.pbuf, tx.stride, tx.scratch, tx.overflow), len(self.plist))
         self.pump.set_routes(*route_lists(relay, index))
         self.python_links: dict[str, str] = {}
-        for p in self.plist:
-            reason = python_link_reason(p)
-            if reason is not None:
-                self.python_links[p.name] = reason
-                log.info("peer %s: datapath python (%s)", p.name, reason)
         self._synced: list[Any] = []
         self._sync_peers()
         # what the last poll left for the device (1) or socket (2) handler: (which, loop status)
@@ -77,10 +72,20 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
 
     # -- what C knows of the peers ----------------------------------------------------------------
     def _sync_peers(self) -> None:
+        """Tell C each peer's address, whether it gets chunks, and whether its link is Python's."""
         if self.pump is None:
             return
-        now = [(p.addr[:2] if p.addr else None, self.states[p.name].datapath == "gso", p.name in self.python_links)
-               for p in self.plist]
+        now = []
+        for p in self.plist:
+            reason = python_link_reason(p)
+            if reason != self.python_links.get(p.name):
+                if reason is None:
+                    del self.python_links[p.name]
+                    log.info("peer %s: datapath c again", p.name)
+                else:
+                    self.python_links[p.name] = reason
+                    log.info("peer %s: datapath python (%s)", p.name, reason)
+            now.append((p.addr[:2] if p.addr else None, p in self.gso_peers, reason is not None))
         if now == self._synced:
             return
         for i, (addr, gso, py) in enumerate(now):
@@ -90,6 +95,17 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
     def _refresh(self) -> None:
         super()._refresh()
         self._sync_peers()
+
+    def paths_changed(self) -> None:
+        """A peer gained or lost its stages at run time (seam 2): its link moves to Python or back."""
+        parent = getattr(super(), "paths_changed", None)
+        if parent is not None:
+            parent()
+        self._sync_peers()
+
+    def _python_link_send(self, peer: "Peer", pkt: Any, n: int) -> None:
+        """A packet for a Python link: through its stages where the relay has them (Datapath.out), else sent."""
+        getattr(self, "out", self.send)(peer, pkt, n)
 
     def take_extra(self, cs: tuple[int, ...]) -> None:
         tx, rx = self.tx, self.rx
@@ -138,7 +154,7 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
         stride = tx.stride
         if status == PY and peer is not None:
             tx.segments += 1
-            self.send(peer, tx.pview[off:off + n], n)
+            self._python_link_send(peer, tx.pview[off:off + n], n)
             return
         stream = bytes(tx.scratch) + bytes(tx.pview[off:off + min(n, stride)]) + bytes(tx.overflow[:max(0, n - stride)])
         table = self.table
