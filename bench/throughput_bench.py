@@ -191,10 +191,10 @@ def pair(lb: Lab) -> tuple[str, str, str, str]:
 
 
 def start_fast(lb: Lab, ns: str, dev: str, addr: str, listen: str, peers: list[str], routes: list[str],
-               datapath: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+               datapath: str, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     r, w = os.pipe()
-    argv = [PY, "-m", "tunlab", "relay", "--dev", dev, "--addr", addr, "--listen", listen,
-            "--datapath", datapath, "--ready-fd", str(w)]
+    argv = [PY, "-m", "tunlab", "relay", "--dev", dev, "--addr", addr, *(("--listen", listen) if listen else ()),
+            "--datapath", datapath, "--ready-fd", str(w), *extra]
     for p in peers:
         argv += ["--peer", p]
     for rt in routes:
@@ -320,6 +320,17 @@ def setup_chain_vxlan(lb: Lab) -> tuple[str, str, str, list[int]]:
     return nodes[0], nodes[4], "10.251.4.2", []
 
 
+def setup_tunlab_tcp(lb: Lab, env: dict[str, str] | None = None) -> tuple[str, str, str, list[int]]:
+    """A relay pair over TCP (TunConnector's framing): b listens and accepts a, a connects."""
+    a, b, _, _ = pair(lb)
+    dev = f"{lb.prefix}t"
+    pb = start_fast(lb, b, dev, "10.242.0.2/24", f"10.241.0.2:{PORT}", [], [], "auto", env,
+                    ("--transport", "tcp", "--accept", "a=10.241.0.1"))
+    pa = start_fast(lb, a, dev, "10.242.0.1/24", "", [f"b=10.241.0.2:{PORT}"], [], "auto", env, ("--transport", "tcp"))
+    wait_for(lambda: reachable(a, "10.242.0.2"), "overlay ping")
+    return a, b, "10.242.0.2", [pa.pid, pb.pid]
+
+
 def setup_chain_tunlab(lb: Lab, env: dict[str, str] | None = None) -> tuple[str, str, str, list[int]]:
     nodes, under = chain_nodes(lb)
     dev = f"{lb.prefix}t"
@@ -346,7 +357,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", help="comma-separated subset: veth,vxlan,socat,plain,plain_py,gso,gso_py,plain_socat,"
-                                   "chain_vxlan,chain_gso,chain_gso_py")
+                                   "chain_vxlan,chain_gso,chain_gso_py,tcp,tcp_py")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run every path N times, interleaved, and report medians (the box is shared: noisy)")
     ap.add_argument("--json", help="also write the results here")
@@ -365,6 +376,7 @@ def main() -> int:
         "plain_socat": setup_interop,
         "chain_vxlan": setup_chain_vxlan, "chain_gso": setup_chain_tunlab,
         "chain_gso_py": lambda lb: setup_chain_tunlab(lb, PYTHON_IMPL),
+        "tcp": setup_tunlab_tcp, "tcp_py": lambda lb: setup_tunlab_tcp(lb, PYTHON_IMPL),
     }
     wanted = args.only.split(",") if args.only else list(cases)
     unknown = [w for w in wanted if w not in cases]
@@ -416,6 +428,8 @@ def print_side_by_side(r: dict[str, dict[str, float]]) -> None:
             ("relay pair CPU s/GB", ("gso", "gso_py", ""), "cpu_s_per_gb", ".2f"),
             ("plain pair TCP Gbit/s", ("plain", "plain_py", ""), "gbps", ".2f"),
             ("plain pair CPU s/GB", ("plain", "plain_py", ""), "cpu_s_per_gb", ".2f"),
+            ("TCP-framed pair Gbit/s", ("tcp", "tcp_py", ""), "gbps", ".2f"),
+            ("TCP-framed pair CPU s/GB", ("tcp", "tcp_py", ""), "cpu_s_per_gb", ".2f"),
             ("3-VNF chain TCP Gbit/s", ("chain_gso", "chain_gso_py", "chain_vxlan"), "gbps", ".2f"),
             ("3-VNF chain ping ms", ("chain_gso", "chain_gso_py", "chain_vxlan"), "ping_ms", ".3f"),
             ("3-VNF chain ping median", ("chain_gso", "chain_gso_py", "chain_vxlan"), "ping_median_ms", ".3f"),

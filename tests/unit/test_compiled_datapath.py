@@ -177,6 +177,11 @@ def test_pump_refuses_bad_set_up() -> None:
     with pytest.raises(ValueError):
         pump.tcp_read(bytearray(10), 20, 1, -1)
     assert pump.take()[1] == {}
+    bare = _cfast.Pump.__new__(_cfast.Pump)  # never initialised: refuses to run instead of crashing
+    for call in (lambda: bare.tx(1, True, 0), lambda: bare.rx(1), lambda: bare.poll(-1, 0, 1, True, 0),
+                 lambda: bare.tcp_read(bytearray(10), 0, 1, -1), lambda: bare.set_peer(0, None, True, False)):
+        with pytest.raises(RuntimeError, match="not initialised"):
+            call()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -260,6 +260,15 @@ typedef struct {
     int left_errno;
 } Pump;
 
+/* a Pump made without __init__ (Pump.__new__) has no buffers: refuse to run it */
+#define REQUIRE_INIT(self)                                                          \
+    do {                                                                            \
+        if (!(self)->have_plain) {                                                  \
+            PyErr_SetString(PyExc_RuntimeError, "Pump is not initialised");         \
+            return NULL;                                                            \
+        }                                                                           \
+    } while (0)
+
 static int route_lookup(Pump *self, const uint8_t *pkt, Py_ssize_t n)
 {
     if (self->fixed >= 0) return self->fixed;
@@ -421,6 +430,7 @@ bad:
 /* set_peer(index, addr or None, gso, python) */
 static PyObject *Pump_set_peer(Pump *self, PyObject *args)
 {
+    REQUIRE_INIT(self);
     int i, gso, python;
     PyObject *addr;
     if (!PyArg_ParseTuple(args, "iOpp", &i, &addr, &gso, &python)) return NULL;
@@ -443,6 +453,7 @@ static PyObject *Pump_set_peer(Pump *self, PyObject *args)
 /* set_routes(fixed, has_routes, [(net bytes, mask bytes, peer)] v4, same v6) */
 static PyObject *Pump_set_routes(Pump *self, PyObject *args)
 {
+    REQUIRE_INIT(self);
     int fixed, has;
     PyObject *l4, *l6;
     if (!PyArg_ParseTuple(args, "ipO!O!", &fixed, &has, &PyList_Type, &l4, &PyList_Type, &l6)) return NULL;
@@ -931,6 +942,7 @@ static int loop_rx(Pump *self, int budget)
 
 static PyObject *Pump_tx(Pump *self, PyObject *args)
 {
+    REQUIRE_INIT(self);
     int budget, gso;
     unsigned long pid_in;
     if (!PyArg_ParseTuple(args, "ipk", &budget, &gso, &pid_in)) return NULL;
@@ -947,6 +959,7 @@ static PyObject *Pump_tx(Pump *self, PyObject *args)
 
 static PyObject *Pump_rx(Pump *self, PyObject *args)
 {
+    REQUIRE_INIT(self);
     int budget, st;
     if (!PyArg_ParseTuple(args, "i", &budget)) return NULL;
     self->left_errno = 0;
@@ -978,6 +991,7 @@ static long long now_ms(void)
 
 static PyObject *Pump_poll(Pump *self, PyObject *args)
 {
+    REQUIRE_INIT(self);
     int epfd, timeout, budget, gso;
     unsigned long pid_in;
     if (!PyArg_ParseTuple(args, "iiipk", &epfd, &timeout, &budget, &gso, &pid_in)) return NULL;
@@ -1049,6 +1063,7 @@ static PyObject *Pump_poll(Pump *self, PyObject *args)
  * left unframed at off + 2 (its length in `pending`, its peer `next`) and the loop ends. Counts only drops. */
 static PyObject *Pump_tcp_read(Pump *self, PyObject *args)
 {
+    REQUIRE_INIT(self);
     Py_buffer b;
     Py_ssize_t off;
     int budget, cur, next = -1, err = 0, status = ST_MORE;
@@ -1074,6 +1089,7 @@ static PyObject *Pump_tcp_read(Pump *self, PyObject *args)
         }
         reads++;
         rbytes += n;
+        if (n == 0) { self->drops[D_SHORT_READ]++; continue; }  /* never frame a length of 0 */
         int pi = route_lookup(self, buf + off + 2, n);
         if (pi < 0) { self->drops[D_NO_ROUTE]++; continue; }
         if (cur >= 0 && pi != cur) { pending = n; next = pi; status = ST_PY; break; }
