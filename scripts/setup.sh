@@ -23,6 +23,7 @@ cd "$TUNLAB_ROOT"
 # Keep these lists in step with README.md ("What setup does"). vagrant/build-box.sh puts debs in the box.
 debs=(python3 python3-venv iproute2 iputils-ping procps kmod util-linux
       socat iperf3 tcpdump tshark ethtool nftables mininet bridge-utils graphviz openvswitch-switch
+      openssh-server
       build-essential python3-dev)  # the compiled datapath (issue 20): a C compiler and Python's headers
 # --vagrant: the VM host (vagrant/): Vagrant and its libvirt provider, libvirt with QEMU (its NAT network
 # needs dnsmasq), and what vagrant/build-box.sh builds the box with.

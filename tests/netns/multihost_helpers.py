@@ -1,0 +1,48 @@
+"""Stand-in hosts for the multihost tests (tunlab.testing.standin), made and removed around a test module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tunlab.system.procs import process_alive
+from tunlab.testing import standin
+
+
+def standin_pids(sset: standin.StandinSet) -> list[int]:
+    """Every process in the root's /proc tagged with the set's id (sandboxes and all they started)."""
+    tag = f"{standin.ENV_TAG}={sset.id}".encode()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{d}/environ").read_bytes()
+        except OSError:
+            continue
+        if tag in env.split(b"\0"):
+            out.append(int(d))
+    return out
+
+
+def assert_gone(sset: standin.StandinSet) -> None:
+    """Nothing of the set is left: no LAN namespace, no recorded process, no tagged process."""
+    assert not os.path.lexists(f"/run/netns/{sset.lan_netns}")
+    for h in sset.hosts:
+        for pid, start in ((h.pid, h.start), (h.unshare_pid, h.unshare_start), (h.master_pid, h.master_start)):
+            assert not (pid and process_alive(pid, start)), f"{h.name}: process {pid} still alive"
+    assert standin_pids(sset) == []
+    assert not (sset.dir / standin.STATE).exists()
+
+
+@contextmanager
+def standins(n: int, tmp: Path) -> Iterator[standin.StandinSet]:
+    sset = standin.up(n, tmp)
+    try:
+        yield sset
+    finally:
+        problems = standin.down(sset)
+        assert problems == [], problems
+        assert_gone(sset)
