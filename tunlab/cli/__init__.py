@@ -27,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "pcap": ("tunlab.cli.pcap:pcap_cmd", "link captures: inner packets as a plain pcap; the Wireshark dissector"),
     "impair": ("tunlab.cli.impair:impair_cmd", "impair a running lab's link now (delay, loss, ...; --clear)"),
     "link": ("tunlab.cli.impair:link_cmd", "take a running lab's link down or up in its relays"),
+    "hosts": ("tunlab.cli.hosts:hosts_cmd", "the hosts of an inventory: `tunlab hosts check --hosts FILE`"),
     "link-mininet": ("tunlab.cli.mininet:link_mininet_cmd", "make Debian's mininet importable from this venv"),
 }
 
