@@ -51,11 +51,16 @@ def _vnf_does(n: Endpoint | Vnf) -> str:
 @_param_opt
 @click.option("--routes", is_flag=True, help="also print every relay's routes (prefix -> next hop)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (schema tunlab.show/1), routes included")
-def show_cmd(topology: str, params: tuple[str, ...], routes: bool, as_json: bool) -> None:
+@click.option("--hosts", "hosts_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="an inventory: print where each node goes and the links between hosts (docs/multihost.md)")
+def show_cmd(topology: str, params: tuple[str, ...], routes: bool, as_json: bool, hosts_file: str | None) -> None:
     """Print TOPOLOGY's nodes, links, addresses and hops (no root needed).
 
     TOPOLOGY: a topology file, or the name of one shipped with tunlab (linear, three_vnf, fork)."""
     t = _load(topology, params)
+    if hosts_file:
+        _show_hosts(t, hosts_file)
+        return
     if as_json:
         from tunlab.cli.jsonout import dumps, topology_json
 
@@ -120,6 +125,40 @@ def show_cmd(topology: str, params: tuple[str, ...], routes: bool, as_json: bool
         for n in t.nodes:
             rt.add_row(n.name, ", ".join(f"{p} -> {peer}" for p, peer in collapse_routes(t.routes_for(n.name))))
         con.print(rt)
+
+
+def _show_hosts(t: Topology, hosts_file: str) -> None:
+    """`tunlab show --hosts FILE`: the placement, and each link between hosts as the relay hop it becomes."""
+    from tunlab.model.hosts import cross_links, lab_topology, load_inventory, place
+
+    inv = load_inventory(hosts_file)
+    placement = place(t, inv.names, hosts_file)
+    lt = lab_topology(t, placement)
+    con = _console()
+    con.print(f"[bold]{t.name}[/bold] over {len(inv.hosts)} host(s) of {hosts_file}: TUN MTU {lt.mtu}"
+              + (" (links between hosts keyed)" if lt.keyed else ""))
+    tab = Table(title="placement", title_justify="left")
+    for col in ("host", "underlay", "nodes (chain order)", "pinned"):
+        tab.add_column(col)
+    from tunlab.model.hosts import chain_order
+
+    order = chain_order(t)
+    for h in inv.hosts:
+        mine = [n for n in order if placement[n] == h.name]
+        pinned = [n.name for n in t.nodes if n.host == h.name]
+        tab.add_row(h.name, h.underlay, " ".join(mine) or "-", " ".join(pinned) or "-")
+    con.print(tab)
+    crossing = cross_links(t, placement)
+    links = Table(title=f"links between hosts ({len(crossing)}): relay hops over the underlay", title_justify="left")
+    for col in ("link", "a end", "b end", "transport"):
+        links.add_column(col)
+    under = {h.name: h.underlay for h in inv.hosts}
+    for i in crossing:
+        lk = t.links[i]
+        a, b = placement[lk.a], placement[lk.b]
+        links.add_row(lk.name, f"{lk.a}@{a} {under[a]}", f"{lk.b}@{b} {under[b]}",
+                      lk.transport + (", keyed" if lt.keyed else ""))
+    con.print(links)
 
 
 # ---------------------------------------------------------------------------------------------- up / down

@@ -23,10 +23,13 @@ import ipaddress
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tunlab.errors import DescriptionError
+from tunlab.model.plan import UDP6_ENCAP, UDP_ENCAP, UNDERLAY_MTU, LabPlan, LinkEnd, UnderlayLink, build_plan
+from tunlab.model.topology import DEFAULT_MTU, SEAL_OVERHEAD, Topology
 
 KNOWN = ("ansible_host", "ansible_user", "ansible_port", "underlay", "tunlab", "become", "ssh_config")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
@@ -158,3 +161,156 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         raise _err(f"{p}: cannot read the inventory: {exc.strerror or exc}",
                                "give --hosts an inventory file (docs/multihost.md)") from None
     return parse_inventory(text, str(p))
+
+
+# ------------------------------------------------------------------------------------------- placement
+
+
+def chain_order(topo: Topology) -> list[str]:
+    """The nodes in chain order: the first path's hops, then each other path's new ones, then the rest."""
+    order: list[str] = []
+    for path in topo.paths:
+        order += [n for n in path.nodes if n not in order]
+    return order + [n.name for n in topo.nodes if n.name not in order]
+
+
+def place(topo: Topology, hosts: Sequence[str], where: str = "--hosts") -> dict[str, str]:
+    """Node -> host. A node's own ``host`` is kept; the others follow the chain: consecutive hops stay on
+    one host until it holds its share (ceil(nodes / hosts)), then the chain moves to the least loaded host,
+    so a chain crosses between hosts as few times as balance allows."""
+    if not hosts:
+        raise _err(f"{where}: no hosts to place the lab on")
+    placed: dict[str, str] = {}
+    load = {h: 0 for h in hosts}
+    for n in topo.nodes:
+        if n.host is not None:
+            if n.host not in load:
+                raise _err(f"node '{n.name}' field 'host': there is no host '{n.host}' in {where}",
+                           f"hosts: {', '.join(hosts)}")
+            placed[n.name] = n.host
+            load[n.host] += 1
+    share = -(-len(topo.nodes) // len(hosts))
+    current: str | None = None
+    for name in chain_order(topo):
+        if name in placed:
+            current = placed[name]
+            continue
+        if current is None or load[current] >= share:
+            current = min(hosts, key=lambda h: (load[h], hosts.index(h)))
+        placed[name] = current
+        load[current] += 1
+    return {n.name: placed[n.name] for n in topo.nodes}
+
+
+# ------------------------------------------------------------------------------------ links between hosts
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """One end of a link between hosts, on this host: the node's veth (``ifname``, the link's address)
+    pairs with ``host_ifname`` in the host's own namespace (the /30's other address); the host forwards
+    ``underlay:hport`` to ``node_addr:node_port`` and sends the relay's datagrams to the far host from
+    ``underlay:hport`` (nftables DNAT and SNAT in a table of the run's)."""
+
+    link: str
+    node: str
+    ifname: str
+    host_ifname: str
+    node_addr: str      # with prefix length
+    host_addr: str      # with prefix length
+    node_port: int
+    hport: int
+    underlay: str       # this host's
+    peer_host: str
+    peer_underlay: str
+    peer_hport: int
+    transport: str
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    plan: LabPlan           # this host's nodes; a link between hosts has the far end at its host's underlay
+    uplinks: tuple[Uplink, ...]
+
+
+def hport_base(run_id: str) -> int:
+    """Where a run's ports on the hosts' underlay addresses start (runs differ, so two labs can share hosts)."""
+    return 30000 + (int(run_id, 36) % 100) * 200
+
+
+def cross_links(topo: Topology, placement: dict[str, str]) -> list[int]:
+    """Indexes of the links whose ends are on different hosts."""
+    return [i for i, lk in enumerate(topo.links) if placement[lk.a] != placement[lk.b]]
+
+
+def host_plan(topo: Topology, run_id: str, run_dir: str, placement: dict[str, str],
+              inv: Inventory, host: str) -> HostPlan:
+    """What ``host`` builds of the lab (pure): its nodes, the veths between them, an uplink per end of a
+    link that leaves it, and relay command lines whose far ends are the far hosts' underlay addresses."""
+    crossing = cross_links(topo, placement)
+    if len(crossing) > 100:
+        raise _err(f"{len(crossing)} links between hosts; at most 100", "place more of the chain together")
+    base = hport_base(run_id)
+    hport = {(i, side): base + 2 * k + (side == "b") for k, i in enumerate(crossing) for side in "ab"}
+    under = {h.name: h.underlay for h in inv.hosts}
+    uplinks: list[Uplink] = []
+
+    def rewrite(lk: UnderlayLink) -> UnderlayLink:
+        if lk.index not in crossing:
+            return lk
+        a_host, b_host = placement[lk.a.node], placement[lk.b.node]
+        ends = {"a": lk.a, "b": lk.b}
+        hosts = {"a": a_host, "b": b_host}
+        new = dict(ends)
+        for side, far in (("a", "b"), ("b", "a")):
+            if hosts[side] != host:
+                new[side] = LinkEnd(ends[side].node, ends[side].ifname, under[hosts[side]], hport[(lk.index, side)])
+            else:
+                me, other = ends[side], ends[far]
+                uplinks.append(Uplink(
+                    link=lk.name, node=me.node, ifname=me.ifname,
+                    host_ifname=f"vh{me.ifname[2:]}", node_addr=f"{me.ip}/{lk.prefixlen}",
+                    host_addr=f"{other.ip}/{lk.prefixlen}", node_port=me.port, hport=hport[(lk.index, side)],
+                    underlay=under[host], peer_host=hosts[far], peer_underlay=under[hosts[far]],
+                    peer_hport=hport[(lk.index, far)], transport=lk.transport))
+        return replace(lk, a=new["a"], b=new["b"])
+
+    mine = {n for n, h in placement.items() if h == host}
+    plan = build_plan(topo, run_id, run_dir, rewrite=rewrite, only=mine)
+    seen: dict[tuple[str, str], str] = {}
+    for u in uplinks:
+        if (u.node, u.peer_host) in seen:
+            raise _err(f"node '{u.node}' has two links to host {u.peer_host} ({seen[(u.node, u.peer_host)]}, "
+                       f"{u.link}): one route per far host", "place one of its neighbours elsewhere (field 'host')")
+        seen[(u.node, u.peer_host)] = u.link
+    return HostPlan(host, plan, tuple(uplinks))
+
+
+def multihost_mtu(topo: Topology, underlay_mtus: dict[str, int], placement: dict[str, str], keyed: bool) -> int:
+    """The overlay MTU a lab across hosts can use: its own, or less when a link between hosts needs room
+    for the outer headers (and the seal) within the smaller underlay MTU of its two hosts."""
+    mtu = topo.mtu
+    for i in cross_links(topo, placement):
+        lk = topo.links[i]
+        a, b = placement[lk.a], placement[lk.b]
+        v6 = ":" in lk.a_addr
+        encap = (UDP6_ENCAP if v6 else UDP_ENCAP) if lk.transport == "udp" else (60 if v6 else 40) + 2
+        room = min(underlay_mtus.get(a, UNDERLAY_MTU), underlay_mtus.get(b, UNDERLAY_MTU)) - encap
+        mtu = min(mtu, room - (SEAL_OVERHEAD if keyed else 0))
+    return mtu
+
+
+def lab_topology(topo: Topology, placement: dict[str, str], underlay_mtus: dict[str, int] | None = None, *,
+                 keyed: bool = True) -> Topology:
+    """The topology a lab across hosts runs: links that leave a host are keyed unless ``keyed=False``
+    (the whole lab then is: one key per run), and the overlay MTU fits the hosts' underlay."""
+    if not cross_links(topo, placement):
+        return topo
+    t = topo
+    if keyed and not topo.keyed:
+        t = replace(topo, keyed=True, mtu=min(topo.mtu, DEFAULT_MTU - SEAL_OVERHEAD))
+    mtu = multihost_mtu(t, underlay_mtus or {}, placement, t.keyed)
+    if mtu < 576:
+        raise _err(f"the hosts' underlay MTU leaves {mtu} bytes for the overlay", "use an underlay MTU of 1280 or more")
+    return replace(t, mtu=mtu) if mtu != t.mtu else t

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -155,7 +155,12 @@ def run_seed(topo: Topology, run_id: str, seed: int | None = None) -> int:
     return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=4).digest(), "big")
 
 
-def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | None = None) -> LabPlan:
+def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | None = None, *,
+               rewrite: Callable[[UnderlayLink], UnderlayLink] | None = None,
+               only: Collection[str] | None = None) -> LabPlan:
+    """The lab's plan. Labs across hosts (tunlab.model.hosts.host_plan): ``only`` keeps the nodes of one
+    host (and the links that touch them), ``rewrite`` changes links before the relays' command lines are
+    made from them (a link between hosts: the far end's address is its host's underlay address)."""
     run_dir = str(run_dir)
     seed = run_seed(topo, run_id, seed)
     links = []
@@ -170,6 +175,10 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | Non
             datapath=topo.datapath if lk.transport == "udp" else "simple",
             mtu=underlay_mtu(topo.mtu + (NSH_OVERHEAD if topo.nsh else 0), lk.transport, a.version),
             impair=tuple(lk.impairs().items())))
+    if rewrite is not None:
+        links = [rewrite(lk) for lk in links]
+    if only is not None:
+        links = [lk for lk in links if lk.a.node in only or lk.b.node in only]
     plen = topo.overlay_prefixlen()
     v6 = 6 in topo.families or any(":" in lk.a_addr for lk in topo.links)
     longest = max(len(p.nodes) for p in topo.paths) - 2  # VNFs: each kernel VNF takes one from the TTL
@@ -178,6 +187,8 @@ def build_plan(topo: Topology, run_id: str, run_dir: str | Path, seed: int | Non
     tables = nsh_model.relay_tables(topo, hook_spec) if topo.nsh else {}
     nodes = []
     for n in topo.nodes:
+        if only is not None and n.name not in only:
+            continue
         mine = [lk for lk in links if n.name in (lk.a.node, lk.b.node)]
         ifaces = tuple(
             Iface(end.ifname, f"{end.ip}/{lk.prefixlen}", lk)

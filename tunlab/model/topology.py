@@ -41,6 +41,7 @@ TRANSPORTS = ("udp", "tcp")
 DATAPATHS = ("auto", "plain", "gso", "simple")  # the relays' --datapath on UDP hops (TCP hops: simple)
 ROUTE_TYPES = ("unicast", "blackhole", "unreachable", "prohibit")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+_HOST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")  # an inventory's host name (tunlab.model.hosts)
 
 # The file being loaded (tunlab.model.topofile): objects built while it runs name it in their errors.
 _loading: contextvars.ContextVar[str | None] = contextvars.ContextVar("tunlab_loading", default=None)
@@ -95,6 +96,12 @@ def _check_name(name: object) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(f"node {name!r}", "name", f"{name!r} is not a valid node name",
                     "use 1-16 characters: a lowercase letter, then lowercase letters, digits or '_'")
+
+
+def _check_host(where: str, host: object) -> None:
+    if host is not None and (not isinstance(host, str) or not _HOST_RE.match(host)):
+        raise _fail(where, "host", f"{host!r} is not a host name",
+                    "name a host of the inventory (docs/multihost.md), or leave host unset")
 
 
 def _tuple(obj: Any, attr: str) -> None:
@@ -193,9 +200,11 @@ class Endpoint:
     name: str
     overlay: str  # IPv4 or IPv6 address inside Topology.overlay_net, without prefix length
     overlay6: str | None = None  # dual stack: the IPv6 address inside Topology.overlay_net6
+    host: str | None = None  # labs across hosts: the inventory host it must run on (else the placer picks)
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        _check_host(self.where, self.host)
         _ip(self.where, "overlay", self.overlay)
         if self.overlay6 is not None and _ip(self.where, "overlay6", self.overlay6).version != 6:
             raise _fail(self.where, "overlay6", f"{self.overlay6} is not an IPv6 address", "write it like fd00:16::1")
@@ -237,6 +246,7 @@ class Vnf:
     nsh_hook: Callable[[bytes], bytes | None] | str | None = None
     #: the MD type 1 context (32 hex digits) this NSH-aware SF is declared to write: later hops must carry it
     nsh_context: str | None = None
+    host: str | None = None  # labs across hosts: the inventory host it must run on (else the placer picks)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -246,6 +256,7 @@ class Vnf:
         _check_name(self.name)
         _tuple(self, "routes")
         w = self.where
+        _check_host(w, self.host)
         _ip(w, "overlay", self.overlay)
         if self.overlay6 is not None and _ip(w, "overlay6", self.overlay6).version != 6:
             raise _fail(w, "overlay6", f"{self.overlay6} is not an IPv6 address", "write it like fd00:16::1")
