@@ -46,3 +46,32 @@ def standins(n: int, tmp: Path) -> Iterator[standin.StandinSet]:
         problems = standin.down(sset)
         assert problems == [], problems
         assert_gone(sset)
+
+
+def inventory_of(sset: standin.StandinSet, hosts: list[str], path: Path, **per_host: str) -> Path:
+    """An inventory with some of the set's hosts (``per_host``: extra fields, e.g. h2="tunlab=/nonexistent")."""
+    lines = [ln for ln in sset.inventory.read_text().splitlines()
+             if not ln.startswith("h") or ln.split()[0] in hosts]
+    lines = [f"{ln} {per_host[ln.split()[0]]}" if ln.startswith("h") and ln.split()[0] in per_host else ln
+             for ln in lines]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def host_leftovers(sset: standin.StandinSet, run_id: str) -> dict[str, str]:
+    """What run ``run_id`` left on each stand-in host: run directory, namespaces, nftables table, uplinks."""
+    out = {}
+    for h in sset.hosts:
+        res = sset.ssh(h.name, f"ls /run/tunlab 2>/dev/null | grep -x {run_id}; ip netns list | grep tl-{run_id}-; "
+                               f"nft list tables | grep tunlab_{run_id}; ip -o link | grep vh-{run_id}-; true")
+        assert res.returncode == 0, res.stderr
+        if res.stdout.strip():
+            out[h.name] = res.stdout.strip()
+    return out
+
+
+def run_pids(run_id: str) -> list[int]:
+    """Processes tagged TUNLAB_RUN=<run_id> anywhere on this machine (the root sees every sandbox's)."""
+    from tunlab.lab.ledger import tagged_pids
+
+    return tagged_pids(run_id)

@@ -33,3 +33,34 @@ def check_cmd(hosts_file: str) -> None:
     if problems:
         raise CannotRunHere(f"{len(problems)} problem(s) on the hosts of {hosts_file}")
     click.echo(f"{len(inv.hosts)} host(s) ready: {', '.join(inv.names)} ({trips.total} ssh round trips)")
+
+
+@hosts_cmd.command("agent", hidden=True)
+def agent_cmd() -> None:
+    """What a controller runs on each host over ssh: JSON requests on stdin, replies on stdout."""
+    from tunlab.run.hostagent import main
+    from tunlab.system.privileges import require_root
+
+    require_root("the host agent of a lab across hosts")
+    raise SystemExit(main())
+
+
+@hosts_cmd.command("remove", hidden=True)
+@click.argument("run_id")
+def remove_cmd(run_id: str) -> None:
+    """Remove this host's part of run RUN_ID whatever its state (the controller's `down` and `clean`)."""
+    from tunlab.lab.lab import teardown_run
+    from tunlab.lab.ledger import list_runs
+    from tunlab.system.privileges import require_root
+
+    require_root("tunlab hosts remove")
+    runs = [r for r in list_runs() if r.run_id == run_id]
+    if not runs:
+        click.echo(f"run {run_id}: nothing here")
+        return
+    errors = teardown_run(runs[0])
+    for e in errors:
+        click.echo(f"tunlab: {e}", err=True)
+    if errors:
+        raise CannotRunHere(f"run {run_id}: {len(errors)} problem(s) while removing it")
+    click.echo(f"run {run_id}: removed")

@@ -42,7 +42,34 @@ def _argv(cmd: Argv) -> list[str]:
     return ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
 
 
-class Node:
+class NodeCommands:
+    """``cmd_raises``/``cmd_nostatus`` over a ``cmd_status`` (a node here, or on another host)."""
+
+    name: str
+
+    def cmd_status(self, argv: Argv, **kw: Any) -> subprocess.CompletedProcess[str]:
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        return f"node {self.name}"
+
+    def cmd_raises(self, argv: Argv, **kw: Any) -> str:
+        """Run to completion and return stdout; a non-zero exit raises TunlabError naming node and command."""
+        res = self.cmd_status(argv, **kw)
+        if res.returncode != 0:
+            cmd = argv if isinstance(argv, str) else shlex.join(argv)
+            err = (res.stderr or res.stdout or "").strip().splitlines()
+            raise TunlabError(f"{self._where()}: `{cmd}` exited with {res.returncode}"
+                              + (f": {err[-1]}" if err else ""))
+        return str(res.stdout)
+
+    def cmd_nostatus(self, argv: Argv, **kw: Any) -> str:
+        """Run to completion and return stdout and stderr, whatever the exit code."""
+        res = self.cmd_status(argv, **kw)
+        return str(res.stdout) + str(res.stderr or "")
+
+
+class Node(NodeCommands):
     """A node of a running lab: run commands in its network namespace."""
 
     def __init__(self, lab: Lab, plan: NodePlan) -> None:
@@ -70,21 +97,6 @@ class Node:
         kw["env"] = {**(kw.get("env") or os.environ), ENV_TAG: self._lab.run_id}  # anything it leaves is the lab's
         return subprocess.run([*self._prefix(), *_argv(argv)], timeout=timeout, check=False, **kw)
 
-    def cmd_raises(self, argv: Argv, **kw: Any) -> str:
-        """Run to completion and return stdout; a non-zero exit raises TunlabError naming node and command."""
-        res = self.cmd_status(argv, **kw)
-        if res.returncode != 0:
-            cmd = argv if isinstance(argv, str) else shlex.join(argv)
-            err = (res.stderr or res.stdout or "").strip().splitlines()
-            raise TunlabError(f"node {self.name}: `{cmd}` exited with {res.returncode}"
-                              + (f": {err[-1]}" if err else ""))
-        return str(res.stdout)
-
-    def cmd_nostatus(self, argv: Argv, **kw: Any) -> str:
-        """Run to completion and return stdout and stderr, whatever the exit code."""
-        res = self.cmd_status(argv, **kw)
-        return str(res.stdout) + str(res.stderr or "")
-
     def popen(self, argv: Argv, **kw: Any) -> subprocess.Popen[Any]:
         """Start a process in the node; it is recorded in the run's ledger and stopped at teardown."""
         return self._lab.backend.spawn(self.name, _argv(argv), role="cmd", **kw)
@@ -98,12 +110,64 @@ class Node:
             yield
 
 
-class Lab:
+class RunHandle:
+    """What every running lab answers by its run directory and its nodes (here, or across hosts)."""
+
+    _run_dir: Path | None
+    _nodes: dict[str, Any]
+    teardown_errors: list[str]
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _failed(self, exc: BaseException, run_id: str) -> None:
+        """Bring-up failed: take down what was made; the error names the run (and what teardown left)."""
+        self.close()
+        if isinstance(exc, TunlabError):
+            exc.message = f"lab {run_id}: {exc.message}"
+            if self.teardown_errors:
+                exc.message += f" (teardown: {'; '.join(self.teardown_errors[:3])})"
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+        if self.teardown_errors and et is None:
+            raise TunlabError(f"lab {self.run_id}: teardown left {len(self.teardown_errors)} problem(s): "
+                              f"{'; '.join(self.teardown_errors[:3])}", f"sudo tunlab clean {self.run_id}")
+
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (still readable after teardown)."""
+        if self._run_dir is None:
+            raise TunlabError("this lab was never brought up")
+        return self._run_dir.name
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory (/run/tunlab/<id>); it is removed at teardown."""
+        if self._run_dir is None:
+            raise TunlabError("this lab was never brought up")
+        return self._run_dir
+
+    @property
+    def nodes(self) -> dict[str, Any]:
+        return dict(self._nodes)
+
+    def node(self, name: str) -> Any:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise TunlabError(f"there is no node '{name}' in this lab",
+                              f"nodes: {', '.join(self._nodes)}") from None
+
+
+class Lab(RunHandle):
     """See the module docstring. ``backend``: "netns" (default) or "mininet"; ``results_dir``: where relay
     logs and counters are copied at teardown (owned by the invoking user under sudo)."""
 
     def __init__(self, topology: Topology, backend: str = "netns", results_dir: str | os.PathLike[str] | None = None,
-                 *, ready_timeout: float | None = None, restart_relays: bool = False, seed: int | None = None) -> None:
+                 *, ready_timeout: float | None = None, restart_relays: bool = False, seed: int | None = None,
+                 connect: bool = True) -> None:
         if not isinstance(topology, Topology):
             raise TunlabError(f"Lab needs a tunlab.model.Topology, not {type(topology).__name__}")
         self.topology = topology
@@ -115,6 +179,9 @@ class Lab:
         self.restart_relays = restart_relays
         #: the run seed of the links' impairments (None: the topology's, else one per run; see plan.seed)
         self.seed = seed
+        #: wait for every hop connected before returning (a host's part of a lab across hosts waits later,
+        #: once every host's relays run: tunlab.lab.hostpart)
+        self.connect = connect
         self.final_counters: dict[str, dict[str, Any]] = {}
         self.teardown_errors: list[str] = []
         self._ledger: Ledger | None = None
@@ -132,11 +199,11 @@ class Lab:
         require_root("bringing a lab up")
         cls = backend_class(self.backend_name)
         t = self.topology = _netem_fallback(self.topology)
-        self._ledger = led = Ledger.create({"backend": self.backend_name, "topology": t.name,
-                                            "source": t.source, "results_dir": str(self.results_dir or "")})
+        self._ledger = led = self._create_ledger({"backend": self.backend_name, "topology": t.name,
+                                                  "source": t.source, "results_dir": str(self.results_dir or "")})
         self._run_dir = led.dir
         try:
-            self._plan = plan = build_plan(t, led.run_id, led.dir, seed=self.seed)
+            self._plan = plan = self._make_plan(led)
             self.seed = plan.seed
             nodes = {n.name: {"netns": n.netns, "role": n.role, "overlay_dev": n.overlay_dev,
                               "overlay_ip": n.overlay_ip, "control": n.control} for n in plan.nodes}
@@ -144,7 +211,7 @@ class Lab:
             if t.keyed:  # one key for the lab's links, root-only, made before any relay reads it
                 fd = os.open(led.dir / PSK_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 try:
-                    os.write(fd, os.urandom(32))
+                    os.write(fd, self._key())
                 finally:
                     os.close(fd)
             for n in plan.nodes:  # NSH mode: each relay's tables, root-only like the rest of the run dir
@@ -154,14 +221,16 @@ class Lab:
                         os.write(fd, n.nsh_json.encode())
                     finally:
                         os.close(fd)
-            self._backend = backend = cls(plan, led)
+            self._backend = backend = self._make_backend(cls, plan, led)
             self._relays = relays = RelaySupervisor(plan, led, backend, restart=self.restart_relays)
             self._nodes = {n.name: Node(self, n) for n in plan.nodes}
             relays.prepare()  # the relay fork server's imports overlap the namespace work
             backend.build()
             self.timings = dict(backend.timings)
-            for step, action in (("relays", lambda: relays.start(self.ready_timeout)),
-                                 ("connect", relays.wait_connected)):
+            steps: list[tuple[str, Any]] = [("relays", lambda: relays.start(self.ready_timeout))]
+            if self.connect:
+                steps.append(("connect", relays.wait_connected))
+            for step, action in steps:
                 t0 = time.perf_counter()
                 action()
                 self.timings[step] = time.perf_counter() - t0
@@ -169,20 +238,25 @@ class Lab:
                 info["netns_file"] = self._backend.netns_file(name)
             led.update_meta(state="running", nodes=nodes)
         except BaseException as exc:
-            self.close()
+            self._failed(exc, led.run_id)
             if isinstance(exc, TunlabError):
-                exc.message = f"lab {led.run_id}: {exc.message}"
-                if self.teardown_errors:
-                    exc.message += f" (teardown: {'; '.join(self.teardown_errors[:3])})"
                 exc.hint = f"logs kept in {self.results_dir / led.run_id}" if self.results_dir else None
             raise
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-        if self.teardown_errors and et is None:
-            raise TunlabError(f"lab {self.run_id}: teardown left {len(self.teardown_errors)} problem(s): "
-                              f"{'; '.join(self.teardown_errors[:3])}", f"sudo tunlab clean {self.run_id}")
+    # what a lab of another shape changes (a host's part of a lab across hosts: tunlab.lab.hostpart)
+    def _create_ledger(self, meta: dict[str, Any]) -> Ledger:
+        return Ledger.create(meta)
+
+    def _make_plan(self, led: Ledger) -> LabPlan:
+        return build_plan(self.topology, led.run_id, led.dir, seed=self.seed)
+
+    def _make_backend(self, cls: Any, plan: LabPlan, led: Ledger) -> Backend:
+        backend: Backend = cls(plan, led)
+        return backend
+
+    def _key(self) -> bytes:
+        return os.urandom(32)
 
     def detach(self) -> None:
         """Leave the lab running after this process exits (`tunlab up`); `tunlab down` removes it."""
@@ -230,20 +304,6 @@ class Lab:
         return self._backend
 
     @property
-    def run_id(self) -> str:
-        """The run's id (still readable after teardown)."""
-        if self._run_dir is None:
-            raise TunlabError("this lab was never brought up")
-        return self._run_dir.name
-
-    @property
-    def run_dir(self) -> Path:
-        """The run directory (/run/tunlab/<id>); it is removed at teardown."""
-        if self._run_dir is None:
-            raise TunlabError("this lab was never brought up")
-        return self._run_dir
-
-    @property
     def plan(self) -> LabPlan:
         if self._plan is None:
             raise TunlabError("this lab is not up")
@@ -254,11 +314,8 @@ class Lab:
         return dict(self._nodes)
 
     def node(self, name: str) -> Node:
-        try:
-            return self._nodes[name]
-        except KeyError:
-            raise TunlabError(f"there is no node '{name}' in this lab",
-                              f"nodes: {', '.join(self._nodes)}") from None
+        node: Node = super().node(name)
+        return node
 
     @property
     def underlay_links(self) -> list[UnderlayLink]:

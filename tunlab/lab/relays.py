@@ -298,7 +298,8 @@ class RelaySupervisor:
     def wait_connected(self, timeout: float | None = None, links: Iterable[Any] | None = None) -> None:
         """Until every relay has its peers connected and its UDP datapaths settled (all the plan's links,
         or ``links``); a relay that is not names itself and quotes its log."""
-        hops = hops_of(self.plan.links if links is None else links)
+        mine = {n.name for n in self.plan.nodes}  # a host's part of a lab across hosts: its own relays' hops
+        hops = [h for h in hops_of(self.plan.links if links is None else links) if h.node in mine]
         if not hops:
             return
         if timeout is None:

@@ -12,6 +12,9 @@ from tunlab.errors import TunlabError
 BACKENDS = {
     "netns": "tunlab.lab.backends.netns:NetnsBackend",
     "mininet": "tunlab.lab.backends.mininet.backend:MininetBackend",
+    # labs across hosts (docs/multihost.md): a host's part, and the controller's record of the hosts
+    "hostpart": "tunlab.lab.backends.hostpart:HostPartBackend",
+    "hosts": "tunlab.lab.multihost:HostsRecord",
 }
 
 

@@ -26,7 +26,7 @@ from tunlab.lab.backends.netem import require_netem_for
 from tunlab.model.shaping import LinkShaping, parse_link_options
 from tunlab.errors import TunlabError
 from tunlab.lab.ledger import Entry, Ledger, Remover, stop_run_processes
-from tunlab.model.plan import LabPlan
+from tunlab.model.plan import LabPlan, UnderlayLink
 
 T = TypeVar("T")
 
@@ -66,8 +66,12 @@ class NetnsBackend(Backend):
         self._in_worker(work)
 
     # ---------------------------------------------------------------------- links
+    def local_links(self) -> Sequence[UnderlayLink]:
+        """The veth pairs this backend makes (a host's part of a lab across hosts: those within the host)."""
+        return self.plan.links
+
     def create_links(self) -> None:
-        links = self.plan.links
+        links = self.local_links()
         ns = {n.name: n.netns for n in self.plan.nodes}
         self.ledger.append(*({"op": "link", "netns": ns[lk.a.node], "ifname": lk.a.ifname,
                               "peer_netns": ns[lk.b.node], "peer": lk.b.ifname} for lk in links))
