@@ -3,6 +3,10 @@ are relay hops over the hosts' underlay addresses (keyed, MTU fitted), and every
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from tunlab.model.topofile import load_topology
 from tunlab.testing import standin
 
 pytestmark = [pytest.mark.netns, pytest.mark.multihost]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +60,118 @@ def test_three_vnf_over_two_hosts_comes_up_and_goes_away(sset: standin.StandinSe
     assert host_leftovers(sset, run_id) == {}
     assert run_pids(run_id) == []
     assert not Path(f"/run/tunlab/{run_id}").exists()
+
+
+def test_three_vnf_scenario_passes_the_per_hop_checks_across_two_hosts(sset: standin.StandinSet,
+                                                                      tmp_path: Path) -> None:
+    from tunlab.model.scenario import load_scenario
+    from tunlab.run.runner import check_scenario
+
+    inv = load_inventory(inventory_of(sset, ["h1", "h2"], tmp_path / "hosts.ini"))
+    sc = load_scenario(ROOT / "scenarios/three_vnf.py")
+    with MultiHostLab(sc.topology, inv) as lab:
+        r = check_scenario(sc, lab, seed=1)
+        assert r.passed, [(c.name, c.hop, c.message) for c in r.failed]
+        assert r.chains == ["sender@h1 > vnf1@h1 > vnf2@h1 > vnf3@h2 > receiver@h2 (udp; kernel VNFs: vnf1, vnf2, vnf3)"]
+        assert len(r.flows) == 5 and all(f.passed for f in r.flows)
+        assert {c.name for c in r.links} >= {"link vnf2-vnf3"}  # the link between hosts is checked too
+        # a drop on h2's VNF is caught, and the failure names the hop's host
+        lab.node("vnf3").cmd_raises(["nft", "add table inet t; add chain inet t f { type filter hook forward "
+                                     "priority 0; policy drop; }"])
+        bad = check_scenario(sc, lab, seed=2)
+        assert not bad.passed
+        assert any(c.hop and c.hop.startswith("vnf3@h2") for c in bad.failed), [(c.name, c.hop) for c in bad.failed]
+
+
+def test_ten_vnf_chain_over_three_hosts_with_tunlab_run(sset: standin.StandinSet, tmp_path: Path) -> None:
+    scen = tmp_path / "ten.py"
+    scen.write_text('from tunlab import Ping, Udp, Tcp\ntopology = "linear"\nparams = {"n_vnfs": 10}\n'
+                    'traffic = [Ping(), Ping(size="mtu"), Udp(5000, size=300), Tcp(80)]\n')
+    res = subprocess.run([sys.executable, "-m", "tunlab", "run", str(scen), "--hosts", str(sset.inventory),
+                          "--results", str(tmp_path / "results"), "--json"],
+                         capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    (sc,) = out["scenarios"]
+    assert sc["passed"] and sc["chains"][0].startswith("sender@h1 > vnf1@h1 > vnf2@h1 > vnf3@h1 > vnf4@h2")
+    assert "vnf10@h3 > receiver@h3" in sc["chains"][0]
+    run_id = sc["run_id"]
+    assert host_leftovers(sset, run_id) == {} and run_pids(run_id) == []
+
+
+def test_controller_killed_then_clean_leaves_nothing(sset: standin.StandinSet, tmp_path: Path) -> None:
+    inv = inventory_of(sset, ["h1", "h2", "h3"], tmp_path / "hosts.ini")
+    script = tmp_path / "controller.py"
+    script.write_text(
+        "import sys, time\nfrom tunlab.lab.multihost import MultiHostLab\nfrom tunlab.model.hosts import load_inventory\n"
+        "from tunlab.model.topology import linear_chain\n"
+        f"lab = MultiHostLab(linear_chain(4), load_inventory({str(inv)!r})).__enter__()\n"
+        "print(lab.run_id, flush=True)\ntime.sleep(600)\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        run_id = p.stdout.readline().strip()  # type: ignore[union-attr]
+        assert len(run_id) == 4, run_id
+        assert set(host_leftovers(sset, run_id)) == {"h1", "h2", "h3"}
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()  # type: ignore[union-attr]
+    # every host's part outlives the controller (its relays still run) ...
+    assert run_pids(run_id)
+    # ... `tunlab clean` on one host removes that host's part (its agent, the owner, is gone: the run is dead)
+    tl = f"{sys.executable} -m tunlab"
+    res = sset.ssh("h2", f"cd {ROOT} && {tl} clean {run_id}")
+    assert res.returncode == 0 and f"run {run_id}: removed" in res.stdout, res.stdout + res.stderr
+    assert set(host_leftovers(sset, run_id)) == {"h1", "h3"}
+    # ... and `tunlab clean` on the controller asks every host for the rest
+    res = subprocess.run([sys.executable, "-m", "tunlab", "clean", run_id], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert host_leftovers(sset, run_id) == {}
+    assert run_pids(run_id) == []
+    assert not Path(f"/run/tunlab/{run_id}").exists()
+
+
+def test_up_and_down_from_the_controller(sset: standin.StandinSet, tmp_path: Path) -> None:
+    inv = inventory_of(sset, ["h1", "h2"], tmp_path / "hosts.ini")
+    res = subprocess.run([sys.executable, "-m", "tunlab", "up", "linear", "-p", "n_vnfs=2", "--hosts", str(inv)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "300"})
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.split()[1]
+    try:
+        assert "is up on 2 host(s)" in res.stdout and "h1: sender vnf1, h2: receiver vnf2" in res.stdout
+        assert set(host_leftovers(sset, run_id)) == {"h1", "h2"} and run_pids(run_id)
+    finally:
+        res = subprocess.run([sys.executable, "-m", "tunlab", "down", run_id], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert f"run {run_id}: removed 2 recorded object(s)" in res.stdout
+    assert host_leftovers(sset, run_id) == {} and run_pids(run_id) == []
+
+
+@pytest.mark.parametrize("broken", ["unreachable", "no tunlab", "fails to build"])
+def test_a_broken_host_is_one_line_and_nothing_is_left_elsewhere(sset: standin.StandinSet, tmp_path: Path,
+                                                                 broken: str) -> None:
+    from tunlab.errors import TunlabError
+    from tunlab.lab.ledger import list_runs
+    from tunlab.model.topology import Vnf, linear_chain
+
+    extra = {"unreachable": {"h2": "ansible_host=nowhere.invalid"}, "no tunlab": {"h2": "tunlab=/nonexistent/tunlab"},
+             "fails to build": {}}[broken]
+    inv = load_inventory(inventory_of(sset, ["h1", "h2"], tmp_path / "hosts.ini", **extra))
+    # "fails to build": h2's VNF has a ruleset nft rejects, so h2's part fails after h1's was made
+    vnf = (lambda i, name, ov: Vnf(name, ov, nft="table inet t { nonsense }" if i == 3 else None))
+    topo = linear_chain(4, vnf=vnf if broken == "fails to build" else None)
+    before = {r.run_id for r in list_runs()}
+    with pytest.raises(TunlabError) as e:
+        MultiHostLab(topo, inv).__enter__()
+    msg = e.value.message
+    assert "\n" not in msg and "host h2" in msg and "host h1" not in msg, msg
+    expect = {"unreachable": "host h2 (ssh nowhere.invalid): unreachable:",
+              "no tunlab": "host h2: tunlab missing (no command '/nonexistent/tunlab')",
+              "fails to build": "host h2: lab "}[broken]
+    assert expect in msg, msg
+    run_id = msg.split()[1].rstrip(":")
+    assert host_leftovers(sset, run_id) == {}
+    assert run_pids(run_id) == []
+    assert {r.run_id for r in list_runs()} == before

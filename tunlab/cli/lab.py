@@ -197,8 +197,10 @@ def _check_name(name: str) -> None:
               help="start a relay that dies again with its recorded command line")
 @click.option("--seed", type=int, default=None, metavar="N",
               help="run seed of the links' impairments (default: the topology's, else one per run, printed)")
+@click.option("--hosts", "hosts_file", metavar="FILE", type=click.Path(dir_okay=False), default=None,
+              help="an inventory: place the lab across its hosts over ssh (docs/multihost.md)")
 def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | None, name: str | None,
-           table: bool | None, restart: bool, seed: int | None) -> None:
+           table: bool | None, restart: bool, seed: int | None, hosts_file: str | None) -> None:
     """Bring TOPOLOGY up and leave it running (take it down with `tunlab down`).
 
     Progress goes to stderr while the lab comes up; then one line with the run id and its folder."""
@@ -208,6 +210,9 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
     if name is not None:
         _check_name(name)
     t = _load(topology, params)
+    if hosts_file:
+        _up_on_hosts(t, hosts_file, name, restart)
+        return
     t0 = time.perf_counter()
     lab = Lab(t, backend=backend, results_dir=os.path.abspath(results) if results else None,
               restart_relays=restart, seed=seed)
@@ -240,6 +245,25 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
     first = next(iter(lab.nodes))
     ref = name or lab.run_id
     con.print(f"try: {_sudo()}tunlab exec --run {ref} {first} -- ip addr    |    done: {_sudo()}tunlab down {ref}")
+
+
+def _up_on_hosts(t: Topology, hosts_file: str, name: str | None, restart: bool) -> None:
+    from tunlab.lab.multihost import MultiHostLab
+    from tunlab.model.hosts import load_inventory
+
+    t0 = time.perf_counter()
+    lab = MultiHostLab(t, load_inventory(hosts_file), restart_relays=restart)
+    lab.__enter__()
+    lab.detach()
+    if name is not None:
+        Ledger.open(lab.run_id).update_meta(name=name)
+    label = f"{lab.run_id} ({name})" if name else lab.run_id
+    per_host = ", ".join(f"{h}: {' '.join(n for n in lab.placement if lab.placement[n] == h)}"
+                         for h in dict.fromkeys(lab.placement.values()))
+    _console().print(f"lab [bold]{label}[/bold] ({t.name}, {len(t.nodes)} nodes) is up on "
+                     f"{len(set(lab.placement.values()))} host(s) in {time.perf_counter() - t0:.2f} s "
+                     f"({lab.trips.total} ssh round trips); {per_host}")
+    _console().print(f"done: {_sudo()}tunlab down {name or lab.run_id}")
 
 
 def _mine(led: Ledger) -> bool:

@@ -48,6 +48,8 @@ def shipped_scenarios() -> list[str]:
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="also write one JUnit XML file for all the scenarios")
 @click.option("--backend", type=click.Choice(["netns", "mininet"]), default="netns", show_default=True)
+@click.option("--hosts", "hosts_file", metavar="FILE", type=click.Path(dir_okay=False), default=None,
+              help="an inventory: each scenario's lab is placed across its hosts (docs/multihost.md)")
 @click.option("--seed", type=int, default=None,
               help="ids, ports and sequence numbers of the probes, and the run seed of the links' impairments "
                    "(default: random, and printed so that --seed N replays the same packets and decisions)")
@@ -57,7 +59,7 @@ def shipped_scenarios() -> list[str]:
 @click.option("-v", "--verbose", is_flag=True, help="a per-hop table for every probe (default: the first probe "
               "and every failing one)")
 def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: str | None, backend: str,
-            seed: int | None, as_json: bool, quiet: bool, verbose: bool) -> int:
+            hosts_file: str | None, seed: int | None, as_json: bool, quiet: bool, verbose: bool) -> int:
     """Build each scenario's lab, send its packets, check every hop, report.
 
     SCENARIO: a scenario file, or the name of one shipped with tunlab (three_vnf, firewall, tcp_chain,
@@ -79,6 +81,11 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
 
     files = [find_scenario(s) for s in scenarios]
     loaded = require_scenarios(files)  # every file checked before any lab comes up
+    inventory = None
+    if hosts_file:
+        from tunlab.model.hosts import load_inventory
+
+        inventory = load_inventory(hosts_file)
     if seed is None:
         seed = random.randrange(2**31)
     console = make_console(stderr=True) if as_json else make_console()
@@ -88,7 +95,8 @@ def run_cmd(scenarios: tuple[str, ...], keep: bool, results_root: str, junit: st
     for sc in loaded:
         if (as_json or len(loaded) > 1) and not quiet:  # progress, so a long run is never silent
             progress.print(f"running {sc.name} ({sc.source}) ...", style="dim")
-        result = run_scenario(sc, results_root=results_root, keep=keep, backend=backend, seed=seed)
+        result = run_scenario(sc, results_root=results_root, keep=keep, backend=backend, seed=seed,
+                              hosts=inventory)
         results.append(result)
         if as_json:
             continue

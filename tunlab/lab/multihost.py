@@ -195,6 +195,7 @@ class MultiHostLab(RunHandle):
         self._nodes: dict[str, RemoteNode] = {}
         self._links: list[UnderlayLink] = []
         self._detached = False
+        self.results_dir: Path | None = None  # (tunlab run sets it; logs stay on the hosts: docs/multihost.md)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> MultiHostLab:

@@ -8,6 +8,7 @@ has been silent for the scenario's ``settle`` time (so late duplicates and leaks
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -18,10 +19,10 @@ from typing import Any
 from tunlab.errors import TunlabError
 from tunlab.system.privileges import chown_to_invoking_user, make_user_dir, require_root, write_user_file
 from tunlab.model.scenario import PlannedProbe, Scenario, build_probes
-from tunlab.traffic.capture import Capture, CapturePoint
+from tunlab.traffic.capture import Capture, CapturePoint, write_pcaps
 from tunlab.verdict.checks import (Arrivals, Captures, Chain, CheckResult, LinkInfo, ScenarioResult, check_flow,
                                    check_links)
-from tunlab.traffic.decap import RelayEnd
+from tunlab.traffic.decap import Frame, RelayEnd
 from tunlab.traffic.inject import Injector
 from tunlab.verdict.report import junit_xml, write_text
 
@@ -127,19 +128,26 @@ def describe_chain(chain: Chain) -> str:
     return f"{' > '.join(chain.nodes)} ({'/'.join(transports)}{kinds})"
 
 
-def capture_points(lab: Any) -> list[CapturePoint]:
-    """Every capture point of the lab: the TUN of every node and every underlay link (at its b end).
+def capture_sites(lab: Any) -> list[tuple[CapturePoint, str]]:
+    """Every capture point of the lab with the node it is in: the TUN of every node and every underlay
+    link (at its b end; a link between hosts: on the b node's uplink, from the a node's host).
 
     Every one is a witness: a probe must be seen where its path goes and nowhere else, so the TUNs and links
     off its chain are watched too. Everything IP is kept (encapsulation, bare inner packets, ICMP errors,
     a rewritten probe whose addresses are no longer the ones it was sent with)."""
-    points: list[CapturePoint] = []
+    sites: list[tuple[CapturePoint, str]] = []
     for node in lab.topology.nodes:
         n = lab.node(node.name)
-        points.append(CapturePoint(f"tun@{node.name}", n.netns_file, n.overlay_dev, "ip or ip6"))
+        sites.append((CapturePoint(f"tun@{node.name}", n.netns_file, n.overlay_dev, "ip or ip6"), node.name))
     for lk in lab.underlay_links:
-        points.append(CapturePoint(f"link:{lk.name}", lab.node(lk.b.node).netns_file, lk.b.ifname, "ip or ip6"))
-    return points
+        sites.append((CapturePoint(f"link:{lk.name}", lab.node(lk.b.node).netns_file, lk.b.ifname, "ip or ip6"),
+                      lk.b.node))
+    return sites
+
+
+def capture_points(lab: Any) -> list[CapturePoint]:
+    """The points of :func:`capture_sites`."""
+    return [p for p, _ in capture_sites(lab)]
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -147,8 +155,9 @@ def capture_points(lab: Any) -> list[CapturePoint]:
 
 def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, keep: bool = False,
                  backend: str = "netns", before_send: BeforeSend | None = None,
-                 seed: int | None = None) -> ScenarioResult:
+                 seed: int | None = None, hosts: Any = None) -> ScenarioResult:
     """Run ``sc`` end to end on a lab of its own and return what it found; never raises for a failing check.
+    ``hosts``: an inventory (:func:`tunlab.model.hosts.load_inventory`): the lab is placed across its hosts.
 
     The evidence of a failed run (or of every run with ``keep``) goes to ``results_root/<run id>/`` in the
     layout of :func:`write_evidence`, with the lab's relay logs, final counters and ledger beside it."""
@@ -159,7 +168,13 @@ def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, ke
     root = Path(results_root)
     result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
     try:
-        with Lab(sc.topology, backend=backend, seed=seed) as lab:
+        if hosts is not None:
+            from tunlab.lab.multihost import MultiHostLab
+
+            made: Any = MultiHostLab(sc.topology, hosts)
+        else:
+            made = Lab(sc.topology, backend=backend, seed=seed)
+        with made as lab:
             check_scenario(sc, lab, result=result, seed=seed, before_send=before_send,
                            evidence=lambda: root / lab.run_id, keep=keep, started=started)
             if keep:
@@ -191,12 +206,18 @@ def check_scenario(sc: Scenario, lab: Any, *, result: ScenarioResult | None = No
     if result is None:
         result = ScenarioResult(sc.name, sc.source, sc.description, sc.topology.name)
     result.seed = random.randrange(2**31) if seed is None else seed
+    on_hosts = hasattr(lab, "collect")  # a lab across hosts (tunlab.lab.multihost): captures on every host
+    if on_hosts and sc.topology != lab.topology:  # its links keyed, its MTU fitted to the hosts' underlay
+        sc = dataclasses.replace(sc, topology=lab.topology)
     planned = build_probes(sc, seed=result.seed)
     listening: list[Capture] = []  # the capture, once it listens (kept as evidence if a later step fails)
-    cap: Capture | None = None
+    cap: Any = None
     counters: dict[str, Any] = {}
     try:
-        cap, counters = check_on_lab(sc, lab, planned, result, before_send=before_send, started=listening)
+        if on_hosts:
+            cap, counters = check_on_hosts(sc, lab, planned, result, before_send=before_send)
+        else:
+            cap, counters = check_on_lab(sc, lab, planned, result, before_send=before_send, started=listening)
         if not result.passed:
             result.notes += _relay_notes(counters)
     except TunlabError as exc:
@@ -241,9 +262,17 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
             result.notes.append("not every expected packet arrived (waited until the links were silent for "
                                 f"{max(GIVE_UP_QUIET, sc.settle):g} s, at most {sc.timeout:g} s)")
         cap.wait_quiet(sc.settle, sc.timeout)
+    _judge(lab, chains, planned, cap.frames(), result)
+    result.notes += _capture_notes(cap)
+    return cap, _counters(lab)
+
+
+def _judge(lab: Any, chains: dict[tuple[str, ...], Chain], planned: list[PlannedProbe],
+           frames: dict[str, list[Frame]], result: ScenarioResult) -> None:
+    """The per-hop checks of every probe, and every link's, from what the capture points saw."""
     keyed = bool(getattr(lab.topology, "keyed", False))
     links = lab_links(lab)
-    caps = Captures(cap.frames(), keys=lab.seal_keys() if keyed else None, links=links)
+    caps = Captures(frames, keys=lab.seal_keys() if keyed else None, links=links)
     caps.impairs = _impair_log(lab)
     result.flows = [check_flow(chains[_chain_key(p, nsh_walks, i)], caps, p.probe) for i, p in enumerate(planned)]
     if nsh_walks is not None:
@@ -252,7 +281,63 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
     # every link of the lab: a bare packet or a broken stream off the probes' chains is a failure too
     any_chain = next(iter(chains.values()))
     result.links += check_links(any_chain, caps, list(links.values()))
-    result.notes += _capture_notes(cap)
+
+
+# ------------------------------------------------------------------------------ a lab across hosts
+
+
+class GatheredCapture:
+    """The frames every host of a lab across hosts sent back, shaped like a stopped :class:`Capture`."""
+
+    def __init__(self, frames: dict[str, list[Frame]], stats: dict[str, tuple[int, int]]) -> None:
+        self._frames = frames
+        self.stats = stats
+
+    def frames(self) -> dict[str, list[Frame]]:
+        return {k: list(v) for k, v in self._frames.items()}
+
+    def write_pcaps(self, folder: str | Path) -> list[Path]:
+        return write_pcaps(folder, self._frames)
+
+
+def _on_host(name: str, placement: dict[str, str]) -> str:
+    return f"{name}@{placement[name]}" if name in placement else name
+
+
+def check_on_hosts(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: ScenarioResult, *,
+                   before_send: BeforeSend | None = None) -> tuple[GatheredCapture, dict[str, Any]]:
+    """:func:`check_on_lab` for a lab across hosts (:class:`tunlab.lab.multihost.MultiHostLab`, issue 19).
+
+    Each host captures its own points (its nodes' TUNs; the links whose b end it holds: a link between
+    hosts on the b node's uplink, arriving from the a node's host's underlay address), the senders' hosts
+    send, each host waits until its points are quiet and sends its frames back (one round trip per host
+    per phase: capture, send, collect); the checks are :func:`check_on_lab`'s. Results name each hop's host."""
+    result.run_id = lab.run_id
+    placement: dict[str, str] = lab.placement
+    chains = {p.nodes: chain_for(lab, p.nodes) for p in planned}
+    result.chains = [describe_chain(c).replace(" > ".join(c.nodes), " > ".join(_on_host(n, placement) for n in c.nodes))
+                     for c in chains.values()]
+    lab.wait_connected(sc.timeout)
+    points: dict[str, list[tuple[str, str, str, str]]] = {}
+    for point, node in capture_sites(lab):
+        points.setdefault(placement[node], []).append((point.name, node, point.ifname, point.bpf))
+    lab.capture_start(points)
+    if before_send is not None:
+        before_send(lab)
+    probes: dict[str, list[tuple[str, bytes]]] = {}
+    for p in planned:
+        probes.setdefault(placement[p.src], []).append((p.src, p.probe.packet))
+    lab.send(probes)
+    frames, stats = lab.collect(list(points), max(GIVE_UP_QUIET, sc.settle), sc.timeout)
+    cap = GatheredCapture(frames, stats)
+    _judge(lab, chains, planned, cap.frames(), result)
+    for check in [*result.links, *(c for f in result.flows for c in f.checks)]:
+        if check.hop:  # "vnf3 TUN in" -> "vnf3@h2 TUN in": the host of the hop a failure is about
+            first, _, rest = check.hop.partition(" ")
+            check.hop = f"{_on_host(first, placement)} {rest}".strip()
+    result.notes.append("hosts: " + "; ".join(
+        f"{h}: {' '.join(n for n in placement if placement[n] == h)}" for h in dict.fromkeys(placement.values())))
+    result.notes += _capture_notes(cap)  # type: ignore[arg-type]
     return cap, _counters(lab)
 
 
@@ -334,7 +419,7 @@ def _relay_notes(counters: dict[str, Any]) -> list[str]:
     return notes
 
 
-def write_evidence(result: ScenarioResult, cap: Capture | None, counters: dict[str, Any], folder: Path) -> Path:
+def write_evidence(result: ScenarioResult, cap: Any, counters: dict[str, Any], folder: Path) -> Path:
     """The one evidence layout of a checked scenario, from ``tunlab run`` or from the pytest plugin::
 
         FOLDER/pcaps/link_<link>.pcap   every underlay link (raw IP; decode with tunlab/wireshark/tunlab.lua)

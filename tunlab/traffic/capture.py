@@ -293,12 +293,7 @@ class Capture:
         """One file per point in ``folder`` (named by :func:`pcap_path`): ``link_<name>.pcap`` for an underlay
         link, ``tun_<node>.pcapng`` for a TUN (pcapng: each packet says whether it went out of the TUN, toward
         the relay, or came in from it)."""
-        out = []
-        for name, frames in self.frames().items():
-            with open_writer(folder, name) as w:
-                w.write(frames)
-            out.append(w.path)
-        return out
+        return write_pcaps(folder, self.frames())
 
 
 class PcapWriter:
@@ -379,6 +374,16 @@ def pcap_path(folder: str | os.PathLike[str], point: str) -> Path:
 def open_writer(folder: str | os.PathLike[str], point: str) -> PcapWriter:
     path = pcap_path(folder, point)
     return (PcapngWriter if path.suffix == ".pcapng" else PcapWriter)(path, ifname=point)
+
+
+def write_pcaps(folder: str | os.PathLike[str], frames: dict[str, list[Frame]]) -> list[Path]:
+    """One file per capture point (:meth:`Capture.write_pcaps`; also frames gathered from other hosts)."""
+    out = []
+    for name, fs in frames.items():
+        with open_writer(folder, name) as w:
+            w.write(fs)
+        out.append(w.path)
+    return out
 
 
 def write_pcap(path: str | os.PathLike[str], frames: Iterable[Frame]) -> None:
