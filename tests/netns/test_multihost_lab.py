@@ -175,3 +175,27 @@ def test_a_broken_host_is_one_line_and_nothing_is_left_elsewhere(sset: standin.S
     assert host_leftovers(sset, run_id) == {}
     assert run_pids(run_id) == []
     assert {r.run_id for r in list_runs()} == before
+
+
+def test_plugin_places_its_labs_across_hosts(sset: standin.StandinSet, pytester: pytest.Pytester) -> None:
+    import tunlab.run.runner  # noqa: F401 - imported once here: in-process inner runs drop their imports
+
+    inv = inventory_of(sset, ["h1", "h2"], pytester.path / "hosts.ini")
+    pytester.makepyfile(test_mh='''
+import pytest
+from pathlib import Path
+from tunlab import Ping, Udp
+
+pytestmark = pytest.mark.netns
+
+@pytest.mark.tunlab_topology("linear", params={"n_vnfs": 2})
+def test_across(tunlab_lab, tunlab_checks):
+    (Path(__file__).parent / "run_id").write_text(tunlab_lab.run_id)
+    assert set(tunlab_lab.placement.values()) == {"h1", "h2"}
+    result = tunlab_checks.flows([Ping(), Udp(5000)])
+    assert result.passed and "@h2" in result.chains[0]
+''')
+    res = pytester.runpytest("-p", "no:hypothesispytest", f"--tunlab-hosts={inv}")
+    res.assert_outcomes(passed=1)
+    run_id = (pytester.path / "run_id").read_text()
+    assert host_leftovers(sset, run_id) == {} and run_pids(run_id) == []

@@ -271,6 +271,12 @@ class MultiHostLab(RunHandle):
             n: {"host": node.host, "netns_file": node.netns_file, "overlay_ip": node.overlay_ip}
             for n, node in self._nodes.items()})
 
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise TunlabError("this lab is not up")
+        return self._ledger
+
     def session(self, host: str) -> AgentSession:
         try:
             return self._sessions[host]

@@ -50,7 +50,7 @@ def tunlab_artefacts(request: pytest.FixtureRequest,
 def tunlab_lab_factory(request: pytest.FixtureRequest, tunlab_artefacts: Path) -> Generator[LabFactory, None, None]:
     """Build labs on demand: ``lab = tunlab_lab_factory(topology)``; all are torn down after the test."""
     settings = artefacts.settings(request.config)
-    factory = LabFactory(backend=settings.backend, results_dir=tunlab_artefacts)
+    factory = LabFactory(backend=settings.backend, results_dir=tunlab_artefacts, hosts=settings.hosts)
     artefacts.on_failure(request.node, factory.snapshot)
     yield factory
     _fail_teardown(request.node, factory.close())
@@ -86,7 +86,7 @@ def tunlab_module_labs(request: pytest.FixtureRequest) -> Generator[ModuleLabs, 
     if folder.exists():
         shutil.rmtree(folder)
     make_user_dir(folder)
-    shared = ModuleLabs(LabFactory(backend=settings.backend, results_dir=folder))
+    shared = ModuleLabs(LabFactory(backend=settings.backend, results_dir=folder, hosts=settings.hosts))
     yield shared
     problems = shared.factory.close()
     failed = bool(request.node.stash.get(artefacts.MODULE_FAILED_KEY, False)) or bool(problems)

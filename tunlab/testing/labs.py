@@ -69,8 +69,11 @@ def _refresh(running: _Running) -> leaks.Recorded:
 class LabFactory:
     """``factory(topology, **lab_kwargs) -> Lab``: up and ready, with its links captured."""
 
-    def __init__(self, *, backend: str, results_dir: Path, capture: bool = True) -> None:
+    def __init__(self, *, backend: str, results_dir: Path, capture: bool = True, hosts: Path | None = None) -> None:
         self.backend = backend
+        #: --tunlab-hosts: labs across the inventory's hosts (their captures are taken on the hosts by the
+        #: checks, so no spooled capture here)
+        self.hosts = hosts
         self.results_dir = results_dir
         self.capture = capture
         self._running: list[_Running] = []
@@ -92,7 +95,14 @@ class LabFactory:
         failure = None
         try:
             topo = resolve_topology(topology, params)
-            lab = Lab(topo, **lab_kwargs)
+            if self.hosts is not None:
+                from tunlab.lab.multihost import MultiHostLab
+                from tunlab.model.hosts import load_inventory
+
+                lab = MultiHostLab(topo, load_inventory(self.hosts))  # type: ignore[assignment]
+                capture = False
+            else:
+                lab = Lab(topo, **lab_kwargs)
             lab.__enter__()  # a lab that fails to come up tears itself down and raises
         except TunlabError as exc:  # one line naming the topology's file, not a traceback through the plugin
             source = getattr(topo, "source", None) or getattr(topo, "name", None)

@@ -30,6 +30,8 @@ def add_options(add_func: Callable[..., Any]) -> None:
              help="backend the lab fixtures build labs with (default: netns)")
     add_func("--tunlab-results", action="store", default=None, metavar="DIR", dest="tunlab_results",
              help=f"folder for per-test artefacts (default: <rootdir>/{DEFAULT_RESULTS})")
+    add_func("--tunlab-hosts", action="store", default=None, metavar="FILE", dest="tunlab_hosts",
+             help="an inventory (docs/multihost.md): the lab fixtures place their labs across its hosts")
 
 
 def add_ini(parser: pytest.Parser) -> None:
@@ -47,6 +49,7 @@ class Settings:
     results: Path
     worker: str          # "main" or the pytest-xdist worker id (gw0, gw1, ...)
     session_token: str   # shared by all workers of one run, different between runs
+    hosts: Path | None = None  # --tunlab-hosts: labs across the inventory's hosts
 
     @property
     def session_dir(self) -> Path:
@@ -65,8 +68,10 @@ class Settings:
             token = str(workerinput.get("tunlab_token") or workerinput.get("testrunuid", new_token()))
         else:
             worker, token = "main", new_token()
+        hosts = config.getoption("tunlab_hosts")
         return cls(keep=bool(config.getoption("tunlab_keep")), backend=config.getoption("tunlab_backend"),
-                   results=path, worker=worker, session_token=token)
+                   results=path, worker=worker, session_token=token,
+                   hosts=(config.invocation_params.dir / hosts) if hosts else None)
 
 
 def new_token() -> str:
