@@ -149,6 +149,43 @@ def test_up_and_down_from_the_controller(sset: standin.StandinSet, tmp_path: Pat
     assert host_leftovers(sset, run_id) == {} and run_pids(run_id) == []
 
 
+def test_tcp_chain_across_two_hosts(sset: standin.StandinSet, tmp_path: Path) -> None:
+    inv = inventory_of(sset, ["h1", "h2"], tmp_path / "hosts.ini")
+    res = subprocess.run([sys.executable, "-m", "tunlab", "run", "tcp_chain", "--hosts", str(inv), "--json",
+                          "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    (sc,) = json.loads(res.stdout)["scenarios"]
+    assert sc["passed"] and "vnf3@h2" in sc["chains"][0] and "(tcp" in sc["chains"][0]
+
+
+@pytest.mark.parametrize("blocked", ["icmp", "tcp"])
+def test_an_underlay_that_does_not_reach_is_named(sset: standin.StandinSet, tmp_path: Path, blocked: str) -> None:
+    """ICMP dropped: the hello phase's ping between hosts fails; TCP to the hosts' relay ports dropped: the
+    connect phase fails and names the underlay path."""
+    from tunlab.errors import TunlabError
+    from tunlab.model.topology import linear_chain
+
+    inv = load_inventory(inventory_of(sset, ["h1", "h2"], tmp_path / "hosts.ini"))
+    match = "ip protocol icmp" if blocked == "icmp" else "tcp dport 30000-50000"
+    rule = (f"nft add table ip blk && nft add chain ip blk pre '{{ type filter hook prerouting priority -300; }}' "
+            f"&& nft add rule ip blk pre iifname eth0 {match} drop")
+    assert sset.ssh("h2", rule).returncode == 0
+    try:
+        with pytest.raises(TunlabError) as e:
+            MultiHostLab(linear_chain(2, "tcp" if blocked == "tcp" else "udp"), inv, ready_timeout=3).__enter__()
+    finally:
+        assert sset.ssh("h2", "nft delete table ip blk").returncode == 0
+    msg = e.value.message
+    assert "\n" not in msg
+    if blocked == "icmp":
+        assert msg.endswith("host h1: cannot reach host h2's underlay 10.77.0.2 (ping)"), msg
+    else:
+        assert "host h1: node vnf1 got no answer from vnf2 on host h2 over the underlay (10.77.0.1 -> 10.77.0.2)" in msg
+        assert "tunlab hosts check" in (e.value.hint or "")
+    run_id = msg.split()[1].rstrip(":")
+    assert host_leftovers(sset, run_id) == {} and run_pids(run_id) == []
+
+
 @pytest.mark.parametrize("broken", ["unreachable", "no tunlab", "fails to build"])
 def test_a_broken_host_is_one_line_and_nothing_is_left_elsewhere(sset: standin.StandinSet, tmp_path: Path,
                                                                  broken: str) -> None:

@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import selectors
 import subprocess
 import time
@@ -31,7 +32,7 @@ from typing import Any
 from tunlab.errors import TunlabError
 from tunlab.lab.lab import NodeCommands, RunHandle
 from tunlab.lab.ledger import Entry, Ledger, Remover, remove_files
-from tunlab.lab.remote import INSTALL_HINT, HostError, Remote, RoundTrips, local_version, on_all
+from tunlab.lab.remote import INSTALL_HINT, HostError, Remote, RoundTrips, local_version, on_all, skew_problem
 from tunlab.model.graph import graph_data
 from tunlab.model.hosts import HostPlan, Inventory, host_plan, lab_topology, place
 from tunlab.model.plan import UnderlayLink
@@ -216,8 +217,8 @@ class MultiHostLab(RunHandle):
     def _fail(self, errors: list[HostError]) -> None:
         if errors:
             first = errors[0]
-            if len(errors) > 1:
-                first.message += f" (and {len(errors) - 1} more: {'; '.join(e.message for e in errors[1:3])})"
+            if len(errors) > 1:  # the others by host only: one line
+                first.message += f" (also on {', '.join(e.message.split(':')[0] for e in errors[1:])})"
             raise first
 
     def _bring_up(self, led: Ledger) -> None:
@@ -226,13 +227,23 @@ class MultiHostLab(RunHandle):
         used = [h for h in inv.hosts if h.name in set(self.placement.values())]
         self._sessions = {h.name: AgentSession(Remote(h, self.trips)) for h in used}
         sessions = list(self._sessions.values())
-        hello, errors = phase(sessions, {h.name: {"cmd": "hello", "underlay": h.underlay} for h in used})
+        w0 = time.time()
+        hello, errors = phase(sessions, {h.name: {"cmd": "hello", "underlay": h.underlay,
+                                                  "peers": [o.underlay for o in used if o is not h]} for h in used})
+        w1 = time.time()
         self._fail(errors)
         version = local_version()
         for name, r in hello.items():
             if r.get("version") != version:
                 raise HostError(f"host {name}: tunlab {r.get('version')} there, {version} here: "
                                 + INSTALL_HINT.replace("VERSION", version))
+            skew = skew_problem(name, float(r.get("time") or 0), w0, w1)
+            if skew:
+                raise HostError(skew)
+            for addr in r.get("unreached") or []:
+                far = next(h for h in used if h.underlay == addr)
+                raise HostError(f"host {name}: cannot reach host {far.name}'s underlay {addr} (ping)",
+                                "check the inventory's underlay= and the network between the hosts: tunlab hosts check")
         mtus = {name: int(r["mtu"]) for name, r in hello.items() if r.get("mtu")}
         missing = [h for h in used if not hello[h.name].get("mtu")]
         if missing:
@@ -256,7 +267,7 @@ class MultiHostLab(RunHandle):
         self.timings["up"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _, errors = phase(sessions, {h.name: {"cmd": "connect", "timeout": self.ready_timeout} for h in used})
-        self._fail(errors)
+        self._fail([self._across(e) for e in errors])
         self.timings["connect"] = time.perf_counter() - t0
         for n in t.nodes:
             host = self.placement[n.name]
@@ -276,6 +287,21 @@ class MultiHostLab(RunHandle):
         if self._ledger is None:
             raise TunlabError("this lab is not up")
         return self._ledger
+
+    def _across(self, exc: HostError) -> HostError:
+        """A relay that did not connect to a peer on another host: say which underlay did not reach."""
+        m = re.search(r"the relay of node (\w+) did not (?:connect to|settle its datapath with) ([\w, ]+?) in time",
+                      exc.message)
+        if m:
+            here = self.placement.get(m.group(1))
+            far = [p for p in m.group(2).split(", ") if self.placement.get(p) not in (None, here)]
+            if far and here:
+                h = self.inventory.host(self.placement[far[0]])
+                exc.message = (f"host {here}: node {m.group(1)} got no answer from {far[0]} on host {h.name} "
+                               f"over the underlay ({self.inventory.host(here).underlay} -> {h.underlay}): "
+                               f"{exc.message.split(': ', 1)[-1]}")
+                exc.hint = "do the hosts reach each other's underlay (UDP/TCP, any firewall)? tunlab hosts check"
+        return exc
 
     def session(self, host: str) -> AgentSession:
         try:

@@ -139,6 +139,16 @@ wait
 """
 
 
+def skew_problem(host: str, remote_time: float, t0: float, t1: float) -> str | None:
+    """The host's clock read between ``t0`` and ``t1`` (the controller's): a line if it is off by more
+    than :data:`MAX_SKEW_S` beyond what the round trip leaves uncertain."""
+    skew = remote_time - (t0 + t1) / 2
+    if abs(skew) <= MAX_SKEW_S + (t1 - t0) / 2:
+        return None
+    return (f"host {host}: clock {abs(skew):.1f} s {'ahead of' if skew > 0 else 'behind'} the controller's "
+            "(run NTP/chrony on every host)")
+
+
 def check_script(host: Host, others: Sequence[Host]) -> str:
     words = shlex.split(host.tunlab)
     return _CHECK.format(exe=shlex.quote(words[0]), tunlab=shlex.join(words), underlay=shlex.quote(host.underlay),
@@ -176,10 +186,9 @@ def judge_check(host: Host, out: str, t0: float, t1: float, others: Sequence[Hos
     except (KeyError, ValueError):
         problems.append(f"{name}: could not read its clock")
     else:
-        skew = remote_time - (t0 + t1) / 2
-        if abs(skew) > MAX_SKEW_S + (t1 - t0) / 2:
-            problems.append(f"{name}: clock {abs(skew):.1f} s {'ahead of' if skew > 0 else 'behind'} the "
-                            "controller's (run NTP/chrony on every host)")
+        skew = skew_problem(host.name, remote_time, t0, t1)
+        if skew:
+            problems.append(skew)
     if facts.get("underlay") != "ok":
         problems.append(f"{name}: underlay {host.underlay} is not an address of this host "
                         "(fix underlay= in the inventory)")

@@ -5,7 +5,8 @@ One JSON object per line each way: a request ``{"cmd": ...}`` on stdin, one repl
 ...}`` or ``{"ok": false, "error": "one line"}``). Each request is one phase for this host (so one SSH round
 trip per host per phase, the controller sending to every host before reading any reply):
 
-- ``hello`` {underlay}: version, pid, clock, the MTU of the interface holding the underlay address;
+- ``hello`` {underlay, peers}: version, pid, clock, the MTU of the interface holding the underlay address,
+  the other hosts' underlay addresses that do not answer a ping;
 - ``up`` {run_id, topology, placement, inventory, host, key}: the host's part of the lab (its nodes, veths,
   uplinks, relays ready; its own ledger) -- :class:`tunlab.lab.hostpart.HostPartLab`;
 - ``connect`` {timeout}: every hop of this host's relays connected and settled;
@@ -55,6 +56,13 @@ def underlay_mtu(addr: str) -> int | None:
         return None
 
 
+def unreached(addrs: list[str]) -> list[str]:
+    """The addresses among ``addrs`` that do not answer one ping within 2 s (all pinged at once)."""
+    procs = [(a, subprocess.Popen(["ping", "-c", "1", "-W", "2", "-q", a], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)) for a in addrs]
+    return [a for a, p in procs if p.wait(timeout=10) != 0]
+
+
 class Agent:
     def __init__(self) -> None:
         self.lab: Any = None
@@ -74,7 +82,8 @@ class Agent:
         from importlib.metadata import version
 
         return {"version": version("tunlab"), "pid": os.getpid(), "time": time.time(), "root": os.geteuid() == 0,
-                "mtu": underlay_mtu(str(req.get("underlay", "")))}
+                "mtu": underlay_mtu(str(req.get("underlay", ""))),
+                "unreached": unreached([str(a) for a in req.get("peers") or []])}
 
     def do_up(self, req: dict[str, Any]) -> dict[str, Any]:
         from tunlab.lab.hostpart import HostPartLab
