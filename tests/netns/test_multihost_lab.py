@@ -33,6 +33,7 @@ def test_three_vnf_over_two_hosts_comes_up_and_goes_away(sset: standin.StandinSe
     topo = load_topology("three_vnf", {})
     with MultiHostLab(topo, inv) as lab:
         run_id = lab.run_id
+        lab.results_dir = tmp_path / "results"  # as `tunlab run` sets it when it keeps evidence
         assert lab.placement == {"sender": "h1", "vnf1": "h1", "vnf2": "h1", "vnf3": "h2", "receiver": "h2"}
         # one ssh round trip per host per phase: session, hello, up, connect
         assert lab.trips.per_host == {"h1": 4, "h2": 4}
@@ -60,6 +61,11 @@ def test_three_vnf_over_two_hosts_comes_up_and_goes_away(sset: standin.StandinSe
     assert host_leftovers(sset, run_id) == {}
     assert run_pids(run_id) == []
     assert not Path(f"/run/tunlab/{run_id}").exists()
+    # every host's relay logs, final counters and ledger came back
+    kept = tmp_path / "results" / run_id / "hosts"
+    assert {p.name for p in (kept / "h2").iterdir()} >= {"ledger.jsonl", "receiver.log", "vnf3.log"}
+    assert "ready" in (kept / "h1" / "vnf2.log").read_text()
+    assert lab.final_counters["vnf3"]["peers"]["vnf2"]["rx_packets"] >= 1
 
 
 def test_three_vnf_scenario_passes_the_per_hop_checks_across_two_hosts(sset: standin.StandinSet,

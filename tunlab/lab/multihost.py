@@ -322,16 +322,30 @@ class MultiHostLab(RunHandle):
                     s.recv()
                 except HostError:
                     pass
-        answers, errors = phase(sessions, {name: {"cmd": "down"} for name in self._up if name in self._sessions})
+        logs = self.results_dir is not None
+        answers, errors = phase(sessions, {name: {"cmd": "down", "logs": logs}
+                                           for name in self._up if name in self._sessions})
         self.teardown_errors = [e.message for e in errors]
         for name, r in answers.items():
             self.teardown_errors += [f"host {name}: {e}" for e in r.get("errors", [])]
             self.final_counters.update(r.get("final_counters") or {})
+            if logs and r.get("logs"):
+                self._keep_logs(name, r["logs"], led.run_id)
         for s in sessions:
             s.close()
         if self.teardown_errors:  # hosts we could not reach: `tunlab clean` asks them again later
             return
         led.remove_dir()
+
+    def _keep_logs(self, host: str, files: dict[str, str], run_id: str) -> None:
+        """A host's relay logs, counters and ledger into ``results_dir/<run>/hosts/<host>/`` (the user's)."""
+        from tunlab.system.privileges import make_user_dir, write_user_file
+
+        assert self.results_dir is not None
+        folder = make_user_dir(Path(self.results_dir) / run_id / "hosts" / host)
+        for name, text in files.items():
+            if "/" not in name and not name.startswith("."):
+                write_user_file(folder / name, text)
 
     def detach(self) -> None:
         """Leave every host's part up after this process exits (`tunlab up --hosts`); `tunlab down` removes it."""

@@ -13,7 +13,7 @@ trip per host per phase, the controller sending to every host before reading any
 - ``exec`` {node, argv}, ``counters``, ``dead``, ``keys``;
 - ``capture`` {points}, ``send`` {probes}, ``collect`` {quiet, timeout}: captures on this host's points, the
   probes sent from its nodes, the frames gathered back (for the per-hop checks on the controller);
-- ``down``: teardown, final counters; ``detach``: leave the part up (`tunlab up --hosts`).
+- ``down`` {logs}: teardown, final counters (and the relays' logs, counters and ledger); ``detach``: leave the part up (`tunlab up --hosts`).
 
 Objects (topology, inventory, frames) travel pickled in base64: the controller is root on this host through
 ssh already and runs the same tunlab version (``hello`` says which), so this adds no trust.
@@ -159,8 +159,20 @@ class Agent:
         self.done = True
         if lab is None:
             return {"errors": [], "final_counters": {}}
-        lab.close()
-        return {"errors": lab.teardown_errors, "final_counters": lab.final_counters}
+        logs: dict[str, str] = {}
+        if req.get("logs"):  # the relays' logs and counters, as they are at teardown
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory(prefix="tunlab-agent-") as tmp:
+                lab.results_dir = Path(tmp)
+                lab.close()
+                for f in sorted((Path(tmp) / lab.run_id).glob("*")):
+                    if f.is_file() and f.stat().st_size <= 4 << 20:
+                        logs[f.name] = f.read_text(errors="replace")
+        else:
+            lab.close()
+        return {"errors": lab.teardown_errors, "final_counters": lab.final_counters, "logs": logs}
 
     def do_detach(self, req: dict[str, Any]) -> dict[str, Any]:
         self._lab().detach()
