@@ -11,7 +11,7 @@ import pytest
 
 from tunlab.errors import TunlabError
 from tunlab.lab.impairs import directions, request
-from tunlab.relay.control import COMMANDS, ControlServer, answer, control_request, query_stats, register_command
+from tunlab.relay.control import MAX_LINE, COMMANDS, ControlServer, answer, control_request, query_stats, register_command
 from tunlab.relay.loop import Loop
 
 
@@ -61,7 +61,7 @@ def test_registry_and_a_real_socket(tmp_path) -> None:
                 control_request(path, {"cmd": "nope"})
             s = socket.socket(socket.AF_UNIX)
             s.connect(path)
-            s.sendall(b"{" * 9000)
+            s.sendall(b"{" * (MAX_LINE + 1000))  # no newline, past the limit
             assert json.loads(s.makefile().readline())["ok"] is False
             s.close()
         finally:
