@@ -273,3 +273,13 @@ def test_reclassification_moves_the_next_probes(netlab: NetLab) -> None:
     assert fwd == [(20, 99)] * 3
     assert ch.nsh("v2")["to_sf"] == v2_sf + 3  # only the 3 replies (path 11) went through V2's SF
     assert ch.nsh("b")["lookups"]["20/99"] == 3
+    # NSH forwarding goes through a peer's stages (issue 17's seam 2): a link taken down at run time drops
+    down = request(ch.relays["v2"].control, {"cmd": "link", "peer": "b", "state": "down"})
+    assert down["ok"], down
+    delivered = ch.nsh("b")["delivered"]
+    assert ping(ch.ns["a"], B_IP, count=1, deadline=1, check=False).returncode != 0
+    assert ch.nsh("b")["delivered"] == delivered
+    drops = ch.relays["v2"].counters()["drops"]
+    assert any("down" in k and v > 0 for k, v in drops.items()), drops
+    assert request(ch.relays["v2"].control, {"cmd": "link", "peer": "b", "state": "up"})["ok"]
+    ping(ch.ns["a"], B_IP, count=1)

@@ -76,11 +76,15 @@ def test_plan_writes_nsh_files_and_room_for_the_header(tmp_path: Path) -> None:
     ((ServicePath(10, P, dport="x"),), {}, "not a port"),
     ((ServicePath(10, P, ttl=3),), {}, "TTL 3 expires"),
     ((ServicePath(10, P),), {"transport": "tcp"}, "unkeyed UDP links"),
+    ((ServicePath(10, P),), {"impair": "delay=5ms"}, "link impairments are not checked together with NSH"),
 ])
 def test_bad_service_paths_one_line(paths, kw, msg) -> None:  # type: ignore[no-untyped-def]
     transport = kw.pop("transport", "udp")
+    base = linear_chain(2, transport)
+    if "impair" in kw:
+        base = replace(base, links=(replace(base.links[0], impair=kw["impair"]), *base.links[1:]))
     with pytest.raises(TopologyError) as e:
-        replace(linear_chain(2, transport), service_paths=paths)
+        replace(base, service_paths=paths)
     assert msg in str(e.value) + " " + (e.value.hint or "") and "\n" not in str(e.value)
 
 

@@ -671,6 +671,10 @@ def _validate_service_paths(topo: Topology) -> None:
     if topo.keyed or any(lk.transport != "udp" for lk in topo.links):
         raise _fail("topology", "service_paths", "NSH service paths run over unkeyed UDP links (VXLAN-GPE)",
                     "use transport udp on every link and keyed=False")
+    impaired = [lk for lk in topo.links if lk.impairs()]
+    if impaired:  # the relays impair NSH datagrams, but the verdicts' decision logs follow inner packets only
+        raise _fail(impaired[0].where, "impair", "link impairments are not checked together with NSH service "
+                    "paths yet", "drop the impairments, or the service_paths")
     if topo.overlay_net6 is not None:
         raise _fail("topology", "service_paths", "NSH service paths are IPv4-overlay only here",
                     "drop overlay_net6")

@@ -180,27 +180,6 @@ class ControlServer:
                 pass
             self._drop(fd)
 
-    def json_request(self, line: bytes) -> dict[str, Any]:
-        """One JSON request -> its reply (never raises: a bad request is an ``ok: false`` answer)."""
-        try:
-            req = json.loads(line)
-        except ValueError as exc:
-            return {"ok": False, "error": f"not JSON: {exc}"}
-        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-            return {"ok": False, "error": 'a request is {"cmd": NAME, ...}'}
-        name = req["cmd"]
-        if name == "stats":
-            return {"ok": True, **self.counters()}
-        handler = self.commands.get(name)
-        if handler is None:
-            return {"ok": False, "error": f"unknown command {name[:40]!r}; known: {', '.join(['stats', *self.commands])}"}
-        try:
-            return handler(req)
-        except TunlabError as exc:
-            return {"ok": False, "error": exc.message + (f" ({exc.hint})" if exc.hint else "")}
-        except Exception as exc:  # a handler's bug answers, never kills the relay
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-
     def _expire(self) -> None:
         now = time.monotonic()
         for fd, (_, _, t) in list(self.clients.items()):

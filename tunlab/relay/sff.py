@@ -290,7 +290,7 @@ class NshUdpDatapath(SimpleUdpDatapath):
             return
         peer = self.table.peers[to]
         self.counts["forwarded"] += 1
-        self.send(peer, data, len(data))
+        self.out(peer, data, len(data))  # through the peer's stages (impairments, link down) when it has any
 
     def service(self, data: bytearray | memoryview, hlen: int, came: "Peer | None") -> None:
         mv = memoryview(data)
