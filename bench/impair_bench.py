@@ -13,7 +13,7 @@
 4. replay: two runs of 10,000 identical UDP packets through an impaired relay (loss, delay+jitter,
    duplicate, reorder) with one seed give byte-identical decision logs (and another seed does not).
 
-    sudo .venv/bin/python bench/impair_bench.py [--seconds 5] [--only delay,loss,throughput,replay]
+    sudo .venv/bin/python bench/impair_bench.py [--seconds 5] [--rounds 3] [--only delay,loss,throughput,replay]
 
 Namespaces bimp<random>a/b, removed at the end. The machine is shared (2 vCPUs, other agents running):
 figures are noisy; compare within one run.
@@ -251,20 +251,25 @@ def iperf(pair: Pair, seconds: float, udp: bool = False) -> float:
         return 0.0
 
 
-def bench_throughput(pair: Pair, seconds: float) -> dict[str, float]:
-    out = {}
+def bench_throughput(pair: Pair, seconds: float, rounds: int = 3) -> dict[str, float]:
+    out: dict[str, float] = {}
     def imp(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("--impair", f"peer={spec}", "--seed", "2"), ("--impair", f"peer={spec}", "--seed", "3")
     configs = (("plain (reference)", ("--datapath", "plain"), ("--datapath", "plain")), ("gso", (), ()),
                ("loss=0.1% delay=5ms", *imp("loss=0.1% delay=5ms")), ("delay=5ms", *imp("delay=5ms")),
                ("loss=0.1%", *imp("loss=0.1%")))
-    for label, a_extra, b_extra in configs:
-        pair.start(a_extra, b_extra)
-        for ns in (pair.a, pair.b):  # the lab's TUNs have txqlen 4096 (a relay-made device gets 64)
-            sh("ip", "-n", ns, "link", "set", "dev", pair.p + "t", "txqlen", "4096")
-        out[label] = gbps = iperf(pair, seconds)
+    runs: dict[str, list[float]] = {label: [] for label, _, _ in configs}
+    for _ in range(rounds):  # interleaved rounds: the machine's load drifts; medians per configuration
+        for label, a_extra, b_extra in configs:
+            pair.start(a_extra, b_extra)
+            for ns in (pair.a, pair.b):  # the lab's TUNs have txqlen 4096 (a relay-made device gets 64)
+                sh("ip", "-n", ns, "link", "set", "dev", pair.p + "t", "txqlen", "4096")
+            runs[label].append(iperf(pair, seconds))
+    for label, _, _ in configs:
+        out[label] = gbps = statistics.median(runs[label])
         ratio = gbps / out["plain (reference)"] if out["plain (reference)"] else 0.0
-        print(f"  TCP {label}{' both ways' if '=' in label else ''}: {gbps:.3f} Gbit/s ({ratio:.2f} of plain)")
+        print(f"  TCP {label}{' both ways' if '=' in label else ''}: median {gbps:.3f} Gbit/s ({ratio:.2f} of plain; "
+              f"rounds {', '.join(f'{x:.3f}' for x in runs[label])})")
     ratio = out["loss=0.1% delay=5ms"] / out["plain (reference)"] if out["plain (reference)"] else 0.0
     out["ratio"] = ratio
     verdict = "goal met" if ratio >= 0.5 else "goal: at least 0.5"
@@ -308,6 +313,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", default="delay,loss,throughput,replay")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (medians)")
     args = ap.parse_args()
     parts = args.only.split(",")
     if os.geteuid() != 0:
@@ -324,8 +330,8 @@ def main() -> int:
             print("delay accuracy (one way, through a real relay pair, plain datapath):")
             results["delay"] = bench_delay(pair, args.seconds)
         if "throughput" in parts:
-            print(f"throughput (iperf3 TCP, {args.seconds:g} s each):")
-            results["throughput"] = bench_throughput(pair, args.seconds)
+            print(f"throughput (iperf3 TCP, {args.seconds:g} s each, {args.rounds} interleaved rounds):")
+            results["throughput"] = bench_throughput(pair, args.seconds, args.rounds)
         if "replay" in parts:
             print("replay (10,000 identical UDP packets, three runs):")
             results["replay"] = bench_replay(pair)

@@ -282,13 +282,18 @@ class Scheduler:
         self.send = send
         # what is due together for one peer leaves in one call (the fast datapath: one UDP GSO send)
         self.send_many = send_many or (lambda peer, datas: [send(peer, d) for d in datas])
+        self.loop = loop
         self.timer = loop.precise_timer(self._due)
+        # packets due now: sent once the handler that read them is done, a peer's run in one call
+        self.ready: list[tuple[Any, bytes]] = []
         self.late: deque[float] = deque(maxlen=LATE_KEPT)  # seconds late of the last delayed sends
 
     def put(self, peer: Any, path: LinkPath, items: list[tuple[bytes, float]], now: float) -> None:
         for data, at in items:
             if at - now <= EARLY:
-                self.send(peer, data)
+                if not self.ready:
+                    self.loop.call_soon(self._send_ready)
+                self.ready.append((peer, data))
                 continue
             if path.waiting >= QUEUE_MAX:
                 path.overflow += 1
@@ -298,6 +303,20 @@ class Scheduler:
             heapq.heappush(self.heap, (at, self.seq, peer, path, data))
             if self.timer.armed == 0.0 or at < self.timer.armed:
                 self.timer.arm(at)
+
+    def _send_ready(self) -> None:
+        ready, self.ready = self.ready, []
+        i, n = 0, len(ready)
+        while i < n:
+            peer = ready[i][0]
+            j = i + 1
+            while j < n and ready[j][0] is peer:
+                j += 1
+            if j - i == 1:
+                self.send(peer, ready[i][1])
+            else:
+                self.send_many(peer, [d for _, d in ready[i:j]])
+            i = j
 
     def _due(self) -> None:
         heap = self.heap
@@ -334,6 +353,7 @@ class Scheduler:
     def close(self) -> None:
         self.timer.close()
         self.heap.clear()
+        self.ready.clear()
 
 
 def build_paths(peers: Iterable[str], conf: dict[str, dict[str, dict[str, Any]]], ctx: PathContext,

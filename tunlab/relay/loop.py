@@ -173,6 +173,10 @@ class Loop:
         except (BlockingIOError, OSError):
             pass
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` from inside the loop once the current handlers are done (no wake-up needed)."""
+        self.pending.append(fn)
+
     def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
         self.pending.append(fn)
         self.wake()
@@ -195,7 +199,9 @@ class Loop:
         timers = self.timers
         while not self.stopping:
             timeout = -1.0
-            if timers:
+            if self.pending:  # call_soon() from outside a handler: do not wait for the next event first
+                timeout = 0.0
+            elif timers:
                 timeout = max(0.0, timers[0].when - time.monotonic())
             for fd, ev in poll(timeout):
                 h = handlers.get(fd)
