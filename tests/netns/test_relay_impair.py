@@ -197,3 +197,8 @@ def test_duplicate_reorder_and_rate_at_run_time(netlab: NetLab) -> None:
     impair("rate=1mbit")
     run = udp_run(netlab, a, b, 200, 1000)  # 200 x ~1 kB = 1.6 Mbit: at least 1.4 s at 1 Mbit/s
     assert sorted(run["seqs"]) == list(range(200)) and run["span"] > 1.2, run["span"]
+    trace = netlab.tmp / "every10ms.trace"
+    trace.write_text("10\n")  # Mahimahi: one delivery opportunity every 10 ms
+    impair(f"trace={trace}")
+    run = udp_run(netlab, a, b, 40, 100)
+    assert sorted(run["seqs"]) == list(range(40)) and run["span"] > 0.35, run["span"]

@@ -194,3 +194,23 @@ def test_a_runtime_change_keeps_the_streams_going() -> None:
     imp.reconfigure(parse_spec("loss=10% delay=1ms"))
     assert imp.spec.delay == 0.001 and len(first) == 100
     assert ImpairSpec().describe() == "none" and "loss=0.1" in imp.spec.describe()
+
+
+def test_mahimahi_trace_playback(tmp_path) -> None:
+    trace = tmp_path / "link.trace"
+    trace.write_text("1\n1\n5\n10\n")  # two packets at 1 ms, one at 5 ms, one at 10 ms; repeats every 10 ms
+    imp = Impairer(parse_spec(f"trace={trace} limit=3"), seed=1)
+    out = [imp.process(b"x" * 100, 0.0) for _ in range(5)]
+    assert [o[0][1] if o else None for o in out] == [0.001, 0.001, 0.005, None, None]  # 3 wait, then drops
+    assert imp.counters["trace_queue"] == 2 and imp.counters["trace"] == 3
+    # opportunities that pass unused are lost; the trace repeats
+    assert imp.process(b"x", 0.0095)[0][1] == pytest.approx(0.010)
+    assert imp.process(b"x", 0.0355)[0][1] == pytest.approx(0.040)
+    assert imp.process(b"x", 0.0405)[0][1] == pytest.approx(0.041)
+    with pytest.raises(ImpairError, match="cannot read it"):
+        Impairer(parse_spec("trace=/nonexistent/x"), seed=1)
+    (tmp_path / "bad").write_text("5\n3\n")
+    with pytest.raises(ImpairError, match="line 2"):
+        Impairer(parse_spec(f"trace={tmp_path / 'bad'}"), seed=1)
+    with pytest.raises(ImpairError, match="both pace"):
+        parse_spec(f"trace={trace} rate=1mbit")

@@ -66,6 +66,7 @@ class ImpairSpec:
     slot_packets: int = 0                   # packets per slot (0: any)
     flap: tuple[float, float] = (0.0, 0.0)  # (up seconds, down seconds) repeated from the start; (0, 0): off
     down: bool = False                      # the link is down (set at run time: `link down`)
+    trace: str = ""                         # Mahimahi delivery trace (a file: one ms timestamp per line)
 
     @property
     def empty(self) -> bool:
@@ -183,9 +184,11 @@ def parse_spec(text: str | dict[str, Any], base: ImpairSpec | None = None) -> Im
             changes["flap"] = (_time("flap up", up), _time("flap down", down or up))
         elif key in ("down", "up"):
             changes["down"] = key == "down"
+        elif key == "trace":
+            changes["trace"] = value
         else:
             raise ImpairError(f"{key!r} is not an impairment", "known: delay, jitter, loss, duplicate, reorder, "
-                              "corrupt, checksum, rate, limit, slot, flap, down, up")
+                              "corrupt, checksum, rate, limit, slot, flap, trace, down, up")
     spec = replace(spec, **changes)
     if spec.jitter and not spec.delay:
         raise ImpairError("jitter needs a delay", "add delay=... (jitter varies it)")
@@ -193,7 +196,29 @@ def parse_spec(text: str | dict[str, Any], base: ImpairSpec | None = None) -> Im
         raise ImpairError("reorder needs a delay", "add delay=...: reordered packets skip it, others wait")
     if spec.slot[1] < spec.slot[0]:
         raise ImpairError("slot=MIN-MAX needs MIN <= MAX")
+    if spec.trace and spec.rate:
+        raise ImpairError("trace= and rate= both pace the link", "keep one of them")
     return spec
+
+
+def read_trace(path: str) -> list[float]:
+    """A Mahimahi delivery trace: one timestamp in milliseconds per line, each an opportunity to deliver
+    one packet (up to 1500 bytes); the trace repeats with the period of its last timestamp. -> seconds."""
+    try:
+        with open(path) as f:
+            lines = [x.strip() for x in f]
+    except OSError as exc:
+        raise ImpairError(f"trace={path}: cannot read it ({exc.strerror})", "give a Mahimahi trace file") from None
+    out: list[float] = []
+    for i, line in enumerate(lines, 1):
+        if not line:
+            continue
+        if not line.isdigit() or (out and int(line) < out[-1] * 1000):
+            raise ImpairError(f"trace={path} line {i}: {line[:20]!r} is not a non-decreasing whole number of ms")
+        out.append(int(line) / 1000)
+    if not out or out[-1] <= 0:
+        raise ImpairError(f"trace={path}: no delivery opportunity after 0 ms", "a trace needs a positive last time")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ the decisions
@@ -311,10 +336,15 @@ class Impairer:
         self.queued: deque[float] = deque()  # rate: when each queued packet leaves
         self.next_slot = 0.0
         self.slot_left = 0
+        self.trace_times = read_trace(self.spec.trace) if self.spec.trace else []
+        self.trace_k = 0          # the next delivery opportunity not used yet
         self.delayed_run = 0  # packets delayed since the last reordered one
 
     def reconfigure(self, spec: ImpairSpec) -> None:
         """A run-time change: the new spec from now on; the random streams go on (no replay shift)."""
+        if spec.trace != self.spec.trace:
+            self.trace_times = read_trace(spec.trace) if spec.trace else []
+            self.trace_k = 0
         self.spec = spec
         self.loss.spec = spec
         self.delay_draw.c = spec.delay_correlation
@@ -377,6 +407,28 @@ class Impairer:
                 return []
             at = max(now, self.busy_until) + len(packet) * 8 / s.rate
             self.busy_until = at
+            self.queued.append(at)
+        elif self.trace_times:
+            # Mahimahi: the packet leaves at the next delivery opportunity not used yet; opportunities that
+            # pass with nothing to send are lost; at most `limit` packets wait for theirs
+            while self.queued and self.queued[0] <= now:
+                self.queued.popleft()
+            if len(self.queued) >= s.limit:
+                self._note("trace_queue", now)
+                return []
+            times, n = self.trace_times, len(self.trace_times)
+            period, start = times[-1], self.start if self.start is not None else now
+            while True:
+                k = self.trace_k
+                t = start + (k // n) * period + times[k % n]
+                if t >= now:
+                    break
+                behind = int((now - t) // period)  # whole periods passed unused: skipped at once
+                self.trace_k += n * behind if behind else 1
+            self.trace_k += 1
+            if t > now:
+                self._note("trace", now, t - now)
+            at = t
             self.queued.append(at)
         # delay, unless this packet is reordered (sent at once, past the delayed ones)
         if s.delay:

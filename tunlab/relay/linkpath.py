@@ -118,7 +118,7 @@ def digest(pkt: bytes) -> str:
 
 # --------------------------------------------------------------------------------------- the impair stage
 
-DROP_KINDS = ("loss", "link_down", "rate_queue")
+DROP_KINDS = ("loss", "link_down", "rate_queue", "trace_queue")
 
 
 class ImpairStage:
@@ -153,7 +153,7 @@ class ImpairStage:
                     value = "" if v is None else \
                         f', "value": {round(v, 9) if isinstance(v, float) else json.dumps(v)}'
                     self.decisions.add(f'{head}, "n": {dec.n}, "kind": "{dec.kind}"{value}, "pkt": "{pk}"}}',
-                                       dec.kind not in ("delay", "slot"))
+                                       dec.kind not in ("delay", "slot", "trace"))
             log.clear()
         return out
 
