@@ -398,24 +398,21 @@ class Impairer:
             out, bit = corrupt(packet, self.rngs["corrupt"], fix_checksums=s.corrupt_checksum == "valid")
             self._note("corrupt", now, bit)
         at = now
-        # rate: serialise behind what is queued; a full queue drops
-        if s.rate:
+        paced = "rate" if s.rate else "trace" if self.trace_times else None
+        if paced is not None:  # a paced link: at most `limit` packets wait their turn, more are dropped
             while self.queued and self.queued[0] <= now:
                 self.queued.popleft()
             if len(self.queued) >= s.limit:
-                self._note("rate_queue", now)
+                self._note(f"{paced}_queue", now)
                 return []
+        # rate: serialise behind what is queued
+        if s.rate:
             at = max(now, self.busy_until) + len(packet) * 8 / s.rate
             self.busy_until = at
             self.queued.append(at)
         elif self.trace_times:
             # Mahimahi: the packet leaves at the next delivery opportunity not used yet; opportunities that
-            # pass with nothing to send are lost; at most `limit` packets wait for theirs
-            while self.queued and self.queued[0] <= now:
-                self.queued.popleft()
-            if len(self.queued) >= s.limit:
-                self._note("trace_queue", now)
-                return []
+            # pass with nothing to send are lost
             times, n = self.trace_times, len(self.trace_times)
             period, start = times[-1], self.start if self.start is not None else now
             while True:
