@@ -24,6 +24,7 @@ import os
 import re
 import selectors
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,16 @@ class AgentSession:
         self.proc = remote.popen([*remote.host.tunlab_argv(), "hosts", "agent"])
         self._buf = b""
         self.pending = False
+        # the agent's stderr (ssh's too) is read all along, so a chatty host never blocks on a full pipe;
+        # its end is kept for the error message when the session ends
+        self._err = b""
+        self._err_reader = threading.Thread(target=self._read_err, name=f"tunlab-ssh-{self.name}", daemon=True)
+        self._err_reader.start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read1(1 << 16), b""):  # type: ignore[union-attr]
+            self._err = (self._err + chunk)[-(1 << 16):]
 
     def send(self, req: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -105,7 +116,8 @@ class AgentSession:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        self._err_reader.join(timeout=5)
+        err = self._err.decode(errors="replace")
         rc = self.proc.returncode
         h = self.remote.host
         if rc == 255:
@@ -127,6 +139,7 @@ class AgentSession:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._err_reader.join(timeout=5)
         for f in (self.proc.stdout, self.proc.stderr):
             if f:
                 f.close()
@@ -206,7 +219,8 @@ class MultiHostLab(RunHandle):
                                             "source": self.source_topology.source, "inventory": inv.path,
                                             "hosts": list(inv.names), "placement": self.placement})
         self._run_dir = led.dir
-        led.append(*({"op": "host", "host": dataclasses.asdict(h)} for h in inv.hosts))
+        used = set(self.placement.values())  # the hosts that get a part (recorded before they are asked)
+        led.append(*({"op": "host", "host": dataclasses.asdict(h)} for h in inv.hosts if h.name in used))
         try:
             self._bring_up(led)
         except BaseException as exc:
