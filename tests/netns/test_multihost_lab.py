@@ -164,15 +164,15 @@ def test_tcp_chain_across_two_hosts(sset: standin.StandinSet, tmp_path: Path) ->
     assert sc["passed"] and "vnf3@h2" in sc["chains"][0] and "(tcp" in sc["chains"][0]
 
 
-@pytest.mark.parametrize("blocked", ["icmp", "tcp"])
+@pytest.mark.parametrize("blocked", ["icmp", "tcp", "udp"])
 def test_an_underlay_that_does_not_reach_is_named(sset: standin.StandinSet, tmp_path: Path, blocked: str) -> None:
-    """ICMP dropped: the hello phase's ping between hosts fails; TCP to the hosts' relay ports dropped: the
-    connect phase fails and names the underlay path."""
+    """ICMP dropped: the hello phase's ping between hosts fails; TCP or UDP to the hosts' relay ports dropped:
+    the connect phase fails and names the underlay path."""
     from tunlab.errors import TunlabError
     from tunlab.model.topology import linear_chain
 
     inv = load_inventory(inventory_of(sset, ["h1", "h2"], tmp_path / "hosts.ini"))
-    match = "ip protocol icmp" if blocked == "icmp" else "tcp dport 30000-50000"
+    match = "ip protocol icmp" if blocked == "icmp" else f"{blocked} dport 30000-50000"
     rule = (f"nft add table ip blk && nft add chain ip blk pre '{{ type filter hook prerouting priority -300; }}' "
             f"&& nft add rule ip blk pre iifname eth0 {match} drop")
     assert sset.ssh("h2", rule).returncode == 0
@@ -185,6 +185,9 @@ def test_an_underlay_that_does_not_reach_is_named(sset: standin.StandinSet, tmp_
     assert "\n" not in msg
     if blocked == "icmp":
         assert msg.endswith("host h1: cannot reach host h2's underlay 10.77.0.2 (ping)"), msg
+    elif blocked == "udp":  # keyed relays' hellos from h1 never arrive at h2's port for the link
+        assert "host h2: node vnf2: nothing from host h1 (10.77.0.1) arrived at 10.77.0.2:" in msg, msg
+        assert "for link vnf1-vnf2 within 3 s (udp)" in msg and "host h1" not in msg.split("(udp)")[1]
     else:
         assert "host h1: node vnf1 got no answer from vnf2 on host h2 over the underlay (10.77.0.1 -> 10.77.0.2)" in msg
         assert "tunlab hosts check" in (e.value.hint or "")

@@ -46,6 +46,20 @@ class HostPartLab(Lab):
         assert self.host_plan is not None
         return HostPartBackend(plan, led, self.host_plan.uplinks)
 
+    def wait_connected(self, timeout: float | None = None, links: Any = None) -> None:
+        """Every hop of this host's relays connected, and on every link between hosts whose relays send
+        hellos (keyed, or the auto/gso datapaths over UDP) a packet from the far host arrived (a UDP relay
+        counts its peer as connected as soon as it knows where to send)."""
+        super().wait_connected(timeout, links)
+        t = self.topology
+        hello = t.keyed or t.datapath in ("auto", "gso")
+        backend = self.backend
+        if self.host_plan is None or not isinstance(backend, HostPartBackend):
+            return
+        crossing = [u.link for u in self.host_plan.uplinks if u.transport == "udp" and hello]
+        if crossing:
+            backend.wait_underlay(crossing, 10.0 if timeout is None else timeout)
+
     def _key(self) -> bytes:
         if self._psk is None:
             raise ValueError("a keyed lab across hosts needs the controller's key")

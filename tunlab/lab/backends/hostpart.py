@@ -13,8 +13,10 @@ on when it was off, and put back) and ``nft-table`` (family, name); both written
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +50,11 @@ def nat_ruleset(run_id: str, uplinks: Sequence[Uplink]) -> str:
             else:  # the connecting end: from the host's address, any port
                 post.append(f"ip saddr {node_ip} ip daddr {u.peer_underlay} tcp dport {u.peer_hport} "
                             f"snat to {u.underlay}")
+    # what arrives from the far hosts, counted before the DNAT (so the checks of `underlay_heard` see it)
+    seen = [f'ip daddr {u.underlay} {u.transport} dport {u.hport} counter comment "{u.link}"' for u in uplinks]
     return (f"table ip {nft_table(run_id)} {{\n"
+            "  chain seen { type filter hook prerouting priority -150; policy accept;\n"
+            + "".join(f"    {r}\n" for r in seen) + "  }\n"
             "  chain pre { type nat hook prerouting priority dstnat; policy accept;\n"
             + "".join(f"    {r}\n" for r in pre) + "  }\n"
             "  chain post { type nat hook postrouting priority srcnat; policy accept;\n"
@@ -119,6 +125,41 @@ class HostPartBackend(NetnsBackend):
         if res.returncode != 0:
             raise TunlabError(f"the host's NAT for links between hosts: nft refused it: {res.stderr.strip()[:300]}",
                               "the host needs nftables with NAT (nf_nat)")
+
+    def underlay_heard(self) -> dict[str, int]:
+        """Link -> packets that arrived from the far host at this host's port for it, so far."""
+        if not self.uplinks:
+            return {}
+        res = subprocess.run(["nft", "-j", "list", "chain", "ip", nft_table(self.plan.run_id), "seen"],
+                             capture_output=True, text=True, timeout=30)
+        out: dict[str, int] = {}
+        if res.returncode != 0:
+            return out
+        for item in json.loads(res.stdout).get("nftables", []):
+            rule = item.get("rule") if isinstance(item, dict) else None
+            if not rule:
+                continue
+            for e in rule.get("expr", []):
+                if "counter" in e:
+                    out[str(rule.get("comment"))] = int(e["counter"].get("packets", 0))
+        return out
+
+    def wait_underlay(self, links: Sequence[str], timeout: float) -> None:
+        """Until a packet from the far host has arrived for each of ``links`` (relays that send hellos:
+        keyed links, the auto/gso datapaths), or a one-line error naming the underlay path."""
+        deadline = time.monotonic() + timeout
+        while True:
+            heard = self.underlay_heard()
+            silent = [u for u in self.uplinks if u.link in links and heard.get(u.link, 0) == 0]
+            if not silent:
+                return
+            if time.monotonic() > deadline:
+                u = silent[0]
+                raise TunlabError(f"node {u.node}: nothing from host {u.peer_host} ({u.peer_underlay}) arrived at "
+                                  f"{u.underlay}:{u.hport} for link {u.link} within {timeout:.0f} s "
+                                  f"({u.transport})", "do the hosts reach each other's underlay (any firewall)? "
+                                  "tunlab hosts check")
+            time.sleep(0.05)
 
     @classmethod
     def removers(cls, ledger: Ledger) -> dict[str, Remover]:
