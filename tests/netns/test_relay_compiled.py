@@ -73,13 +73,18 @@ def test_compiled_and_python_relays_interoperate_both_ways(netlab: NetLab, mode:
     send_file(netlab, b, a, "10.2.0.1", size=4 << 20)
 
 
-def test_compiled_and_python_tcp_framing_interoperate(netlab: NetLab) -> None:
+@pytest.mark.parametrize("link", ["c", "python"])
+def test_compiled_and_python_tcp_framing_interoperate(netlab: NetLab, link: str) -> None:
+    """TCP framing, compiled a and Python b; with link=python, a carries its link to b in Python too
+    (as a link with stages is carried) while its datapath stays the compiled one."""
     a, b = two_nodes(netlab)
     rb = netlab.relay(b, "tb", "--transport", "tcp", "--dev", netlab.ifname("tb"), "--addr", "10.2.0.2/24",
                       "--listen", f"10.1.0.2:{PORT}", "--accept", "a=10.1.0.1", env=PYTHON)
     ra = netlab.relay(a, "ta", "--transport", "tcp", "--dev", netlab.ifname("ta"), "--addr", "10.2.0.1/24",
-                      "--peer", f"b=10.1.0.2:{PORT}")
+                      "--peer", f"b=10.1.0.2:{PORT}",
+                      env={"TUNLAB_DATAPATH_PYTHON_PEERS": "b"} if link == "python" else None)
     assert ra.ready["datapath"]["impl"] == "c" and rb.ready["datapath"]["impl"] == "python"
+    assert ra.counters()["datapath"]["peers"]["b"]["impl"] == link
     ra.wait_connected("b")
     ping(a, "10.2.0.2")
     send_file(netlab, a, b, "10.2.0.2", size=4 << 20)

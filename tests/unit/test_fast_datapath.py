@@ -281,11 +281,11 @@ def test_auto_over_tcp_runs_the_simple_datapath_and_says_so(impl: str) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cfg = RelayConfig(dev="ft", transport="tcp", listen=(LO, 0), peers=(PeerSpec("p", LO),), datapath="auto")
     said = {"impl": "c"} if impl == "c" else {"impl": "python", "impl_reason": "TUNLAB_DATAPATH_IMPL=python"}
+    peers = {"p": {"datapath": "simple", "impl": "c"} if impl == "c" else {"datapath": "simple"}}
     with Relay(cfg, device=Device.from_fd(theirs.detach(), "ft")) as relay:
         assert isinstance(relay.datapath, TcpDatapath) and relay.datapath.impl == impl
         c = relay.counters()
-        assert c["datapath"] == {"requested": "auto", "datapath": "simple", "peers": {"p": {"datapath": "simple"}},
-                                 **said}
+        assert c["datapath"] == {"requested": "auto", "datapath": "simple", "peers": peers, **said}
         assert c["peers"]["p"]["datapath"] == "simple"
-        assert relay.ready_info()["datapath"] == {"requested": "auto", "peers": {"p": {"datapath": "simple"}}, **said}
+        assert relay.ready_info()["datapath"] == {"requested": "auto", "peers": peers, **said}
     ours.close()

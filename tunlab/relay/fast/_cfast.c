@@ -1060,7 +1060,8 @@ static PyObject *Pump_poll(Pump *self, PyObject *args)
 /* tcp_read(buf, off, budget, peer) -> (status, off, peer, packets, bytes, reads, read_bytes, pending, next):
  * frames device packets in place from `off` on while they go to one peer (`peer`: the one the frames
  * before `off` go to, -1 when there are none); a packet for another peer is
- * left unframed at off + 2 (its length in `pending`, its peer `next`) and the loop ends. Counts only drops. */
+ * left unframed at off + 2 (its length in `pending`, its peer `next`) and the loop ends (status PY; LEFTOVER
+ * when that peer's link is Python's). Counts only drops. */
 static PyObject *Pump_tcp_read(Pump *self, PyObject *args)
 {
     REQUIRE_INIT(self);
@@ -1092,6 +1093,7 @@ static PyObject *Pump_tcp_read(Pump *self, PyObject *args)
         if (n == 0) { self->drops[D_SHORT_READ]++; continue; }  /* never frame a length of 0 */
         int pi = route_lookup(self, buf + off + 2, n);
         if (pi < 0) { self->drops[D_NO_ROUTE]++; continue; }
+        if (self->peers[pi].python) { pending = n; next = pi; status = ST_LEFTOVER; break; }  /* a Python link */
         if (cur >= 0 && pi != cur) { pending = n; next = pi; status = ST_PY; break; }
         cur = pi;
         buf[off] = (uint8_t)(n >> 8);

@@ -48,6 +48,12 @@ def python_link_reason(peer: "Peer") -> str | None:
     return None
 
 
+def python_link_send(dp: Any, peer: "Peer", pkt: Any, n: int) -> None:
+    """A packet for a Python link: through its stages where the relay has them (``Datapath.out``, seam 2),
+    else sent as the Python datapath sends it."""
+    getattr(dp, "out", dp.send)(peer, pkt, n)
+
+
 def route_lists(relay: "Relay", index: dict[str, int]) -> tuple[int, bool, list[Any], list[Any]]:
     table = relay.table
     fixed = index[table.fixed.name] if table.fixed is not None else -1

@@ -5,10 +5,12 @@ Imports nothing of the fast UDP datapath: a relay over TCP starts as lean as wit
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from . import encap
-from .cpump import DRAINED, PY, ROUNDS, Counters, _cfast, new_pump, route_lists
+from .cpump import (DRAINED, LEFTOVER, PY, ROUNDS, Counters, _cfast, new_pump, python_link_reason, python_link_send,
+                    route_lists)
 from ..datapath import BATCH
 from ..simple import SimpleTcpDatapath
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from ..engine import Relay
     from ..framing import FrameReader
     from ..transport import Conn
+
+log = logging.getLogger("tunlab.relay")
 
 
 class CTcpDatapath(Counters, SimpleTcpDatapath):
@@ -40,6 +44,35 @@ class CTcpDatapath(Counters, SimpleTcpDatapath):
         self.pump = new_pump(self, -1, False, seg, (bytearray(seg), bytearray(65536 + encap.HDR_LEN), bytearray(1), 1,
                                                      bytearray(encap.VNET_LEN), bytearray(1)), len(self.plist))
         self.pump.set_routes(*route_lists(relay, {p.name: i for i, p in enumerate(self.plist)}))
+        self.python_links: dict[str, str] = {}
+        self._sync_links()
+
+    def _sync_links(self) -> None:
+        """Mark the peers whose links need Python (stages) in the C peer table."""
+        for i, p in enumerate(self.plist):
+            reason = python_link_reason(p)
+            if reason != self.python_links.get(p.name):
+                if reason is None:
+                    del self.python_links[p.name]
+                else:
+                    self.python_links[p.name] = reason
+                log.info("peer %s: datapath %s", p.name, "c again" if reason is None else f"python ({reason})")
+                self.pump.set_peer(i, None, False, reason is not None)
+
+    def paths_changed(self) -> None:
+        """A peer gained or lost its stages at run time (seam 2): its link moves to Python or back."""
+        parent = getattr(super(), "paths_changed", None)
+        if parent is not None:
+            parent()
+        if self.pump is not None:
+            self._sync_links()
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        if self.pump is not None:
+            for name, st in out.get("peers", {}).items():
+                st["impl"] = "python" if name in self.python_links else "c"
+        return out
 
     def on_device(self, events: int) -> None:
         pump = self.pump
@@ -61,6 +94,13 @@ class CTcpDatapath(Counters, SimpleTcpDatapath):
                     buf[2:2 + pending] = buf[off + 2:off + 2 + pending]
                     buf[0], buf[1] = pending >> 8, pending & 0xFF
                     off, cur, cp, cb = pending + 2, nxt, 1, pending
+                    continue
+                if status == LEFTOVER:  # a packet for a Python link: after the run, through Python
+                    pkt = bytes(buf[off + 2:off + 2 + pending])
+                    if off:
+                        self.flush(plist[cur], mv[:off], cp, cb)
+                    off, cur, cp, cb = 0, -1, 0, 0
+                    python_link_send(self, plist[nxt], pkt, pending)
                     continue
                 if off:
                     self.flush(plist[cur], mv[:off], cp, cb)

@@ -8,7 +8,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import encap
-from .cpump import DEV_ERROR, DRAINED, MORE, PY, ROUNDS, Counters, _cfast, new_pump, python_link_reason, route_lists
+from .cpump import (DEV_ERROR, DRAINED, MORE, PY, ROUNDS, Counters, _cfast, new_pump, python_link_reason,
+                    python_link_send, route_lists)
 from .pumps import BATCH
 from .udp import FastUdpDatapath
 
@@ -103,9 +104,6 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
             parent()
         self._sync_peers()
 
-    def _python_link_send(self, peer: "Peer", pkt: Any, n: int) -> None:
-        """A packet for a Python link: through its stages where the relay has them (Datapath.out), else sent."""
-        getattr(self, "out", self.send)(peer, pkt, n)
 
     def take_extra(self, cs: tuple[int, ...]) -> None:
         tx, rx = self.tx, self.rx
@@ -154,7 +152,7 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
         stride = tx.stride
         if status == PY and peer is not None:
             tx.segments += 1
-            self._python_link_send(peer, tx.pview[off:off + n], n)
+            python_link_send(self, peer, tx.pview[off:off + n], n)
             return
         stream = bytes(tx.scratch) + bytes(tx.pview[off:off + min(n, stride)]) + bytes(tx.overflow[:max(0, n - stride)])
         table = self.table
