@@ -11,6 +11,15 @@ from relay_helpers import NetLab, netlab, ns_socket, ping, sh, two_nodes, wait_u
 pytestmark = pytest.mark.netns
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The floods against both implementations of the datapath (issue 20)."""
+    if request.param == "c":
+        pytest.importorskip("tunlab.relay.fast._cfast", reason="the compiled datapath is not built")
+    monkeypatch.setenv("TUNLAB_DATAPATH_IMPL", request.param)
+    return str(request.param)
+
+
 def icmp_echo(src: str, dst: str) -> bytes:
     """A plausible IPv4 ICMP echo request (as a stranger would inject one)."""
     hdr = bytes([0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0]) + socket.inet_aton(src) + socket.inet_aton(dst)
@@ -74,7 +83,7 @@ def test_tcp_foreign_connections_refused_and_counted(netlab: NetLab) -> None:
     ping(a, "10.77.0.2")
 
 
-def test_udp_flood_of_malformed_datagrams(netlab: NetLab) -> None:
+def test_udp_flood_of_malformed_datagrams(netlab: NetLab, impl: str) -> None:
     a, b = two_nodes(netlab)
     dev = netlab.ifname("t")
     rb = netlab.relay(b, "rb", "--dev", dev, "--addr", "10.77.0.2/24", "--listen", "10.1.0.2:5000", "--accept",
@@ -82,6 +91,7 @@ def test_udp_flood_of_malformed_datagrams(netlab: NetLab) -> None:
     netlab.relay(a, "ra", "--dev", dev, "--addr", "10.77.0.1/24", "--listen", "10.1.0.1:5000", "--peer",
                  "b=10.1.0.2:5000")
     ping(a, "10.77.0.2")
+    assert rb.ready["datapath"]["impl"] == impl
     rng = random.Random(2)
     junk = {
         "empty": [b""],
@@ -114,7 +124,7 @@ def test_udp_flood_of_malformed_datagrams(netlab: NetLab) -> None:
     flood.close()
 
 
-def test_tcp_flood_of_bad_streams_closes_only_those(netlab: NetLab) -> None:
+def test_tcp_flood_of_bad_streams_closes_only_those(netlab: NetLab, impl: str) -> None:
     a, b = two_nodes(netlab)
     sh("ip", "-n", a, "addr", "add", "10.1.0.3/24", "dev", netlab.ifname("va"))
     dev = netlab.ifname("t")
@@ -123,6 +133,7 @@ def test_tcp_flood_of_bad_streams_closes_only_those(netlab: NetLab) -> None:
     ra = netlab.relay(a, "ra", "--transport", "tcp", "--dev", dev, "--addr", "10.77.0.1/24", "--peer",
                       "b=10.1.0.2:5000")
     ra.wait_connected("b")
+    assert rb.ready["datapath"]["impl"] == impl
     rng = random.Random(3)
     frames_ok_then_bad = [
         b"\x00\x00",                                                     # length 0
