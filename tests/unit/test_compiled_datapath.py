@@ -233,3 +233,22 @@ def test_compiled_loops_survive_junk_from_the_peer_and_the_device(monkeypatch: p
         while got != stream:
             got = a.dev.recv(70000)
         assert isinstance(a, Node) and sum(a.counters()["drops"].values()) > 0
+
+
+def test_a_table_too_big_for_the_c_loops_runs_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More routes than the C table holds: the relay still opens, with the Python loops, and says why."""
+    from test_fast_datapath import LO, free_port
+
+    from tunlab.relay import PeerSpec, Relay, RelayConfig, RouteSpec
+    from tunlab.relay.device import Device
+    from tunlab.relay.loop import Loop
+
+    monkeypatch.setenv("TUNLAB_DATAPATH_IMPL", "c")
+    routes = tuple(RouteSpec(f"10.{i // 256}.{i % 256}.0/24", "p") for i in range(_cfast.MAX_ROUTES + 1))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cfg = RelayConfig(dev="fr", listen=(LO, free_port()), peers=(PeerSpec("p", LO, free_port(), outgoing=True),),
+                      routes=routes, datapath="plain", mtu=1472)
+    with Relay(cfg, loop=Loop(), device=Device.from_fd(theirs.detach(), "fr")) as relay:
+        info = relay.counters()["datapath"]
+        assert info["impl"] == "python" and "routes" in info["impl_reason"]
+    ours.close()

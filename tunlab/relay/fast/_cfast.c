@@ -1327,6 +1327,7 @@ PyMODINIT_FUNC PyInit__cfast(void)
     PyModule_AddObject(m, "DROP_NAMES", d);
     PyModule_AddObject(m, "COUNTER_NAMES", c);
     PyModule_AddIntConstant(m, "MAX_PEERS", MAX_PEERS);
+    PyModule_AddIntConstant(m, "MAX_ROUTES", MAX_ROUTES);
     PyModule_AddIntConstant(m, "DRAINED", ST_DRAINED);
     PyModule_AddIntConstant(m, "MORE", ST_MORE);
     PyModule_AddIntConstant(m, "PY", ST_PY);

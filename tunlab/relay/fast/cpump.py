@@ -48,6 +48,16 @@ def python_link_reason(peer: "Peer") -> str | None:
     return None
 
 
+def too_big_for_c(relay: "Relay") -> str | None:
+    """Why the compiled loops cannot take this relay's peer or route table (None: they can)."""
+    if len(relay.table.peers) > _cfast.MAX_PEERS:
+        return f"more than {_cfast.MAX_PEERS} peers"
+    routes = relay.table.routes
+    if routes is not None and max(len(routes.v4), len(routes.v6)) > _cfast.MAX_ROUTES:
+        return f"more than {_cfast.MAX_ROUTES} routes per address family"
+    return None
+
+
 def python_link_send(dp: Any, peer: "Peer", pkt: Any, n: int) -> None:
     """A packet for a Python link: through its stages where the relay has them (``Datapath.out``, seam 2),
     else sent as the Python datapath sends it."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import encap
 from .cpump import (DRAINED, LEFTOVER, PY, ROUNDS, Counters, _cfast, new_pump, python_link_reason, python_link_send,
-                    route_lists)
+                    route_lists, too_big_for_c)
 from ..datapath import BATCH
 from ..simple import SimpleTcpDatapath
 
@@ -34,8 +34,8 @@ class CTcpDatapath(Counters, SimpleTcpDatapath):
         why = None
         if self.hook is not None:
             why = "--vnf hook: a Python function sees every packet"
-        elif len(self.plist) > _cfast.MAX_PEERS:
-            why = f"more than {_cfast.MAX_PEERS} peers"
+        else:
+            why = too_big_for_c(relay)
         if why is not None:
             self.impl, self.impl_reason = "python", why
             return

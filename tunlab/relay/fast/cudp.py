@@ -8,8 +8,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import encap
-from .cpump import (DEV_ERROR, DRAINED, MORE, PY, ROUNDS, Counters, _cfast, new_pump, python_link_reason,
-                    python_link_send, route_lists)
+from .cpump import (DEV_ERROR, DRAINED, MORE, PY, ROUNDS, Counters, new_pump, python_link_reason,
+                    python_link_send, route_lists, too_big_for_c)
 from .pumps import BATCH
 from .udp import FastUdpDatapath
 
@@ -33,8 +33,8 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
         why = None
         if self.hook is not None:
             why = "--vnf hook: a Python function sees every packet"
-        elif len(self.plist) > _cfast.MAX_PEERS:
-            why = f"more than {_cfast.MAX_PEERS} peers"
+        else:
+            why = too_big_for_c(relay)
         if why is not None:
             self.impl, self.impl_reason = "python", why
             log.info("datapath: Python loops (%s)", why)
