@@ -262,13 +262,13 @@ def check_on_lab(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: Sc
             result.notes.append("not every expected packet arrived (waited until the links were silent for "
                                 f"{max(GIVE_UP_QUIET, sc.settle):g} s, at most {sc.timeout:g} s)")
         cap.wait_quiet(sc.settle, sc.timeout)
-    _judge(lab, chains, planned, cap.frames(), result)
+    _judge(sc, lab, chains, planned, cap.frames(), result, nsh_walks)
     result.notes += _capture_notes(cap)
     return cap, _counters(lab)
 
 
-def _judge(lab: Any, chains: dict[tuple[str, ...], Chain], planned: list[PlannedProbe],
-           frames: dict[str, list[Frame]], result: ScenarioResult) -> None:
+def _judge(sc: Scenario, lab: Any, chains: dict[Any, Chain], planned: list[PlannedProbe],
+           frames: dict[str, list[Frame]], result: ScenarioResult, nsh_walks: list[NshWalk] | None = None) -> None:
     """The per-hop checks of every probe, and every link's, from what the capture points saw."""
     keyed = bool(getattr(lab.topology, "keyed", False))
     links = lab_links(lab)
@@ -330,7 +330,7 @@ def check_on_hosts(sc: Scenario, lab: Any, planned: list[PlannedProbe], result: 
     lab.send(probes)
     frames, stats = lab.collect(list(points), max(GIVE_UP_QUIET, sc.settle), sc.timeout)
     cap = GatheredCapture(frames, stats)
-    _judge(lab, chains, planned, cap.frames(), result)
+    _judge(sc, lab, chains, planned, cap.frames(), result)
     for check in [*result.links, *(c for f in result.flows for c in f.checks)]:
         if check.hop:  # "vnf3 TUN in" -> "vnf3@h2 TUN in": the host of the hop a failure is about
             first, _, rest = check.hop.partition(" ")
