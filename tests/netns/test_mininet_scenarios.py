@@ -65,6 +65,8 @@ def test_shipped_scenario_passes_on_mininet(name: str, tmp_path: Path) -> None:
     result = run_scenario(sc, results_root=tmp_path, backend="mininet")
     assert result.passed, report(result)
     for flow in result.flows:  # checked on every hop, not only end to end
+        if any("dropped by impairment on link" in c.message for c in flow.checks):
+            continue  # lossy_chain: a probe its relays dropped on purpose (decision logged) stops there
         assert all(r.status == "seen" for r in flow.hops if not r.expected_missing), report(result)
         assert any(r.step.direction == "link" and r.outer for r in flow.hops)
     assert not list(tmp_path.iterdir())  # nothing kept on success
