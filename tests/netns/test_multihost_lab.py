@@ -220,7 +220,9 @@ def test_a_broken_host_is_one_line_and_nothing_is_left_elsewhere(sset: standin.S
     run_id = msg.split()[1].rstrip(":")
     assert host_leftovers(sset, run_id) == {}
     assert run_pids(run_id) == []
-    assert {r.run_id for r in list_runs()} == before
+    # no ledger of this controller (this process) is left; other labs on the machine may come and go meanwhile
+    assert [r.run_id for r in list_runs()
+            if r.run_id not in before and (r.meta().get("owner") or {}).get("pid") == os.getpid()] == []
 
 
 def test_plugin_places_its_labs_across_hosts(sset: standin.StandinSet, pytester: pytest.Pytester) -> None:
