@@ -8,8 +8,8 @@
 2. loss and burst statistics of the decision engine over 100k packets vs the model's 99% interval:
    Bernoulli 1%, Gilbert-Elliott p=1% r=30% (loss rate p/(p+r), mean burst 1/r).
 3. throughput: iperf3 TCP through the relay pair, plain datapath unimpaired (the reference) and gso, vs
-   the link impaired with 0.1% loss and 5 ms delay in both directions (and each alone); TUN txqlen 4096 as
-   in labs.
+   the link impaired with 0.1% loss and 5 ms delay in both directions (and each alone); TUN txqlen as in
+   labs (tunlab.lab.backends.nsutil.TUN_TXQLEN).
 4. replay: two runs of 10,000 identical UDP packets through an impaired relay (loss, delay+jitter,
    duplicate, reorder) with one seed give byte-identical decision logs (and another seed does not).
 
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 UNDER_A, UNDER_B = "10.202.0.1", "10.202.0.2"
 OVER_A, OVER_B = "10.72.0.1", "10.72.0.2"
+from tunlab.lab.backends.nsutil import TUN_TXQLEN  # noqa: E402  (the device queue of a lab's TUN)
 
 SENDER = r'''
 import socket, struct, sys, time
@@ -262,8 +263,8 @@ def bench_throughput(pair: Pair, seconds: float, rounds: int = 3) -> dict[str, f
     for _ in range(rounds):  # interleaved rounds: the machine's load drifts; medians per configuration
         for label, a_extra, b_extra in configs:
             pair.start(a_extra, b_extra)
-            for ns in (pair.a, pair.b):  # the lab's TUNs have txqlen 4096 (a relay-made device gets 64)
-                sh("ip", "-n", ns, "link", "set", "dev", pair.p + "t", "txqlen", "4096")
+            for ns in (pair.a, pair.b):  # the device queue a lab's TUN has (issue 13 sized it for latency)
+                sh("ip", "-n", ns, "link", "set", "dev", pair.p + "t", "txqlen", str(TUN_TXQLEN))
             runs[label].append(iperf(pair, seconds))
     for label, _, _ in configs:
         out[label] = gbps = statistics.median(runs[label])
