@@ -21,6 +21,15 @@ def key(tmp: Path, name: str = "psk", content: bytes | None = None) -> str:
     return str(p)
 
 
+def tcpdump(lab: NetLab, ns: str, path: Path, count: int, bpf: str) -> subprocess.Popen[str]:
+    """tcpdump on ``ns``'s uplink writing ``count`` packets to ``path``, listening when this returns."""
+    dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", lab.ifname("vb"), "-U", "-w", str(path),
+                             "-c", str(count), "--immediate-mode", "-Z", "root", bpf], stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    wait_until(lambda: "listening" in (dump.stderr.readline() or ""), "tcpdump listening")
+    return dump
+
+
 def keyed_pair(lab: NetLab, a: str, b: str, key_a: str, key_b: str, *extra: str):
     dev = lab.ifname("t")
     ra = lab.relay(a, "ra", "--dev", dev, "--addr", "10.77.0.1/24", "--listen", "10.1.0.1:5000",
@@ -68,11 +77,7 @@ def test_forgeries_replays_and_spoofed_ports_reach_the_device_zero_times(netlab:
     ping(a, "10.77.0.2")
     # record what a sends, to replay it
     cap = tmp_path / "a.pcap"
-    dump = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", netlab.ifname("vb"), "-U", "-w", str(cap),
-                             "-c", "3", "--immediate-mode", "-Z", "root", "udp and src port 5000 and src host 10.1.0.1"],
-                            stderr=subprocess.PIPE, text=True)
-    assert dump.stderr is not None
-    wait_until(lambda: "listening" in (dump.stderr.readline() or ""), "tcpdump listening")
+    dump = tcpdump(netlab, b, cap, 3, "udp and src port 5000 and src host 10.1.0.1")
     try:
         ping(a, "10.77.0.2")  # three sealed echo requests from a
         dump.wait(timeout=30)
@@ -262,3 +267,45 @@ def test_a_keyed_lab_over_tcp_links_passes_the_per_hop_checks(tmp_path: Path) ->
         [c.message for c in result.links if not c.passed] + [result.error or ""]
     outers = {row.outer for f in result.flows for row in f.hops if row.outer}
     assert any(o.startswith("TCP sealed") for o in outers), outers
+
+
+# -- keyed gso: every chunk sealed
+
+
+def test_a_keyed_gso_pair_carries_tcp_in_sealed_chunks(netlab: NetLab, tmp_path: Path) -> None:
+    """The default datapath of a keyed UDP link: GSO super-packets cross as chunks, each sealed; a TCP
+    transfer arrives intact and every datagram on the wire is a sealed record (opened with the keylog, the
+    data ones carry chunks)."""
+    from test_fast import send_file
+
+    from tunlab.relay.fast.encap import MAGIC
+    from tunlab.relay.seal import DATA, HELLO, open_with, read_keylog
+
+    a, b = two_nodes(netlab)
+    k = key(tmp_path)
+    keylog = tmp_path / "a.keys"
+    ra, rb = keyed_pair(netlab, a, b, k, k, "--seal-keylog", str(keylog))
+    wait_until(lambda: ra.counters()["datapath"]["peers"]["b"]["datapath"] == "sealed-gso"
+               and rb.counters()["datapath"]["peers"]["a"]["datapath"] == "sealed-gso", "both ends send sealed chunks")
+    before = rb.counters()["drops"]  # (a packet of b's kernel may have found no session before the handshake)
+    cap = tmp_path / "wire.pcap"
+    dump = tcpdump(netlab, b, cap, 3000, "udp port 5000")
+    try:
+        send_file(netlab, a, b, "10.77.0.2", size=4 << 20)
+    finally:
+        if dump.poll() is None:
+            dump.terminate()
+        dump.wait(timeout=10)
+    ca = ra.counters()["datapath"]
+    assert ca["offload"] and ca["chunks_tx"] > ca["streams_tx"] > 0, ca
+    assert rb.counters()["drops"] == before, "an authentic sealed chunk was dropped"
+    from scapy.layers.inet import UDP
+    from scapy.utils import rdpcap
+
+    payloads = [bytes(p[UDP].payload) for p in rdpcap(str(cap)) if p.haslayer(UDP)]
+    assert len(payloads) > 100
+    assert all(d[:1] in (bytes([HELLO]), bytes([DATA])) for d in payloads), "a datagram in the clear"
+    keys = read_keylog(str(keylog))
+    opened = [open_with(keys, d) for d in payloads if d[0] == DATA]
+    chunks = [o for o in opened if o is not None and o[:1] == MAGIC[:1]]
+    assert len(chunks) > len(opened) // 4, (len(chunks), len(opened))

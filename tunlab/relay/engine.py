@@ -69,6 +69,14 @@ class Relay:
                 from .sealed import SealedTcpDatapath, SealedUdpDatapath
 
                 dp_cls = SealedTcpDatapath if cfg.transport == "tcp" else SealedUdpDatapath
+                if cfg.transport == "udp" and cfg.datapath in ("auto", "gso") and not cfg.tap and not cfg.hook and self.hook is None \
+                        and not cfg.nsh_file:
+                    # sealed chunks with GSO/GRO, in Python: the compiled datapath does not seal
+                    from .fast.sealedudp import SealedFastUdpDatapath
+
+                    dp_cls = SealedFastUdpDatapath
+                    log.info("keyed link: datapath gso with each chunk sealed, in Python (the compiled "
+                             "datapath does not seal)")
             if cfg.nsh_file:  # NSH mode (issue 18): classifier/SFF/proxy on the simple UDP datapath
                 from .sff import NshUdpDatapath
 

@@ -298,3 +298,20 @@ def read_keylog(path: str) -> dict[int, bytes]:
     except OSError:
         pass
     return out
+
+
+def peek_with(keys: Mapping[int, bytes], data: bytes, n: int) -> bytes | None:
+    """The first ``n`` bytes of a sealed data record's plaintext, NOT authenticated (ChaCha20-Poly1305
+    encrypts with the ChaCha20 keystream from block 1): a lab's capture decoder reads a sealed chunk's header
+    with it to cut a captured UDP GSO send into its datagrams, then opens each with :func:`open_with`."""
+    if len(data) < OVERHEAD + n or data[0] != DATA:
+        return None
+    _, key_id, counter = DATA_HDR.unpack_from(data)
+    key = keys.get(key_id)
+    if key is None:
+        return None
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    nonce = (1).to_bytes(4, "little") + bytes(4) + struct.pack("!Q", counter)
+    dec = Cipher(algorithms.ChaCha20(key, nonce), mode=None).decryptor()
+    return dec.update(data[DATA_HDR.size:DATA_HDR.size + n])

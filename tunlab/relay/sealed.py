@@ -157,30 +157,38 @@ class SealedUdpDatapath(SimpleUdpDatapath):
                     break
             else:
                 continue  # dropped and counted by the sealer, nothing changed
-            if peer.addr != addr:  # an authentic datagram: the peer is (now) there
-                if peer.addr is not None:
-                    self.table.by_addr.pop(peer.addr, None)  # type: ignore[arg-type]
-                peer.addr = addr
-                self.table.by_addr[addr] = peer
+            self._authentic(peer, addr, reply)
             if kind == "hello":
-                if reply is not None:
-                    try:
-                        self.sock.sendto(reply, addr)
-                    except OSError:
-                        self.drop("send_error", peer)
                 continue
             assert packet is not None
-            size = len(packet)
-            why = self.check(packet, size, self.limit)
-            if why is not None:
-                self.drop(why, peer)
-                continue
-            peer.rx_packets += 1
-            peer.rx_bytes += size
-            if self.hook is None:
-                self.to_device(packet, size)
-            else:
-                self.through_hook(peer, memoryview(packet))
+            self._deliver(peer, packet)
+
+    def _authentic(self, peer: Peer, addr: tuple[Any, ...], reply: bytes | None) -> None:
+        """An authentic datagram from ``addr``: the peer is (now) there; a hello's answer goes back."""
+        if peer.addr != addr:
+            if peer.addr is not None:
+                self.table.by_addr.pop(peer.addr, None)  # type: ignore[arg-type]
+            peer.addr = addr
+            self.table.by_addr[addr] = peer  # type: ignore[index]
+        if reply is not None:
+            try:
+                self.sock.sendto(reply, addr)
+            except OSError:
+                self.drop("send_error", peer)
+
+    def _deliver(self, peer: Peer, packet: bytes) -> None:
+        """An opened inner packet: checked, counted, into the device (or the hook)."""
+        size = len(packet)
+        why = self.check(packet, size, self.limit)
+        if why is not None:
+            self.drop(why, peer)
+            return
+        peer.rx_packets += 1
+        peer.rx_bytes += size
+        if self.hook is None:
+            self.to_device(packet, size)
+        else:
+            self.through_hook(peer, memoryview(packet))
 
     def _candidates(self, addr: tuple[Any, ...]) -> list[Peer]:
         known = self.table.by_addr.get(addr)

@@ -328,33 +328,41 @@ class _ChunkDecoder:
 
     def datagram(self, ts: float, source: tuple[str, int], src: str, dst: str, payload: bytes,
                  ends: tuple[RelayEnd, RelayEnd]) -> list[Sighting]:
-        from tunlab.relay.fast.encap import HDR_LEN, classify
+        from tunlab.relay.fast.encap import classify
 
         out = []
         pieces = split_datagrams(payload)
         for piece in pieces:
             if self.keys is not None and piece[:1] in (b"\x01", b"\x02"):  # a keyed link (relay/seal.py)
-                out.append(self._sealed(ts, src, dst, piece, ends))
+                out.extend(self._sealed_datagrams(ts, source, src, dst, piece, ends))
                 continue
             kind = classify(piece)
             if kind == "chunk":
-                before = dict(self.drops)
-                self.last[source] = (ts, src, dst)
-                stream = self.reasm.add(source, piece)
-                for reason, n in self.drops.items():
-                    if n > before.get(reason, 0):
-                        out.append(Sighting(ts, "chunk-error", src, dst,
-                                            f"UDP gso {src} > {dst}: {reason.replace('_', ' ')}", None))
-                if stream is None:
-                    continue
-                count = piece[9] if len(piece) >= HDR_LEN else 1
-                outer = f"UDP gso {src} > {dst}" + (f" ({count} chunks)" if count > 1 else "")
-                out.extend(Sighting(ts, "encap", src, dst, outer, inner, ends[0].node, ends[1].node)
-                           for inner in stream_inner(stream))
+                out.extend(self._chunk(ts, source, src, dst, piece, ends, "UDP gso"))
             elif kind == "hello":
                 out.append(Sighting(ts, "hello", src, dst, f"UDP {src} > {dst} tunlab hello", None))
             else:  # one packet per datagram (whether it left in a batch of one UDP GSO send is timing)
                 out.append(Sighting(ts, "encap", src, dst, f"UDP {src} > {dst}", piece, ends[0].node, ends[1].node))
+        return out
+
+    def _chunk(self, ts: float, source: tuple[str, int], src: str, dst: str, piece: bytes,
+               ends: tuple[RelayEnd, RelayEnd], label: str) -> list[Sighting]:
+        from tunlab.relay.fast.encap import HDR_LEN
+
+        out = []
+        before = dict(self.drops)
+        self.last[source] = (ts, src, dst)
+        stream = self.reasm.add(source, piece)
+        for reason, n in self.drops.items():
+            if n > before.get(reason, 0):
+                out.append(Sighting(ts, "chunk-error", src, dst, f"{label} {src} > {dst}: {reason.replace('_', ' ')}",
+                                    None))
+        if stream is None:
+            return out
+        count = piece[9] if len(piece) >= HDR_LEN else 1
+        outer = f"{label} {src} > {dst}" + (f" ({count} chunks)" if count > 1 else "")
+        out.extend(Sighting(ts, "encap", src, dst, outer, inner, ends[0].node, ends[1].node)
+                   for inner in stream_inner(stream))
         return out
 
     def _sealed(self, ts: float, src: str, dst: str, piece: bytes, ends: tuple[RelayEnd, RelayEnd]) -> Sighting:
@@ -366,6 +374,32 @@ class _ChunkDecoder:
         if inner is None:
             return Sighting(ts, "other", src, dst, f"UDP {src} > {dst} sealed, opened by no key of the lab", None)
         return Sighting(ts, "encap", src, dst, f"UDP sealed {src} > {dst}", inner, ends[0].node, ends[1].node)
+
+    def _sealed_datagrams(self, ts: float, source: tuple[str, int], src: str, dst: str, piece: bytes,
+                          ends: tuple[RelayEnd, RelayEnd]) -> list[Sighting]:
+        """A keyed link's datagram (or a captured UDP GSO send of sealed chunks, cut by the chunk size its
+        first chunk's header names): hellos, sealed packets, and sealed chunks opened then reassembled."""
+        from tunlab.relay.fast.encap import HDR, HDR_LEN, MAGIC, is_hello
+        from tunlab.relay.seal import DATA, OVERHEAD, open_with, peek_with
+
+        keys = self.keys or {}
+        pieces = [piece]
+        if piece[:1] == bytes([DATA]) and open_with(keys, piece) is None:
+            head = peek_with(keys, piece, HDR_LEN)
+            if head is not None and head[:2] == MAGIC:
+                seg = HDR.unpack(head)[6] + HDR_LEN + OVERHEAD
+                if 0 < seg < len(piece):
+                    pieces = [piece[i:i + seg] for i in range(0, len(piece), seg)]
+        out = []
+        for p in pieces:
+            seen = self._sealed(ts, src, dst, p, ends)
+            if seen.kind == "encap" and seen.inner is not None and seen.inner[:1] == MAGIC[:1]:
+                out.extend(self._chunk(ts, source, src, dst, seen.inner, ends, "UDP sealed gso"))
+            elif seen.kind == "encap" and seen.inner is not None and is_hello(seen.inner):
+                out.append(Sighting(ts, "hello", src, dst, f"UDP {src} > {dst} sealed tunlab hello", None))
+            else:
+                out.append(seen)
+        return out
 
     def leftovers(self) -> list[Sighting]:
         """Streams still incomplete at the end of the capture."""

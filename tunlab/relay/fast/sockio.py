@@ -6,6 +6,7 @@ Each helper is a thin wrapper over one ioctl or socket option; none of them runs
 from __future__ import annotations
 
 import errno
+import logging
 import fcntl
 import socket
 import struct
@@ -86,3 +87,37 @@ def gso_cmsg(segment: int) -> list[tuple[int, int, bytes]]:
 
 
 GRO_CMSG_SPACE = _CMSG_GRO_SPACE
+
+
+def switch_offload(fd: int, name: str, want: bool, what: str) -> bool:
+    """Device offload all on (whole GSO packets, ``what`` says where they go) or off; returns whether it is on."""
+    on = set_offload(fd, OFFLOAD_ALL) != 0 if want else False
+    if not want:
+        set_offload(fd, 0)
+    log.info("device %s: offload %s", name, f"on: {what}" if on else "off: one packet per read")
+    return on
+
+log = logging.getLogger("tunlab.relay.fast")
+
+
+#: TCP super-packets are capped so one, with its virtio header and 45 chunk headers of 12 bytes,
+#: fits the 65507 bytes of one UDP GSO send over IPv4 (64900 + 10 + 45 * 12 = 65450)
+GSO_MAX_SIZE = 64900
+#: the device's queue toward us (TUN default 500): with offload off, one TSO burst of the kernel is
+#: 45 packets in it, and a relay that was not scheduled for a moment must not lose them; longer queues
+#: only add delay under load (4096 queued ~1.7 s behind a loaded relay: bench/load_latency_bench.py)
+TXQLEN = 64
+
+
+def tune_device(name: str, **attrs: int) -> None:
+    """Best effort: cap GSO packets so one fits a single UDP GSO send, lengthen the device queue."""
+    try:
+        from pyroute2 import IPRoute  # lazy, as in device.configure
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            for key, value in attrs.items():
+                if found:
+                    ipr.link("set", index=found[0], **{key: value})
+    except Exception as exc:  # an older kernel: super-packets then take two sends
+        log.info("cannot tune %s (%s): %s", name, attrs, exc)

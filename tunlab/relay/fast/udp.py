@@ -30,6 +30,7 @@ from typing import Any
 
 from . import encap
 from . import sockio as fast_io
+from .sockio import GSO_MAX_SIZE, TXQLEN, tune_device
 from ..datapath import Datapath
 from ..simple import SimpleUdpDatapath
 from ..device import IFF_VNET_HDR
@@ -45,13 +46,6 @@ HELLO_TRIES = 5
 HELLO_FIRST_GAP = 0.1
 #: a peer's hello makes us probe it again at most this often (seconds after the last hello we sent)
 REPROBE_GAP = 1.0
-#: TCP super-packets are capped so one, with its virtio header and 45 chunk headers of 12 bytes,
-#: fits the 65507 bytes of one UDP GSO send over IPv4 (64900 + 10 + 45 * 12 = 65450)
-GSO_MAX_SIZE = 64900
-#: the device's queue toward us (TUN default 500): with offload off, one TSO burst of the kernel is
-#: 45 packets in it, and a relay that was not scheduled for a moment must not lose them; longer queues
-#: only add delay under load (4096 queued ~1.7 s behind a loaded relay: bench/load_latency_bench.py)
-TXQLEN = 64
 
 
 class PeerState:
@@ -97,7 +91,7 @@ class FastUdpDatapath(Datapath):
         self.v6 = self.sock.family == socket.AF_INET6
         self.segment = self._segment_size()
         if relay.device.created:
-            _tune_device(relay.device.name, gso_max_size=GSO_MAX_SIZE, txqlen=TXQLEN)
+            tune_device(relay.device.name, gso_max_size=GSO_MAX_SIZE, txqlen=TXQLEN)
         self.offload = False
         self.session = secrets.randbits(32) or 1
         self.hello = {"hello_tx": 0, "hello_rx": 0, "reply_tx": 0, "reply_rx": 0}
@@ -263,14 +257,9 @@ class FastUdpDatapath(Datapath):
         want = bool(self.states) and len(self.gso_peers) == len(self.states)
         if want == self.offload:
             return
-        fd = self.relay.device.fd  # type: ignore[union-attr]
-        if want:
-            self.offload = fast_io.set_offload(fd, fast_io.OFFLOAD_ALL) != 0
-        else:
-            self.offload = False
-            fast_io.set_offload(fd, 0)
-        log.info("device %s: offload %s", self.relay.device.name,  # type: ignore[union-attr]
-                 "on: whole GSO packets" if self.offload else "off: one packet per read")
+        dev = self.relay.device
+        assert dev is not None
+        self.offload = fast_io.switch_offload(dev.fd, dev.name, want, "whole GSO packets")
 
     def paths_changed(self) -> None:
         self._refresh()
@@ -327,17 +316,3 @@ class FastUdpDatapath(Datapath):
             "datagrams_rx": rx.datagrams, "udp_receives": rx.receives, "whole_streams_rx": rx.whole, "segments_merged_rx": rx.merged,
             "partial_streams": len(rx.reasm.partials),
         }
-
-
-def _tune_device(name: str, **attrs: int) -> None:
-    """Best effort: cap GSO packets so one fits a single UDP GSO send, lengthen the device queue."""
-    try:
-        from pyroute2 import IPRoute  # lazy, as in device.configure
-
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            for key, value in attrs.items():
-                if found:
-                    ipr.link("set", index=found[0], **{key: value})
-    except Exception as exc:  # an older kernel: super-packets then take two sends
-        log.info("cannot tune %s (%s): %s", name, attrs, exc)
