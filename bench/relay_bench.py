@@ -26,7 +26,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 UNDER_A, UNDER_B = "10.201.0.1", "10.201.0.2"
-PATHS = ["veth", "vxlan", "socat", "tunlab-udp", "tunlab-udp-simple", "tunlab-udp-keyed", "tunlab-tcp"]
+PATHS = ["veth", "vxlan", "socat", "tunlab-udp", "tunlab-udp-simple", "tunlab-udp-keyed", "tunlab-udp-keyed-simple",
+         "tunlab-tcp"]
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -129,12 +130,18 @@ class Bench:
     def tunlab_udp_simple(self) -> str:  # one packet per syscall: the per-packet reference
         return self._relays("udp", 43000, "10.206.0", self.p + "n", "simple")
 
-    def tunlab_udp_keyed(self) -> str:  # --psk-file: every datagram sealed (ChaCha20-Poly1305)
-        key = Path(f"/tmp/{self.p}.psk")
+    def tunlab_udp_keyed(self) -> str:  # --psk-file: every datagram sealed (ChaCha20-Poly1305); gso: each chunk
+        return self._keyed(44000, "10.207.0", "k", "auto")
+
+    def tunlab_udp_keyed_simple(self) -> str:  # --psk-file, --datapath simple: one sealed packet per datagram
+        return self._keyed(45000, "10.208.0", "m", "simple")
+
+    def _keyed(self, port: int, net: str, tag: str, datapath: str) -> str:
+        key = Path(f"/tmp/{self.p}{tag}.psk")
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.write(fd, os.urandom(32))
         os.close(fd)
-        dst = self._relays("udp", 44000, "10.207.0", self.p + "k", extra_args=("--psk-file", str(key)))
+        dst = self._relays("udp", port, net, self.p + tag, datapath, extra_args=("--psk-file", str(key)))
         wait_for(lambda: sh(*nsx(self.a, "ping", "-c", "1", "-W", "0.5", dst), check=False).returncode == 0,
                  "keyed tunnel (session up)")
         key.unlink()
