@@ -299,6 +299,8 @@ def test_a_keyed_gso_pair_carries_tcp_in_sealed_chunks(netlab: NetLab, tmp_path:
     ca = ra.counters()["datapath"]
     assert ca["offload"] and ca["chunks_tx"] > ca["streams_tx"] > 0, ca
     assert rb.counters()["drops"] == before, "an authentic sealed chunk was dropped"
+    cb = rb.counters()["datapath"]
+    assert cb["streams_rx"] >= cb["whole_streams_rx"] > 0, cb  # GRO batches opened whole, and some
     from scapy.layers.inet import UDP
     from scapy.utils import rdpcap
 
@@ -309,3 +311,23 @@ def test_a_keyed_gso_pair_carries_tcp_in_sealed_chunks(netlab: NetLab, tmp_path:
     opened = [open_with(keys, d) for d in payloads if d[0] == DATA]
     chunks = [o for o in opened if o is not None and o[:1] == MAGIC[:1]]
     assert len(chunks) > len(opened) // 4, (len(chunks), len(opened))
+
+
+def test_keyed_gso_and_keyed_simple_relays_talk_one_sealed_packet_per_datagram(netlab: NetLab,
+                                                                                 tmp_path: Path) -> None:
+    """A keyed gso relay asks its peer by a sealed hello; a keyed --datapath simple peer never answers (its
+    kernel drops the hello it writes to its TUN), so it keeps getting sealed packets, and traffic flows."""
+    from test_fast import send_file
+
+    a, b = two_nodes(netlab)
+    k = key(tmp_path)
+    dev = netlab.ifname("t")
+    ra = netlab.relay(a, "ra", "--dev", dev, "--addr", "10.77.0.1/24", "--listen", "10.1.0.1:5000",
+                      "--peer", "b=10.1.0.2:5000", "--psk-file", k)
+    rb = netlab.relay(b, "rb", "--dev", dev, "--addr", "10.77.0.2/24", "--listen", "10.1.0.2:5000",
+                      "--peer", "a=10.1.0.1:5000", "--psk-file", k, "--datapath", "simple")
+    wait_until(lambda: ra.counters()["datapath"]["peers"]["b"]["session"], "the session is up")
+    send_file(netlab, a, b, "10.77.0.2", size=1 << 20)
+    ca = ra.counters()["datapath"]
+    assert ca["peers"]["b"]["datapath"] == "sealed" and not ca["offload"] and ca["chunks_tx"] == 0, ca
+    assert rb.counters()["peers"]["a"]["rx_packets"] > 700

@@ -49,6 +49,7 @@ VERSION = 1
 HELLO_LEN = 2 + 8 + 2 * NONCE_LEN + TAG_LEN
 DATA_HDR = struct.Struct("!BIQ")       # type, key id, counter
 OVERHEAD = DATA_HDR.size + TAG_LEN     # 13 + 16 bytes per sealed packet
+_ZERO4 = bytes(4)
 WINDOW = 2048
 REKEY_AFTER = 2**60
 REJECT_AFTER = 2**64 - 2**13
@@ -251,14 +252,14 @@ class Sealer:
             return self._drop("seal_no_session")
         if not rx.window.check(n):
             return self._drop("seal_replay")
-        header = data[:DATA_HDR.size]
-        try:
-            packet = rx.aead.decrypt(bytes(4) + struct.pack("!Q", n), data[DATA_HDR.size:], header)  # type: ignore[attr-defined]
+        try:  # nonce: 4 zero bytes + the header's big-endian counter
+            packet = rx.aead.decrypt(_ZERO4 + data[5:13], data[13:], data[:13])  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - cryptography's InvalidTag: forged, corrupted or another key
             return self._drop("seal_auth")
         rx.window.accept(n)  # only an authentic packet moves the window
-        for kid in [k for k, r in self.rx.items() if r.until < now]:
-            del self.rx[kid]
+        if len(self.rx) > 1:
+            for kid in [k for k, r in self.rx.items() if r.until < now]:
+                del self.rx[kid]
         return "data", packet, None
 
     def _drop(self, reason: str) -> tuple[str, None, None]:
