@@ -124,3 +124,13 @@ def test_the_lab_decoder_opens_sealed_chunks_one_by_one_and_glued() -> None:
     assert [(s.kind, s.inner) for s in got] == [("encap", inner)] * 2
     assert all(s.outer.startswith("UDP sealed gso") and "(3 chunks)" in s.outer for s in got)
     assert [s.kind for s in decode_link(frames, ea, eb, "udp", ["172.16.0.0/16"], keys={})] == ["other"] * 4
+
+
+def test_seal_many_is_seal_after_seal_byte_for_byte() -> None:
+    a1, _ = pair()
+    a2, _ = pair()  # same nonces: the same session keys
+    chunks = [os.urandom(n) for n in (1431, 1431, 7)]
+    assert a1.seal_many(chunks, 1000.0) == [a2.seal(c, 1000.0) for c in chunks]
+    assert a1.counter == a2.counter == 3
+    a1.counter = 2**64 - 2**13 - 2  # near the end: all or nothing
+    assert a1.seal_many(chunks, 1000.0) is None and a1.counter == 2**64 - 2**13 - 2

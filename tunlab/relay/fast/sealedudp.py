@@ -56,13 +56,7 @@ def chunk_size(segment: int) -> int:
 def seal_stream(sealer: Sealer, stream: bytes, *, pid: int, segment: int, now: float) -> list[bytes] | None:
     """The sealed chunk datagrams of one stream (virtio-net header + packet): every one ``segment`` bytes
     but the last; None when the session cannot seal (no session yet, counter exhausted)."""
-    out = []
-    for chunk in encap.split_stream(stream, queue=0, pid=pid, csize=chunk_size(segment)):
-        sealed = sealer.seal(chunk, now)
-        if sealed is None:
-            return None
-        out.append(sealed)
-    return out
+    return sealer.seal_many(encap.split_stream(stream, queue=0, pid=pid, csize=chunk_size(segment)), now)
 
 
 def open_datagram(sealer: Sealer, reasm: encap.Reassembler, source: object, data: bytes,
