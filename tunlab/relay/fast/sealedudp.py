@@ -99,8 +99,10 @@ class SealedFastUdpDatapath(SealedUdpDatapath):
         except OSError:
             log.info("UDP_GRO unavailable: one receive per datagram")
         self.segment = self._segment_size()
-        if relay.device.created:
-            fast_io.tune_device(relay.device.name, gso_max_size=fast_io.GSO_MAX_SIZE, txqlen=fast_io.TXQLEN)
+        self.per_send = max(1, min(fast_io.UDP_MAX_SEGS, fast_io.UDP_MAX_PAYLOAD // self.segment))
+        if relay.device.created:  # super-packets that fit one UDP GSO send once sealed (so one GRO receive)
+            gso_max = min(fast_io.GSO_MAX_SIZE, self.per_send * chunk_size(self.segment) - encap.VNET_LEN)
+            fast_io.tune_device(relay.device.name, gso_max_size=gso_max, txqlen=fast_io.TXQLEN)
         self.session = secrets.randbits(32) or 1
         self.pid = secrets.randbits(32)
         self.reasm = encap.Reassembler(drops=self.drops)
@@ -112,7 +114,6 @@ class SealedFastUdpDatapath(SealedUdpDatapath):
         self.rxbuf = bytearray(RX_BUF)
         self.rxmv = memoryview(self.rxbuf)
         self.gso_cmsg = fast_io.gso_cmsg(self.segment)
-        self.per_send = max(1, min(fast_io.UDP_MAX_SEGS, fast_io.UDP_MAX_PAYLOAD // self.segment))
         self.counts = {"chunks_tx": 0, "chunks_rx": 0, "streams_tx": 0, "streams_rx": 0, "udp_sends": 0,
                        "udp_receives": 0, "whole_streams_rx": 0}
         self._refresh()
