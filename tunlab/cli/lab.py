@@ -211,7 +211,7 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
         _check_name(name)
     t = _load(topology, params)
     if hosts_file:
-        _up_on_hosts(t, hosts_file, name, restart)
+        _up_on_hosts(t, hosts_file, name, restart, seed)
         return
     t0 = time.perf_counter()
     lab = Lab(t, backend=backend, results_dir=os.path.abspath(results) if results else None,
@@ -247,12 +247,12 @@ def up_cmd(topology: str, params: tuple[str, ...], backend: str, results: str | 
     con.print(f"try: {_sudo()}tunlab exec --run {ref} {first} -- ip addr    |    done: {_sudo()}tunlab down {ref}")
 
 
-def _up_on_hosts(t: Topology, hosts_file: str, name: str | None, restart: bool) -> None:
+def _up_on_hosts(t: Topology, hosts_file: str, name: str | None, restart: bool, seed: int | None) -> None:
     from tunlab.lab.multihost import MultiHostLab
     from tunlab.model.hosts import load_inventory
 
     t0 = time.perf_counter()
-    lab = MultiHostLab(t, load_inventory(hosts_file), restart_relays=restart)
+    lab = MultiHostLab(t, load_inventory(hosts_file), restart_relays=restart, seed=seed)
     lab.__enter__()
     lab.detach()
     if name is not None:

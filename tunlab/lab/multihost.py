@@ -189,7 +189,9 @@ class MultiHostLab(RunHandle):
 
     def __init__(self, topology: Topology, inventory: Inventory, *, keyed: bool = True,
                  placement: dict[str, str] | None = None, ready_timeout: float | None = None,
-                 restart_relays: bool = False) -> None:
+                 restart_relays: bool = False, seed: int | None = None) -> None:
+        if seed is not None:  # the impairments' run seed travels to every host inside the topology
+            topology = dataclasses.replace(topology, seed=seed)
         self.source_topology = topology
         self.inventory = inventory
         self.keyed = keyed

@@ -171,7 +171,7 @@ def run_scenario(sc: Scenario, *, results_root: str | Path = DEFAULT_RESULTS, ke
         if hosts is not None:
             from tunlab.lab.multihost import MultiHostLab
 
-            made: Any = MultiHostLab(sc.topology, hosts)
+            made: Any = MultiHostLab(sc.topology, hosts, seed=seed)
         else:
             made = Lab(sc.topology, backend=backend, seed=seed)
         with made as lab:
