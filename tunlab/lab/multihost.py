@@ -49,10 +49,29 @@ def _pack(obj: Any) -> str:
     return base64.b64encode(pickle.dumps(obj)).decode()
 
 
+#: what a host's answer may contain besides plain data (dicts, lists, tuples, bytes, str, numbers): a host
+#: that was taken over must not run code on the controller by its answer
+ANSWER_CLASSES = {("tunlab.traffic.decap", "Frame")}
+
+
 def _unpack(text: str) -> Any:
+    """A host's answer (frames, keys), unpickled with only :data:`ANSWER_CLASSES` allowed."""
+    import io
     import pickle
 
-    return pickle.loads(base64.b64decode(text))  # noqa: S301 - our own agent's answer
+    class Answer(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in ANSWER_CLASSES:
+                raise TunlabError(f"a host answered with a {module}.{name} object, which a host never sends",
+                                  "check that host: its tunlab may be another version, or not tunlab")
+            return super().find_class(module, name)
+
+    try:
+        return Answer(io.BytesIO(base64.b64decode(text))).load()
+    except TunlabError:
+        raise
+    except Exception as exc:  # a truncated or garbled answer
+        raise TunlabError(f"a host's answer could not be read ({type(exc).__name__}: {exc})") from None
 
 
 class AgentSession:

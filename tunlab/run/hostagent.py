@@ -15,8 +15,10 @@ trip per host per phase, the controller sending to every host before reading any
   probes sent from its nodes, the frames gathered back (for the per-hop checks on the controller);
 - ``down`` {logs}: teardown, final counters (and the relays' logs, counters and ledger); ``detach``: leave the part up (`tunlab up --hosts`).
 
-Objects (topology, inventory, frames) travel pickled in base64: the controller is root on this host through
-ssh already and runs the same tunlab version (``hello`` says which), so this adds no trust.
+Objects (topology, inventory, frames) travel pickled in base64. Toward a host this adds no trust: the
+controller is root there through ssh already and runs the same tunlab version (``hello`` says which). Back
+to the controller, a host's answers are read with only captured frames allowed besides plain data
+(tunlab.lab.multihost.ANSWER_CLASSES), so a host that was taken over cannot run code on the controller.
 When stdin closes without ``down`` or ``detach`` (the controller was killed), the agent exits and leaves the
 part for `tunlab clean` (its owner, the agent, is gone: the run is dead).
 """
