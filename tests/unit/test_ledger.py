@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunlab.lab.ledger import (
-    Entry, Ledger, list_runs, proc_start_time, process_alive, replay, stop_processes,
+    Entry, Ledger, list_runs, open_run, proc_start_time, process_alive, replay, stop_processes,
 )
 
 
@@ -90,6 +90,18 @@ def test_open_refuses_what_is_not_a_run(tmp_path: Path, bad: str) -> None:
 
     with pytest.raises(TunlabError, match="there is no run"):
         Ledger.open(bad, root=tmp_path)
+
+
+def test_a_run_is_opened_by_id_or_by_name_even_a_name_shaped_like_an_id(tmp_path: Path) -> None:
+    from tunlab.errors import TunlabError
+
+    mine = Ledger.create({"name": "mine"}, root=tmp_path)  # "mine" is also a well-formed run id (README's example)
+    other = Ledger.create({"name": "lab2"}, root=tmp_path)
+    assert open_run(mine.run_id, root=tmp_path).run_id == mine.run_id
+    assert open_run("mine", root=tmp_path).run_id == mine.run_id
+    assert open_run("lab2", root=tmp_path).run_id == other.run_id
+    with pytest.raises(TunlabError, match="neither a run id nor a lab name"):
+        open_run("zzzz", root=tmp_path)
 
 
 def test_netns_removers_refuse_what_does_not_carry_the_run_id(tmp_path: Path) -> None:

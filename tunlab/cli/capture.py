@@ -34,9 +34,9 @@ from tunlab.system.privileges import chown_to_invoking_user, require_root
 def capture_cmd(run_id: str, where: str, path: str | None, count: int | None, bpf: str, inner: bool) -> None:
     """Capture the underlay link LINK (e.g. vnf1-vnf2, at its first node's end) or the TUN of NODE."""
     require_root("tunlab capture")
-    from tunlab.lab.ledger import Ledger
+    from tunlab.lab.ledger import open_run
 
-    lab = AttachedLab(Ledger.open(run_id))
+    lab = AttachedLab(open_run(run_id))
     lk = None
     if where in lab.nodes:
         if inner:

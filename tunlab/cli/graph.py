@@ -46,10 +46,10 @@ def graph_cmd(what: str, params: tuple[str, ...], fmt: str) -> None:
     from tunlab.model.graph import graph_data, to_dot, to_mermaid
 
     state = None
-    from tunlab.lab.ledger import Ledger, run_root
+    from tunlab.lab.ledger import open_run, run_root
 
     if is_run_id(what) and (run_root() / what).is_dir():  # a run id names a run only when the run exists
-        meta = Ledger.open(what).meta()
+        meta = open_run(what).meta()
         g = meta.get("graph")
         if not g:
             raise TunlabError(f"run {what} was started by an older tunlab and recorded no graph",

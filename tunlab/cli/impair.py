@@ -12,9 +12,9 @@ from tunlab.errors import TunlabError
 
 def _attached(run: str):  # type: ignore[no-untyped-def]
     from tunlab.lab.attach import AttachedLab
-    from tunlab.lab.ledger import Ledger
+    from tunlab.lab.ledger import open_run
 
-    return AttachedLab(Ledger.open(run))
+    return AttachedLab(open_run(run))
 
 
 def _print(replies: list[dict], as_json: bool) -> None:

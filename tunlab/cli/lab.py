@@ -275,15 +275,9 @@ def _mine(led: Ledger) -> bool:
 
 def _open_run(ref: str) -> Ledger:
     """A run by id or by the name given with `tunlab up --name`."""
-    from tunlab.model.names import is_run_id
+    from tunlab.lab.ledger import open_run
 
-    if is_run_id(ref):
-        return Ledger.open(ref)
-    named = [r for r in list_runs() if r.meta().get("name") == ref]
-    live = [r for r in named if r.state() != "dead"] or named
-    if not live:
-        raise TunlabError(f"there is no run '{ref}' (neither a run id nor a lab name)", "see `tunlab ls`")
-    return live[-1]
+    return open_run(ref)
 
 
 def _pick_run(run_id: str | None, states: tuple[str, ...], what: str) -> Ledger:

@@ -26,9 +26,9 @@ def stats_cmd(target: tuple[str, ...], compact: bool, timeout: float, watch: flo
         path = target[0]
     elif len(target) == 2:
         from tunlab.lab.attach import AttachedLab
-        from tunlab.lab.ledger import Ledger
+        from tunlab.lab.ledger import open_run
 
-        path = AttachedLab(Ledger.open(target[0])).node(target[1]).control
+        path = AttachedLab(open_run(target[0])).node(target[1]).control
     else:
         raise TunlabError("give a control socket PATH, or RUN NODE", "e.g. tunlab relay-stats 4f2a vnf2")
     while True:

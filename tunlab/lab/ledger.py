@@ -290,6 +290,19 @@ def list_runs(root: Path | None = None) -> list[Ledger]:
     return [Ledger(root / n) for n in names if is_run_id(n) and (root / n).is_dir()]
 
 
+def open_run(ref: str, root: Path | None = None) -> Ledger:
+    """A run by id or by the name given with `tunlab up --name` (a name may look like a run id, e.g. "mine":
+    an existing run directory wins, then a lab of that name, the live one before dead ones)."""
+    root = root or run_root()
+    if is_run_id(ref) and (root / ref).is_dir():
+        return Ledger(root / ref)
+    named = [r for r in list_runs(root) if r.meta().get("name") == ref]
+    live = [r for r in named if r.state() != "dead"] or named
+    if not live:
+        raise TunlabError(f"there is no run '{ref}' (neither a run id nor a lab name)", "see `tunlab ls`")
+    return live[-1]
+
+
 # ------------------------------------------------------------------------------------------- replay
 
 
