@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import string
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tunlab.errors import TunlabError
+from tunlab.lab.ledger import stop_processes
 from tunlab.system import netns
 from tunlab.system.procs import proc_start_time, process_alive
 
@@ -261,17 +261,9 @@ def down(target: StandinSet | str | os.PathLike[str]) -> list[str]:
     targets = [(h.master_pid, h.master_start) for h in sset.hosts if h.master_pid]
     targets += [(h.pid, h.start) for h in sset.hosts if h.pid]  # pid 1 inside: its end ends the sandbox
     targets += [(h.unshare_pid, h.unshare_start) for h in sset.hosts if h.unshare_pid]
-    for pid, start in targets:
-        if process_alive(pid, start):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid, start in targets:
-        try:
-            _wait(lambda: not process_alive(pid, start) or _reap(pid), f"process {pid}", timeout=10)
-        except TunlabError as exc:
-            problems.append(str(exc))
+    stop_processes(targets, timeout=2.0)  # by pid and start time: never someone else's reused pid
+    problems += [f"stand-in hosts: process {pid} is still alive" for pid, start in targets
+                 if process_alive(pid, start)]
     if sset.id and os.path.lexists(netns.netns_path(sset.lan_netns)):
         try:
             netns.remove_named(sset.lan_netns)
@@ -282,14 +274,6 @@ def down(target: StandinSet | str | os.PathLike[str]) -> list[str]:
     if not problems:
         (sset.dir / STATE).unlink(missing_ok=True)
     return problems
-
-
-def _reap(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == pid
-    except ChildProcessError:
-        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
