@@ -343,3 +343,13 @@ def netlab() -> Iterator[NetLab]:
         yield lab
     finally:
         lab.cleanup()
+
+
+@pytest.fixture(params=["c", "python"])
+def datapath_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The same tests against both implementations of the datapath (issue 20); a module takes it for all its
+    tests with ``pytest.mark.usefixtures("datapath_impl")``."""
+    if request.param == "c":
+        pytest.importorskip("tunlab.relay.fast._cfast", reason="the compiled datapath is not built")
+    monkeypatch.setenv("TUNLAB_DATAPATH_IMPL", request.param)
+    return str(request.param)

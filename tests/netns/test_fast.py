@@ -13,18 +13,11 @@ import subprocess
 from typing import Any
 
 import pytest
-from relay_helpers import NetLab, RelayProc, netlab, nsexec, ping, read_line, sh, two_nodes, wait_until  # noqa: F401
+from relay_helpers import NetLab, RelayProc, netlab, nsexec, ping, read_line, sh, two_nodes, wait_until, datapath_impl  # noqa: F401
 
-pytestmark = pytest.mark.netns
+# the same tests against both implementations of the datapath (issue 20)
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("datapath_impl")]
 
-
-@pytest.fixture(autouse=True, params=["c", "python"])
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The same wire-level tests against both implementations of the datapath (issue 20)."""
-    if request.param == "c":
-        pytest.importorskip("tunlab.relay.fast._cfast", reason="the compiled datapath is not built")
-    monkeypatch.setenv("TUNLAB_DATAPATH_IMPL", request.param)
-    return str(request.param)
 
 PORT = 47320
 
@@ -88,11 +81,11 @@ def iperf(lab: NetLab, client: str, server: str, dst: str, seconds: int = 2) -> 
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_gso_between_tunlab_relays_carries_tcp_whole(netlab: NetLab, impl: str) -> None:
+def test_gso_between_tunlab_relays_carries_tcp_whole(netlab: NetLab, datapath_impl: str) -> None:
     a, b, ra, rb = tunnel(netlab)
     wait_until(lambda: ra.datapath("b") == "gso" and rb.datapath("a") == "gso", "both ends choose gso")
     assert "datapath gso" in ra.output() + rb.output()  # the choice is logged
-    assert ra.ready["datapath"]["impl"] == rb.ready["datapath"]["impl"] == impl
+    assert ra.ready["datapath"]["impl"] == rb.ready["datapath"]["impl"] == datapath_impl
     assert ra.ready["datapath"]["requested"] == "auto" and "b" in ra.ready["datapath"]["peers"]  # ready line
     ping(a, "10.2.0.2")
     send_file(netlab, a, b, "10.2.0.2")

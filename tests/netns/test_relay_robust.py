@@ -6,18 +6,11 @@ import random
 import socket
 
 import pytest
-from relay_helpers import NetLab, netlab, ns_socket, ping, sh, two_nodes, wait_until  # noqa: F401
+from relay_helpers import NetLab, netlab, ns_socket, ping, sh, two_nodes, wait_until, datapath_impl  # noqa: F401
 
-pytestmark = pytest.mark.netns
+# the same tests against both implementations of the datapath (issue 20)
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("datapath_impl")]
 
-
-@pytest.fixture(autouse=True, params=["c", "python"])
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The floods against both implementations of the datapath (issue 20)."""
-    if request.param == "c":
-        pytest.importorskip("tunlab.relay.fast._cfast", reason="the compiled datapath is not built")
-    monkeypatch.setenv("TUNLAB_DATAPATH_IMPL", request.param)
-    return str(request.param)
 
 
 def icmp_echo(src: str, dst: str) -> bytes:
@@ -83,7 +76,7 @@ def test_tcp_foreign_connections_refused_and_counted(netlab: NetLab) -> None:
     ping(a, "10.77.0.2")
 
 
-def test_udp_flood_of_malformed_datagrams(netlab: NetLab, impl: str) -> None:
+def test_udp_flood_of_malformed_datagrams(netlab: NetLab, datapath_impl: str) -> None:
     a, b = two_nodes(netlab)
     dev = netlab.ifname("t")
     rb = netlab.relay(b, "rb", "--dev", dev, "--addr", "10.77.0.2/24", "--listen", "10.1.0.2:5000", "--accept",
@@ -91,7 +84,7 @@ def test_udp_flood_of_malformed_datagrams(netlab: NetLab, impl: str) -> None:
     netlab.relay(a, "ra", "--dev", dev, "--addr", "10.77.0.1/24", "--listen", "10.1.0.1:5000", "--peer",
                  "b=10.1.0.2:5000")
     ping(a, "10.77.0.2")
-    assert rb.ready["datapath"]["impl"] == impl
+    assert rb.ready["datapath"]["impl"] == datapath_impl
     rng = random.Random(2)
     junk = {
         "empty": [b""],
@@ -124,7 +117,7 @@ def test_udp_flood_of_malformed_datagrams(netlab: NetLab, impl: str) -> None:
     flood.close()
 
 
-def test_tcp_flood_of_bad_streams_closes_only_those(netlab: NetLab, impl: str) -> None:
+def test_tcp_flood_of_bad_streams_closes_only_those(netlab: NetLab, datapath_impl: str) -> None:
     a, b = two_nodes(netlab)
     sh("ip", "-n", a, "addr", "add", "10.1.0.3/24", "dev", netlab.ifname("va"))
     dev = netlab.ifname("t")
@@ -133,7 +126,7 @@ def test_tcp_flood_of_bad_streams_closes_only_those(netlab: NetLab, impl: str) -
     ra = netlab.relay(a, "ra", "--transport", "tcp", "--dev", dev, "--addr", "10.77.0.1/24", "--peer",
                       "b=10.1.0.2:5000")
     ra.wait_connected("b")
-    assert rb.ready["datapath"]["impl"] == impl
+    assert rb.ready["datapath"]["impl"] == datapath_impl
     rng = random.Random(3)
     frames_ok_then_bad = [
         b"\x00\x00",                                                     # length 0

@@ -58,6 +58,17 @@ def too_big_for_c(relay: "Relay") -> str | None:
     return None
 
 
+def stays_python(dp: Any, relay: "Relay") -> bool:
+    """Whether this relay's packets must stay in the Python loops (a hook sees every packet, or the tables
+    are too big for C); if so ``dp`` says so (impl, impl_reason) and the log has why."""
+    why = "--vnf hook: a Python function sees every packet" if dp.hook is not None else too_big_for_c(relay)
+    if why is None:
+        return False
+    dp.impl, dp.impl_reason = "python", why
+    log.info("datapath: Python loops (%s)", why)
+    return True
+
+
 def python_link_send(dp: Any, peer: "Peer", pkt: Any, n: int) -> None:
     """A packet for a Python link: through its stages where the relay has them (``Datapath.out``, seam 2),
     else sent as the Python datapath sends it."""

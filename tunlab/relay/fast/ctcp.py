@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import encap
 from .cpump import (DRAINED, LEFTOVER, PY, ROUNDS, Counters, _cfast, new_pump, python_link_reason, python_link_send,
-                    route_lists, too_big_for_c)
+                    route_lists, stays_python)
 from ..datapath import BATCH
 from ..simple import SimpleTcpDatapath
 
@@ -31,13 +31,7 @@ class CTcpDatapath(Counters, SimpleTcpDatapath):
         super().__init__(relay)
         self.plist = list(self.table.peers.values())
         self.pump: Any = None
-        why = None
-        if self.hook is not None:
-            why = "--vnf hook: a Python function sees every packet"
-        else:
-            why = too_big_for_c(relay)
-        if why is not None:
-            self.impl, self.impl_reason = "python", why
+        if stays_python(self, relay):
             return
         seg = encap.HDR_LEN + encap.MIN_CSIZE
         # the UDP loops' buffers are not used over TCP: the smallest the Pump accepts

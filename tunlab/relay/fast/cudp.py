@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import encap
 from .cpump import (DEV_ERROR, DRAINED, MORE, PY, ROUNDS, Counters, new_pump, python_link_reason,
-                    python_link_send, route_lists, too_big_for_c)
+                    python_link_send, route_lists, stays_python)
 from .pumps import BATCH
 from .udp import FastUdpDatapath
 
@@ -30,14 +30,7 @@ class CFastUdpDatapath(Counters, FastUdpDatapath):
         super().__init__(relay)
         self.plist = list(self.table.peers.values())
         index = {p.name: i for i, p in enumerate(self.plist)}
-        why = None
-        if self.hook is not None:
-            why = "--vnf hook: a Python function sees every packet"
-        else:
-            why = too_big_for_c(relay)
-        if why is not None:
-            self.impl, self.impl_reason = "python", why
-            log.info("datapath: Python loops (%s)", why)
+        if stays_python(self, relay):
             return
         tx, rx = self.tx, self.rx
         self.pump = new_pump(self, self.sock.fileno(), self.v6, self.segment,
