@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunlab.errors import TunlabError
 from tunlab.lab.backends.base import Backend
 from tunlab.lab.backends.hostpart import HostPartBackend
 from tunlab.lab.lab import Lab
@@ -58,7 +59,17 @@ class HostPartLab(Lab):
             return
         crossing = [u.link for u in self.host_plan.uplinks if u.transport == "udp" and hello]
         if crossing:
-            backend.wait_underlay(crossing, 10.0 if timeout is None else timeout)
+            try:
+                backend.wait_underlay(crossing, 10.0 if timeout is None else timeout)
+            except TunlabError as exc:  # what the silent link's relay says of itself, for the message
+                node = exc.message.split(":")[0].removeprefix("node ")
+                try:
+                    c = self.relay_counters().get(node) or {}
+                    drops = ", ".join(f"{k} {v}" for k, v in sorted((c.get("drops") or {}).items()) if v)
+                    exc.message += f" [relay {node}: drops {drops or 'none'}]"
+                except TunlabError:
+                    exc.message += f" [relay {node}: no answer on its control socket]"
+                raise
 
     def _key(self) -> bytes:
         if self._psk is None:

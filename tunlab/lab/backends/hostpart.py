@@ -157,9 +157,34 @@ class HostPartBackend(NetnsBackend):
                 u = silent[0]
                 raise TunlabError(f"node {u.node}: nothing from host {u.peer_host} ({u.peer_underlay}) arrived at "
                                   f"{u.underlay}:{u.hport} for link {u.link} within {timeout:.0f} s "
-                                  f"({u.transport})", "do the hosts reach each other's underlay (any firewall)? "
-                                  "tunlab hosts check")
+                                  f"({u.transport}) [here: {self.underlay_state(u)}]",
+                                  "do the hosts reach each other's underlay (any firewall)? tunlab hosts check")
             time.sleep(0.05)
+
+    def underlay_state(self, u: Uplink) -> str:
+        """What this host knows of an uplink, for the message of a link that stays silent: the host's
+        forwarding, its NAT table, and the connection-tracking entries of the link's ports."""
+        parts = []
+        try:
+            with open(FORWARD) as f:
+                parts.append(f"forwarding {f.read().strip()}")
+        except OSError as exc:
+            parts.append(f"forwarding unknown ({exc.strerror})")
+        res = subprocess.run(["nft", "list", "table", "ip", nft_table(self.plan.run_id)],
+                             capture_output=True, text=True, timeout=30)
+        if res.returncode != 0:
+            parts.append(f"NAT table unreadable: {res.stderr.strip()[:120]}")
+        ports = {f"port={u.hport}", f"port={u.node_port}", f"port={u.peer_hport}"}
+        try:
+            with open("/proc/net/nf_conntrack") as f:
+                tracked = [" ".join(w for w in line.split() if "=" in w and not w.startswith(("mark=", "zone=",
+                                                                                              "use=")))
+                           for line in f if " udp " in line or " tcp " in line]
+            mine = [t for t in tracked if any(w.endswith(tuple(ports)) for w in t.split())]
+            parts.append("conntrack: " + ("; ".join(mine[:4]) if mine else "nothing on the link's ports"))
+        except OSError:
+            pass
+        return ", ".join(parts)
 
     @classmethod
     def removers(cls, ledger: Ledger) -> dict[str, Remover]:
