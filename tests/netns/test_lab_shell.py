@@ -102,7 +102,10 @@ def test_capture_inner_writes_the_inner_packets_of_a_link(tmp_path: Path, params
     with Lab(load_topology("three_vnf", params)) as lab:
         pcap = tmp_path / "inner.pcap"
         proc = subprocess.Popen([sys.executable, "-m", "tunlab", "capture", lab.run_id, "vnf1-vnf2", "--inner",
-                                 "-w", str(pcap), "--filter", "tcp or udp"], stderr=subprocess.PIPE, text=True)
+                                 "-w", str(pcap), "--filter", "tcp or udp"], stderr=subprocess.PIPE, text=True,
+                                # Ctrl-C as in a terminal, even under a runner started in the background (whose
+                                # children inherit SIGINT ignored, as POSIX shells do for `cmd &`)
+                                preexec_fn=lambda: __import__("signal").signal(2, __import__("signal").SIG_DFL))
         wait_listening(proc)
         lab.node("sender").cmd_raises(["ping", "-c3", "-i", "0.2", "-s", "1000", lab.node("receiver").overlay_ip])
 

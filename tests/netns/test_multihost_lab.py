@@ -190,7 +190,8 @@ def test_an_underlay_that_does_not_reach_is_named(sset: standin.StandinSet, tmp_
     elif blocked == "udp":  # keyed relays' hellos from h1 never arrive at h2's port for the link
         assert "host h2: node vnf2: nothing from host h1 (10.77.0.1) arrived at 10.77.0.2:" in msg, msg
         assert "for link vnf1-vnf2 within 6 s (udp)" in msg and "host h1" not in msg.split("(udp)")[1]
-        assert "[here: forwarding 1, conntrack: " in msg and "[relay vnf2: drops none]" in msg, msg
+        assert "[here: forwarding 1, eth0 rx " in msg and "neighbour 10.77.0.1 " in msg, msg
+        assert "conntrack: " in msg and "[relay vnf2: drops none]" in msg, msg
     else:
         assert "host h1: node vnf1 got no answer from vnf2 on host h2 over the underlay (10.77.0.1 -> 10.77.0.2)" in msg
         assert "tunlab hosts check" in (e.value.hint or "")

@@ -30,6 +30,8 @@ from tunlab.model.plan import LabPlan, UnderlayLink
 from tunlab.system import netns
 
 FORWARD = "/proc/sys/net/ipv4/ip_forward"
+NUD = {0x01: "incomplete", 0x02: "reachable", 0x04: "stale", 0x08: "delay", 0x10: "probe", 0x20: "failed",
+       0x40: "noarp", 0x80: "permanent"}
 
 
 def nft_table(run_id: str) -> str:
@@ -174,11 +176,26 @@ class HostPartBackend(NetnsBackend):
                              capture_output=True, text=True, timeout=30)
         if res.returncode != 0:
             parts.append(f"NAT table unreadable: {res.stderr.strip()[:120]}")
-        ports = {f"port={u.hport}", f"port={u.node_port}", f"port={u.peer_hport}"}
+        try:  # the underlay device's counters and the far host's neighbour entry
+            with IPRoute() as ipr:
+                addrs = [a for a in ipr.get_addr(family=socket.AF_INET) if a.get_attr("IFA_ADDRESS") == u.underlay]
+                if addrs:
+                    (link,) = ipr.get_links(addrs[0]["index"])
+                    st = link.get_attr("IFLA_STATS64") or {}
+                    parts.append(f"{link.get_attr('IFLA_IFNAME')} rx {st.get('rx_packets')} tx {st.get('tx_packets')}"
+                                 f" drop {st.get('rx_dropped')}/{st.get('tx_dropped')}")
+                neigh = [n for n in ipr.get_neighbours(family=socket.AF_INET) if n.get_attr("NDA_DST") ==
+                         u.peer_underlay]
+                state = neigh[0]["state"] if neigh else 0
+                names = [n for bit, n in NUD.items() if state & bit]
+                parts.append(f"neighbour {u.peer_underlay} {'/'.join(names) or 'none'}")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic never hides the error it explains
+            parts.append(f"links unreadable ({exc})")
+        ports = {f"port={u.hport}", f"port={u.peer_hport}"}
         try:
             with open("/proc/net/nf_conntrack") as f:
-                tracked = [" ".join(w for w in line.split() if "=" in w and not w.startswith(("mark=", "zone=",
-                                                                                              "use=")))
+                tracked = [" ".join(w for w in line.split() if ("=" in w or w.startswith("[")) and not
+                                    w.startswith(("mark=", "zone=", "use=")))
                            for line in f if " udp " in line or " tcp " in line]
             mine = [t for t in tracked if any(w.endswith(tuple(ports)) for w in t.split())]
             parts.append("conntrack: " + ("; ".join(mine[:4]) if mine else "nothing on the link's ports"))
