@@ -165,7 +165,8 @@ def test_tcp_chain_across_two_hosts(sset: standin.StandinSet, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("blocked", ["icmp", "tcp", "udp"])
-def test_an_underlay_that_does_not_reach_is_named(sset: standin.StandinSet, tmp_path: Path, blocked: str) -> None:
+def test_an_underlay_that_does_not_reach_is_named(sset: standin.StandinSet, tmp_path: Path, blocked: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     """ICMP dropped: the hello phase's ping between hosts fails; TCP or UDP to the hosts' relay ports dropped:
     the connect phase fails and names the underlay path."""
     from tunlab.errors import TunlabError
@@ -192,6 +193,11 @@ def test_an_underlay_that_does_not_reach_is_named(sset: standin.StandinSet, tmp_
         assert "for link vnf1-vnf2 within 6 s (udp)" in msg and "host h1" not in msg.split("(udp)")[1]
         assert "[here: forwarding 1, eth0 rx " in msg and "neighbour 10.77.0.1 " in msg, msg
         assert "conntrack: " in msg and "[relay vnf2: drops none]" in msg, msg
+        # a silent link is tried once more on a new run (new ports) before it is reported
+        (retry,) = [r.getMessage() for r in caplog.records if "bringing the lab up once more" in r.getMessage()]
+        first_run = retry.split()[1].rstrip(":")
+        assert first_run != msg.split()[1].rstrip(":") and "nothing from host h1" in retry
+        assert host_leftovers(sset, first_run) == {} and run_pids(first_run) == []
     else:
         assert "host h1: node vnf1 got no answer from vnf2 on host h2 over the underlay (10.77.0.1 -> 10.77.0.2)" in msg
         assert "tunlab hosts check" in (e.value.hint or "")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import os
 import re
 import selectors
@@ -39,6 +40,10 @@ from tunlab.model.hosts import HostPlan, Inventory, host_plan, lab_topology, pla
 from tunlab.model.plan import UnderlayLink
 from tunlab.model.topology import Topology
 from tunlab.system.privileges import require_root
+
+log = logging.getLogger("tunlab.lab")
+# a host's "the link's far host was never heard" (tunlab.lab.backends.hostpart.HostPartBackend.wait_underlay)
+SILENT_UNDERLAY = re.compile(r"nothing from host \S+ \(\S+\) arrived at ")
 
 AGENT_TIMEOUT = 120.0
 
@@ -235,6 +240,37 @@ class MultiHostLab(RunHandle):
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> MultiHostLab:
         require_root("bringing a lab across hosts up")
+        try:
+            return self._enter_once()
+        except HostError as exc:
+            if not SILENT_UNDERLAY.search(exc.message):
+                raise
+            # A link between hosts stayed silent although each host's part came up: seen on stand-in hosts in
+            # about one full netns-tier run of three (one bring-up in a few hundred), cause not found yet (the
+            # message carries what each host knew: forwarding, counters, neighbour, conntrack). One more
+            # bring-up on a new run id (new ports, new connection-tracking entries); a real firewall fails
+            # twice and is reported as the second failure.
+            log.warning("%s; bringing the lab up once more, on new ports", exc.message)
+            self._reset()
+            return self._enter_once()
+
+    def _reset(self) -> None:
+        """Forget a failed bring-up (already taken down by ``_failed``) before another."""
+        self.trips = RoundTrips()
+        self.timings = {}
+        self.teardown_errors = []
+        self.final_counters = {}
+        self.host_plans = {}
+        self._sessions = {}
+        self._up = set()
+        self._ledger = None
+        self._run_dir = None
+        self._nodes = {}
+        self._links = []
+        self._detached = False
+        self.topology = self.source_topology
+
+    def _enter_once(self) -> MultiHostLab:
         inv = self.inventory
         self._ledger = led = Ledger.create({"backend": "hosts", "topology": self.source_topology.name,
                                             "source": self.source_topology.source, "inventory": inv.path,
@@ -252,6 +288,8 @@ class MultiHostLab(RunHandle):
     def _fail(self, errors: list[HostError]) -> None:
         if errors:
             first = errors[0]
+            for e in errors[1:]:  # the others whole in the log; the error itself stays one line
+                log.warning("%s", e.message)
             if len(errors) > 1:  # the others by host only: one line
                 first.message += f" (also on {', '.join(e.message.split(':')[0] for e in errors[1:])})"
             raise first
