@@ -45,7 +45,9 @@ def test_three_vnf_over_two_hosts_comes_up_and_goes_away(sset: standin.StandinSe
             assert f'"host": "{h}"' in out
         assert not Path(f"/run/netns/tl-{run_id}-sender").exists()
         # the link between hosts is keyed, and the overlay MTU fits the stand-ins' LAN (its veths' MTU)
-        lan_mtu = int(sset.ssh("h1", "cat /sys/class/net/eth0/mtu").stdout)
+        link = sset.ssh("h1", "ip -o link show dev eth0").stdout.split()
+        lan_mtu = int(link[link.index("mtu") + 1])
+        assert lan_mtu == standin.LAN_MTU  # the host's own device (its /sys shows the machine's namespace)
         assert lab.topology.keyed and lab.topology.mtu == lan_mtu - 28 - 29
         mtu = lab.topology.mtu
         rx = lab.node("receiver").overlay_ip

@@ -51,10 +51,14 @@ def underlay_mtu(addr: str) -> int | None:
     words = res.stdout.split()
     if len(words) < 2:
         return None
+    # from netlink (`ip link`), not /sys/class/net: a host whose network namespace is not the one its /sys
+    # was mounted in (a container, a stand-in host) would read another device's MTU there
+    res = subprocess.run(["ip", "-o", "link", "show", "dev", words[1].split("@")[0]], capture_output=True, text=True,
+                         timeout=10)
+    link = res.stdout.split()
     try:
-        with open(f"/sys/class/net/{words[1]}/mtu") as f:
-            return int(f.read())
-    except (OSError, ValueError):
+        return int(link[link.index("mtu") + 1])
+    except (ValueError, IndexError):
         return None
 
 

@@ -3,9 +3,9 @@
 Each stand-in host is a sandbox with its own network, mount and PID namespaces: a private ``/run`` (so its
 named network namespaces and its tunlab run directories are its own, as on a separate machine) and its own
 ``/proc``, running Debian's OpenSSH server as its first process. The hosts are joined by a bridge in a LAN
-namespace (``tls-<id>-lan``), each at an underlay address of ``10.77.0.0/24`` (``h1`` = .1, ...). The system
-``ssh`` reaches them with connection sharing (ControlMaster) through a ProxyCommand that enters the host's
-network namespace (``nsenter`` + ``socat``): nothing is addressed in the root namespace.
+namespace (``tls-<id>-lan``, MTU 1380), each at an underlay address of ``10.77.0.0/24`` (``h1`` = .1, ...).
+The system ``ssh`` reaches them with connection sharing (ControlMaster) through a ProxyCommand that enters the
+host's network namespace (``nsenter`` + ``socat``): nothing is addressed in the root namespace.
 
     python -m tunlab.testing.standin up -n 2 --dir DIR     # prints DIR/hosts.ini (the inventory)
     python -m tunlab.testing.standin down --dir DIR        # everything the set made, by its state file
@@ -45,6 +45,7 @@ SUBNET = "10.77.0"
 SSHD = "/usr/sbin/sshd"
 STATE = "standin.json"
 ENV_TAG = "TUNLAB_STANDIN"
+LAN_MTU = 1380  # neither the veth default nor a usual uplink's: the MTU fitted to it is visibly the LAN's
 
 
 def _run(argv: Sequence[str], what: str, **kw: Any) -> str:
@@ -192,8 +193,8 @@ def _make(sset: StandinSet, tunlab_cmd: str) -> None:
         h.pid = child[0]
         h.start = proc_start_time(h.pid)
         sset.save()
-        _run([*lan, "link", "add", h.name, "type", "veth", "peer", "name", "eth0", "netns", str(h.pid)],
-             f"host {h.name}'s LAN link")
+        _run([*lan, "link", "add", h.name, "mtu", str(LAN_MTU), "type", "veth", "peer", "name", "eth0", "mtu",
+              str(LAN_MTU), "netns", str(h.pid)], f"host {h.name}'s LAN link")
         _run([*lan, "link", "set", h.name, "master", "br0", "up"], f"host {h.name}'s bridge port")
         host_ip = ["nsenter", f"--net={h.netns_file}", "--", "ip"]
         _run([*host_ip, "addr", "add", f"{h.addr}/24", "dev", "eth0"], f"host {h.name}'s address")
