@@ -67,6 +67,23 @@ def test_runtime_change_and_link_flap(tmp_path: Path) -> None:
         assert [r["dir"] for r in as_json] == ["vnf1>sender"]
 
 
+def test_flapping_link_drops_while_down_and_counts_each_drop(tmp_path: Path) -> None:
+    """flap=UP/DOWN: the direction goes down and up again in turn (from its first packet); every request that
+    met it down is lost and counted as that link's drop, the others cross; --clear ends it."""
+    with Lab(linear_chain(1), results_dir=tmp_path) as lab:
+        sender, receiver = lab.node("sender"), lab.node("receiver")
+        (reply,) = lab.impair("sender-vnf1", "flap=1s/1s", direction="sender>vnf1")
+        assert "flap=(1.0, 1.0)" in reply["spec"], reply
+        out = sender.cmd_status(["ping", "-n", "-c", "40", "-i", "0.1", "-W", "1", receiver.overlay_ip]).stdout
+        got = len(rtts(out))
+        assert 0 < got < 40, out  # some requests met the link up, some down
+        drops = lab.relay_counters()["sender"]["drops"].get("impair_link_down", 0)
+        assert drops == 40 - got, (drops, got)
+        lab.impair("sender-vnf1", clear=True)
+        assert len(rtts(sender.cmd_raises(["ping", "-n", "-c", "10", "-i", "0.1", "-W", "1",
+                                           receiver.overlay_ip]))) == 10
+
+
 def test_declared_impairment_and_seed(tmp_path: Path) -> None:
     topo = linear_chain(1, impair={"sender-vnf1": "delay=10ms"}, seed=9)
     with Lab(topo, results_dir=tmp_path) as lab:
