@@ -43,22 +43,29 @@ def relay_states(meta: dict[str, Any]) -> dict[str, str]:
               help="dot (Graphviz: tunlab graph fork | dot -Tsvg > fork.svg) or mermaid (markdown)")
 def graph_cmd(what: str, params: tuple[str, ...], fmt: str) -> None:
     """Draw TOPOLOGY (a file or a name in topologies/) or the running lab RUN (with each relay's state)."""
+    from tunlab.lab.ledger import Ledger, open_run, run_root
     from tunlab.model.graph import graph_data, to_dot, to_mermaid
+    from tunlab.model.topofile import load_topology, parse_params
 
     state = None
-    from tunlab.lab.ledger import open_run, run_root
-
+    run: Ledger | None = None
     if is_run_id(what) and (run_root() / what).is_dir():  # a run id names a run only when the run exists
-        meta = open_run(what).meta()
+        run = open_run(what)
+    else:
+        try:
+            g = graph_data(load_topology(what, parse_params(params)))
+        except TunlabError as not_topology:  # then a lab's name (`tunlab up --name mine`), else the first error
+            try:
+                run = open_run(what)
+            except TunlabError:
+                raise not_topology from None
+    if run is not None:
+        meta = run.meta()
         g = meta.get("graph")
         if not g:
             raise TunlabError(f"run {what} was started by an older tunlab and recorded no graph",
                               f"draw its topology instead: tunlab graph {meta.get('source') or meta.get('topology')}")
         state = relay_states(meta)
-    else:
-        from tunlab.model.topofile import load_topology, parse_params
-
-        g = graph_data(load_topology(what, parse_params(params)))
     click.echo((to_dot if fmt == "dot" else to_mermaid)(g, state), nl=False)
 
 
