@@ -4,6 +4,7 @@ RUN NODE`, on a real lab."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -105,7 +106,7 @@ def test_capture_inner_writes_the_inner_packets_of_a_link(tmp_path: Path, params
                                  "-w", str(pcap), "--filter", "tcp or udp"], stderr=subprocess.PIPE, text=True,
                                 # Ctrl-C as in a terminal, even under a runner started in the background (whose
                                 # children inherit SIGINT ignored, as POSIX shells do for `cmd &`)
-                                preexec_fn=lambda: __import__("signal").signal(2, __import__("signal").SIG_DFL))
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_listening(proc)
         lab.node("sender").cmd_raises(["ping", "-c3", "-i", "0.2", "-s", "1000", lab.node("receiver").overlay_ip])
 
@@ -120,7 +121,7 @@ def test_capture_inner_writes_the_inner_packets_of_a_link(tmp_path: Path, params
         deadline = time.monotonic() + 15
         while len(icmp()) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc.send_signal(__import__("signal").SIGINT)
+        proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         inner = icmp()
         # 3 requests and 3 replies crossed vnf1-vnf2, each written once, as the overlay packets they are

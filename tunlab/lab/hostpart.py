@@ -59,17 +59,16 @@ class HostPartLab(Lab):
             return
         crossing = [u.link for u in self.host_plan.uplinks if u.transport == "udp" and hello]
         if crossing:
-            try:
-                backend.wait_underlay(crossing, 10.0 if timeout is None else timeout)
-            except TunlabError as exc:  # what the silent link's relay says of itself, for the message
-                node = exc.message.split(":")[0].removeprefix("node ")
-                try:
-                    c = self.relay_counters().get(node) or {}
-                    drops = ", ".join(f"{k} {v}" for k, v in sorted((c.get("drops") or {}).items()) if v)
-                    exc.message += f" [relay {node}: drops {drops or 'none'}]"
-                except TunlabError:
-                    exc.message += f" [relay {node}: no answer on its control socket]"
-                raise
+            backend.wait_underlay(crossing, 10.0 if timeout is None else timeout, self._relay_drops)
+
+    def _relay_drops(self, node: str) -> str:
+        """`` [relay NODE: drops ...]``, for the message of a link that stayed silent."""
+        try:
+            c = self.relay_counters().get(node) or {}
+        except TunlabError:
+            return f" [relay {node}: no answer on its control socket]"
+        drops = ", ".join(f"{k} {v}" for k, v in sorted((c.get("drops") or {}).items()) if v)
+        return f" [relay {node}: drops {drops or 'none'}]"
 
     def _key(self) -> bytes:
         if self._psk is None:

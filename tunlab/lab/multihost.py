@@ -220,21 +220,9 @@ class MultiHostLab(RunHandle):
         self.inventory = inventory
         self.keyed = keyed
         self.placement = dict(placement) if placement else place(topology, inventory.names, inventory.path)
-        self.topology: Topology = topology
         self.ready_timeout = ready_timeout
         self.restart_relays = restart_relays
-        self.trips = RoundTrips()
-        self.timings: dict[str, float] = {}
-        self.teardown_errors: list[str] = []
-        self.final_counters: dict[str, Any] = {}
-        self.host_plans: dict[str, HostPlan] = {}
-        self._sessions: dict[str, AgentSession] = {}
-        self._up: set[str] = set()  # hosts whose part was asked to come up (so must come down)
-        self._ledger: Ledger | None = None
-        self._run_dir: Path | None = None
-        self._nodes: dict[str, RemoteNode] = {}
-        self._links: list[UnderlayLink] = []
-        self._detached = False
+        self._reset()
         self.results_dir: Path | None = None  # (tunlab run sets it; logs stay on the hosts: docs/multihost.md)
 
     # ------------------------------------------------------------------ lifecycle
@@ -255,20 +243,21 @@ class MultiHostLab(RunHandle):
             return self._enter_once()
 
     def _reset(self) -> None:
-        """Forget a failed bring-up (already taken down by ``_failed``) before another."""
+        """The state of one bring-up, empty (at the start, and after a failed bring-up, which ``_failed``
+        has already taken down)."""
+        self.topology: Topology = self.source_topology
         self.trips = RoundTrips()
-        self.timings = {}
-        self.teardown_errors = []
-        self.final_counters = {}
-        self.host_plans = {}
-        self._sessions = {}
-        self._up = set()
-        self._ledger = None
-        self._run_dir = None
-        self._nodes = {}
-        self._links = []
+        self.timings: dict[str, float] = {}
+        self.teardown_errors: list[str] = []
+        self.final_counters: dict[str, Any] = {}
+        self.host_plans: dict[str, HostPlan] = {}
+        self._sessions: dict[str, AgentSession] = {}
+        self._up: set[str] = set()  # hosts whose part was asked to come up (so must come down)
+        self._ledger: Ledger | None = None
+        self._run_dir: Path | None = None
+        self._nodes: dict[str, RemoteNode] = {}
+        self._links: list[UnderlayLink] = []
         self._detached = False
-        self.topology = self.source_topology
 
     def _enter_once(self) -> MultiHostLab:
         inv = self.inventory

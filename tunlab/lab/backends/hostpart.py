@@ -17,7 +17,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -146,9 +146,11 @@ class HostPartBackend(NetnsBackend):
                     out[str(rule.get("comment"))] = int(e["counter"].get("packets", 0))
         return out
 
-    def wait_underlay(self, links: Sequence[str], timeout: float) -> None:
+    def wait_underlay(self, links: Sequence[str], timeout: float,
+                      relay_note: Callable[[str], str] = lambda node: "") -> None:
         """Until a packet from the far host has arrived for each of ``links`` (relays that send hellos:
-        keyed links, the auto/gso datapaths), or a one-line error naming the underlay path."""
+        keyed links, the auto/gso datapaths), or a one-line error naming the underlay path, with what this
+        host knew of it and ``relay_note(node)`` (what the silent link's relay says of itself)."""
         deadline = time.monotonic() + timeout
         while True:
             heard = self.underlay_heard()
@@ -159,7 +161,7 @@ class HostPartBackend(NetnsBackend):
                 u = silent[0]
                 raise TunlabError(f"node {u.node}: nothing from host {u.peer_host} ({u.peer_underlay}) arrived at "
                                   f"{u.underlay}:{u.hport} for link {u.link} within {timeout:.0f} s "
-                                  f"({u.transport}) [here: {self.underlay_state(u)}]",
+                                  f"({u.transport}) [here: {self.underlay_state(u)}]{relay_note(u.node)}",
                                   "do the hosts reach each other's underlay (any firewall)? tunlab hosts check")
             time.sleep(0.05)
 
