@@ -62,7 +62,8 @@ def assert_gone(result: ScenarioResult) -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_scenario_passes_on_mininet(name: str, tmp_path: Path) -> None:
     sc = load_scenario(SCENARIOS / f"{name}.py")
-    result = run_scenario(sc, results_root=tmp_path, backend="mininet")
+    # a fixed seed: lossy_chain's loss share is a statistical check (an honest run fails it 1 % of the time)
+    result = run_scenario(sc, results_root=tmp_path, backend="mininet", seed=5)
     assert result.passed, report(result)
     for flow in result.flows:  # checked on every hop, not only end to end
         if any("dropped by impairment on link" in c.message for c in flow.checks):

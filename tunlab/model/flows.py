@@ -70,8 +70,8 @@ class Flow:
     #: an address as ``dst`` says it itself)
     family: int | None = None
     #: a statistical expectation (issue 17): the share of this flow's probes that links' impairments drop,
-    #: e.g. "5%": passes when the share seen is within the 99% confidence interval of that rate over
-    #: ``count`` probes. Each probe then expects "... or dropped by impairment".
+    #: e.g. "5%": passes when the count dropped is one an exact two-sided binomial test at 1% accepts for
+    #: that rate over ``count`` probes. Each probe then expects "... or dropped by impairment".
     loss: str | float | None = None
 
     kind = "flow"

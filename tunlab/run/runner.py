@@ -354,9 +354,9 @@ def _impair_log(lab: Any) -> Any:
 
 def loss_checks(sc: Scenario, planned: list[PlannedProbe], flows: list[Any]) -> list[CheckResult]:
     """A flow's statistical expectation ``loss=``: the share of its probes (and replies) that impairments
-    dropped lies in the 99% confidence interval of that rate over its probes."""
+    dropped is one an exact two-sided binomial test at 1 % accepts for that rate over its probes."""
     from tunlab.model.scenario import loss_rate
-    from tunlab.relay.impair import confidence_interval
+    from tunlab.relay.impair import binomial_range
 
     out = []
     for i, flow in enumerate(sc.traffic):
@@ -366,11 +366,10 @@ def loss_checks(sc: Scenario, planned: list[PlannedProbe], flows: list[Any]) -> 
         mine = [f for p, f in zip(planned, flows) if p.flow_index == i]
         dropped = sum(1 for f in mine if any("dropped by impairment" in c.message for c in f.checks))
         n = len(mine)
-        lo, hi = confidence_interval(n, rate)
-        # with few probes the normal approximation is too narrow: always allow one more or one less
-        lo, hi = max(0.0, min(lo, rate - 1 / n)), min(1.0, max(hi, rate + 1 / n))
+        k_lo, k_hi = binomial_range(n, rate) if n else (0, 0)
+        lo, hi = (k_lo / n, k_hi / n) if n else (0.0, 0.0)
         share = dropped / n if n else 0.0
-        ok = lo <= share <= hi
+        ok = k_lo <= dropped <= k_hi
         out.append(CheckResult(f"loss of {flow.label()}", ok,
                                f"{dropped} of {n} dropped by impairment ({share:.1%}); expected {rate:.1%}, "
                                f"99% interval {lo:.1%}..{hi:.1%}"))
