@@ -90,7 +90,22 @@ def test_forgeries_replays_and_spoofed_ports_reach_the_device_zero_times(netlab:
 
     recorded = [bytes(p[UDP].payload) for p in rdpcap(str(cap)) if p.haslayer(UDP)]
     assert recorded
-    before, sent_before = rb.counters(), ra.counters()["peers"]["b"]["tx_packets"]
+
+    def settled() -> tuple[dict, int]:  # type: ignore[type-arg]
+        """b's counters and what a's relay has sent b, once nothing a sent is still on its way: a's kernel
+        may send a packet of its own at any time (an IPv6 router solicitation on the fresh TUN), and one
+        caught between the two reads was counted on one side only (CI saw b's device one ahead)."""
+        got: list[tuple[dict, int]] = []  # type: ignore[type-arg]
+
+        def same() -> bool:
+            sent = ra.counters()["peers"]["b"]["tx_packets"]
+            c = rb.counters()
+            got[:] = [(c, sent)]
+            return c["peers"]["a"]["rx_packets"] == sent
+        wait_until(same, "a's packets to b all arrived")
+        return got[0]
+
+    before, sent_before = settled()
     # the attacker sits on a's own address: a second address on a's side is not needed, a's IP is spoofable
     # by binding it from another socket in a's namespace with another port, and with a's own port
     spoof_port = ns_socket(a, socket.AF_INET)
@@ -113,8 +128,7 @@ def test_forgeries_replays_and_spoofed_ports_reach_the_device_zero_times(netlab:
     for data in recorded:  # replays of real, recorded datagrams, from a's address (another port)
         spoof_port.sendto(data, ("10.1.0.2", 5000))
     wait_until(lambda: dropped() - mark >= len(recorded), "the replays counted")
-    after, sent_after = rb.counters(), ra.counters()["peers"]["b"]["tx_packets"]
-    # a's kernel may still send a packet of its own meanwhile (an IPv6 router solicitation on the fresh TUN):
+    after, sent_after = settled()
     # b's device gets exactly what a's relay sealed and sent, nothing more
     authentic = sent_after - sent_before
     assert after["dev"]["tx_packets"] - before["dev"]["tx_packets"] == authentic, "nothing forged reached the device"
