@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from relay_helpers import NetLab, netlab, ns_socket, ping, sh, two_nodes, wait_until  # noqa: F401
@@ -69,6 +70,22 @@ def test_different_keys_never_talk(netlab: NetLab, tmp_path: Path) -> None:
     assert rb.counters()["dev"]["tx_packets"] == 0 and not rb.counters()["datapath"]["peers"]["a"]["session"]
 
 
+
+def settled(ra: Any, rb: Any) -> tuple[dict, int]:  # type: ignore[type-arg]
+    """b's counters and what a's relay has sent b, once nothing a sent is still on its way: a's kernel may
+    send a packet of its own at any time (an IPv6 router solicitation on the fresh TUN), and one caught
+    between the two reads was counted on one side only (CI saw b's device one ahead, and one behind)."""
+    got: list[tuple[dict, int]] = []  # type: ignore[type-arg]
+
+    def same() -> bool:
+        sent = ra.counters()["peers"]["b"]["tx_packets"]
+        c = rb.counters()
+        got[:] = [(c, sent)]
+        return c["peers"]["a"]["rx_packets"] == sent
+    wait_until(same, "a's packets to b all arrived")
+    return got[0]
+
+
 def test_forgeries_replays_and_spoofed_ports_reach_the_device_zero_times(netlab: NetLab, tmp_path: Path) -> None:
     a, b = two_nodes(netlab)
     k = key(tmp_path)
@@ -91,21 +108,7 @@ def test_forgeries_replays_and_spoofed_ports_reach_the_device_zero_times(netlab:
     recorded = [bytes(p[UDP].payload) for p in rdpcap(str(cap)) if p.haslayer(UDP)]
     assert recorded
 
-    def settled() -> tuple[dict, int]:  # type: ignore[type-arg]
-        """b's counters and what a's relay has sent b, once nothing a sent is still on its way: a's kernel
-        may send a packet of its own at any time (an IPv6 router solicitation on the fresh TUN), and one
-        caught between the two reads was counted on one side only (CI saw b's device one ahead)."""
-        got: list[tuple[dict, int]] = []  # type: ignore[type-arg]
-
-        def same() -> bool:
-            sent = ra.counters()["peers"]["b"]["tx_packets"]
-            c = rb.counters()
-            got[:] = [(c, sent)]
-            return c["peers"]["a"]["rx_packets"] == sent
-        wait_until(same, "a's packets to b all arrived")
-        return got[0]
-
-    before, sent_before = settled()
+    before, sent_before = settled(ra, rb)
     # the attacker sits on a's own address: a second address on a's side is not needed, a's IP is spoofable
     # by binding it from another socket in a's namespace with another port, and with a's own port
     spoof_port = ns_socket(a, socket.AF_INET)
@@ -128,7 +131,7 @@ def test_forgeries_replays_and_spoofed_ports_reach_the_device_zero_times(netlab:
     for data in recorded:  # replays of real, recorded datagrams, from a's address (another port)
         spoof_port.sendto(data, ("10.1.0.2", 5000))
     wait_until(lambda: dropped() - mark >= len(recorded), "the replays counted")
-    after, sent_after = settled()
+    after, sent_after = settled(ra, rb)
     # b's device gets exactly what a's relay sealed and sent, nothing more
     authentic = sent_after - sent_before
     assert after["dev"]["tx_packets"] - before["dev"]["tx_packets"] == authentic, "nothing forged reached the device"
@@ -239,7 +242,7 @@ def test_keyed_tcp_forgeries_and_replays_on_a_second_connection_change_nothing(n
 
     records = [r for stream in tcp_streams(cap).values() for r in deframe_exact(b"".join(stream))]
     assert len(records) >= 3
-    before, sent_before = rb.counters(), ra.counters()["peers"]["b"]["tx_packets"]
+    before, sent_before = settled(ra, rb)
     # an attacker on a's machine connects from a's address: its connection waits on probation
     atk = ns_socket(a, socket.AF_INET, socket.SOCK_STREAM)
     atk.settimeout(10)
@@ -253,7 +256,7 @@ def test_keyed_tcp_forgeries_and_replays_on_a_second_connection_change_nothing(n
         return sum(v for r, v in rb.counters()["drops"].items() if r.startswith("seal_"))
     wait_until(lambda: dropped() - sum(v for r, v in before["drops"].items() if r.startswith("seal_"))
                >= 2000 + len(records), "the forgeries and replays counted", timeout=30)
-    after, sent_after = rb.counters(), ra.counters()["peers"]["b"]["tx_packets"]
+    after, sent_after = settled(ra, rb)
     assert after["dev"]["tx_packets"] - before["dev"]["tx_packets"] == sent_after - sent_before
     gained = {r: v - before["drops"].get(r, 0) for r, v in after["drops"].items()}
     assert gained.get("seal_replay", 0) >= len(records) - 1, gained  # the hello and every data record refused
